@@ -1,0 +1,278 @@
+"""Host facts: one batched probe command per host, and pure parsers of its output.
+
+The probe is a shell script that prints sections
+
+    @@gpufleet-begin NAME@@
+    ...output...
+    @@gpufleet-end NAME rc=N@@
+
+so that every fact the stages need (OS, init system, packages, Docker, daemon.json,
+GPUs, managed files, containers and what is inside them) costs one round trip.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from gpufleet import gpu, osinfo
+from gpufleet.remote import Script, Session
+
+BEGIN = "@@gpufleet-begin "
+END_RE = re.compile(r"^@@gpufleet-end (\S+) rc=(\d+)@@$")
+MANAGED_LABEL = "gpufleet.container"
+CONTAINER_DIR = "/var/lib/gpufleet/containers"
+
+PROBE_FUNCTIONS = r"""
+sec() { n=$1; shift; echo "@@gpufleet-begin $n@@"; "$@" 2>&1; r=$?; echo; echo "@@gpufleet-end $n rc=$r@@"; }
+readfile() { if [ -e "$1" ]; then stat -c '%a %U %G' "$1" && base64 -w0 "$1"; else echo absent; fi; }
+"""
+
+HOST_PACKAGES = ("docker.io", "docker-ce", "docker-ce-cli", "containerd.io", "containerd", "runc",
+                 "docker-compose-plugin", "docker-buildx-plugin", "podman-docker", "docker-doc",
+                 "nvidia-container-toolkit", "pciutils")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file as it is on the host: absent, or its content, mode and owner."""
+    exists: bool
+    content: bytes = b""
+    mode: str = ""
+    owner: str = ""
+    group: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+
+ABSENT = RemoteFile(False)
+
+
+@dataclass
+class ProbeRequest:
+    """What to read besides the fixed facts: files, images and containers."""
+    files: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+    containers: dict[str, list[str]] = field(default_factory=dict)  # name -> files inside it
+    container_packages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ContainerFacts:
+    """What the probe saw inside one running container."""
+    files: dict[str, RemoteFile]
+    sshd_installed: bool
+    sshd_running: bool
+    packages: dict[str, str]
+
+    def file(self, path: str) -> RemoteFile:
+        return self.files.get(path, ABSENT)
+
+
+@dataclass
+class HostFacts:
+    os: osinfo.OsRelease
+    kernel: str
+    arch: str
+    systemd: bool
+    wsl: bool
+    packages: dict[str, str]
+    docker_info: dict | None
+    docker_error: str
+    docker_enabled: str
+    gpus: list
+    gpu_driver: str
+    gpu_cuda: str
+    gpu_source: str
+    files: dict[str, RemoteFile]
+    images: dict[str, dict]
+    users: dict[str, list[str] | None]
+    containers: dict[str, dict]
+    inside: dict[str, ContainerFacts]
+    mem_total_mb: int
+    disk_free_mb: dict[str, int]
+
+    @property
+    def docker_running(self) -> bool:
+        return self.docker_info is not None
+
+    @property
+    def has_gpu(self) -> bool:
+        return bool(self.gpus)
+
+    def file(self, path: str) -> RemoteFile:
+        return self.files[path]
+
+
+def probe_script(request: ProbeRequest) -> Script:
+    q = shlex.quote
+    lines = [PROBE_FUNCTIONS,
+             "sec os_release cat /etc/os-release",
+             "sec uname uname -a",
+             "sec arch dpkg --print-architecture",
+             "sec systemd test -d /run/systemd/system",
+             "sec packages dpkg-query -W -f '${Package}\\t${db:Status-Abbrev}\\t${Version}\\n' "
+             + " ".join(HOST_PACKAGES),
+             "sec meminfo grep MemTotal /proc/meminfo",
+             "sec docker_info docker info --format '{{json .}}'",
+             "sec docker_enabled systemctl is-enabled docker",
+             "sec nvidia_smi nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,pci.bus_id --format=csv,noheader,nounits",
+             "sec nvidia_smi_table sh -c 'nvidia-smi | head -n 5'",
+             "sec lspci sh -c 'lspci -nn 2>/dev/null | grep -i \"\\[10de:\"'"]
+    for i, path in enumerate(request.files):
+        lines.append(f"sec file:{i} readfile {q(path)}")
+    for i, image in enumerate(request.images):
+        lines.append(f"sec image:{i} docker image inspect --format '{{{{json .}}}}' {q(image)}")
+    for i, user in enumerate(request.users):
+        lines.append(f"sec user:{i} id -nG {q(user)}")
+    lines.append("sec df df -Pm /var/lib/docker /data /")
+    list_containers = f'ids=$(docker ps -aq --filter label={MANAGED_LABEL}); [ -z "$ids" ] || docker inspect $ids'
+    lines.append(f"sec containers sh -c {q(list_containers)}")
+    inner_pkgs = " ".join(q(p) for p in request.container_packages) or "openssh-server"
+    for i, (name, files) in enumerate(request.containers.items()):
+        inner = [PROBE_FUNCTIONS,
+                 "sec sshd_bin test -x /usr/sbin/sshd",
+                 "sec sshd_run sh -c 'test -s /run/sshd.pid && kill -0 $(cat /run/sshd.pid)'",
+                 f"sec pkgs dpkg-query -W -f '${{Package}}\\t${{db:Status-Abbrev}}\\t${{Version}}\\n' {inner_pkgs}"]
+        inner += [f"sec ifile:{j} readfile {q(p)}" for j, p in enumerate(files)]
+        running = f"[ \"$(docker inspect -f '{{{{.State.Running}}}}' {q(name)} 2>/dev/null)\" = true ]"
+        inside = f"{running} && docker exec {q(name)} sh -c {q(chr(10).join(inner))}"
+        lines.append(f"sec inside:{i} sh -c {q(inside)}")
+    return Script("\n".join(lines) + "\n")
+
+
+def split_sections(text: str) -> dict[str, tuple[int, str]]:
+    """Pure: the probe's output as {section: (exit code, body)}; nested sections stay in the body."""
+    sections: dict[str, tuple[int, str]] = {}
+    current, body = None, []
+    for line in text.split("\n"):
+        if current is None:
+            if line.startswith(BEGIN) and line.endswith("@@"):
+                current, body = line[len(BEGIN):-2], []
+            continue
+        m = END_RE.match(line)
+        if m and m.group(1) == current:
+            # `sec` echoes one newline so that the end marker starts a line; the
+            # split has already consumed it, so the joined body is the exact output
+            sections[current] = (int(m.group(2)), "\n".join(body))
+            current = None
+        else:
+            body.append(line)
+    return sections
+
+
+def parse_file(body: str) -> RemoteFile:
+    """Pure: the output of `readfile` (stat line + base64, or `absent`)."""
+    lines = body.strip().split("\n")
+    if not lines or lines[0] == "absent":
+        return ABSENT
+    mode, owner, group = (lines[0].split() + ["", "", ""])[:3]
+    content = base64.b64decode(lines[1]) if len(lines) > 1 else b""
+    return RemoteFile(True, content, mode.zfill(4), owner, group)
+
+
+def parse_packages(body: str) -> dict[str, str]:
+    """Pure: `dpkg-query -W -f '${Package}\\t${db:Status-Abbrev}\\t${Version}'` → installed {name: version}."""
+    out = {}
+    for line in body.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3 and parts[1].startswith("ii"):
+            out[parts[0]] = parts[2]
+    return out
+
+
+def parse_df(body: str) -> dict[str, int]:
+    """Pure: `df -Pm PATHS` → {mount point: free MiB} (missing paths are skipped)."""
+    out = {}
+    for line in body.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 6 and parts[3].isdigit():
+            out[parts[5]] = int(parts[3])
+    return out
+
+
+def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
+    """Pure: build HostFacts from the probe's whole output."""
+    s = split_sections(text)
+    body = lambda name: s.get(name, (1, ""))[1]  # noqa: E731
+    rc = lambda name: s.get(name, (1, ""))[0]  # noqa: E731
+
+    docker_info = None
+    if rc("docker_info") == 0:
+        try:
+            docker_info = json.loads(body("docker_info").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            docker_info = None
+    gpus, driver, cuda, source = [], "", "", ""
+    if rc("nvidia_smi") == 0:
+        gpus = gpu.parse_query_gpu(body("nvidia_smi"))
+        source = "nvidia-smi"
+        driver = gpus[0].driver_version if gpus else ""
+        header = gpu.parse_smi_table_cuda(body("nvidia_smi_table"))
+        if header:
+            driver, cuda = header[0] or driver, header[1] or ""
+    elif rc("lspci") == 0 and body("lspci").strip():
+        gpus = gpu.parse_lspci_nvidia(body("lspci"))
+        source = "lspci (no working nvidia-smi)"
+    images = {}
+    for i, image in enumerate(request.images):
+        if rc(f"image:{i}") == 0:
+            try:
+                images[image] = json.loads(body(f"image:{i}").strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                pass
+    containers = {}
+    if rc("containers") == 0 and body("containers").strip():
+        for item in json.loads(body("containers")):
+            containers[item["Name"].lstrip("/")] = item
+    inside = {}
+    for i, (name, files) in enumerate(request.containers.items()):
+        if rc(f"inside:{i}") not in (0, 1) or f"inside:{i}" not in s:
+            continue
+        inner = split_sections(body(f"inside:{i}"))
+        if "sshd_bin" not in inner:
+            continue  # not running
+        inside[name] = ContainerFacts(
+            files={p: parse_file(inner.get(f"ifile:{j}", (1, "absent"))[1]) for j, p in enumerate(files)},
+            sshd_installed=inner["sshd_bin"][0] == 0,
+            sshd_running=inner.get("sshd_run", (1, ""))[0] == 0,
+            packages=parse_packages(inner.get("pkgs", (1, ""))[1]),
+        )
+    mem = re.search(r"(\d+)", body("meminfo"))
+    uname = body("uname").strip()
+    return HostFacts(
+        os=osinfo.parse_os_release(body("os_release")),
+        kernel=uname,
+        arch=body("arch").strip(),
+        systemd=rc("systemd") == 0,
+        wsl=osinfo.is_wsl(uname),
+        packages=parse_packages(body("packages")),
+        docker_info=docker_info,
+        docker_error="" if docker_info is not None else body("docker_info").strip()[-300:],
+        docker_enabled=body("docker_enabled").strip(),
+        gpus=gpus,
+        gpu_driver=driver,
+        gpu_cuda=cuda,
+        gpu_source=source,
+        files={p: parse_file(body(f"file:{i}")) for i, p in enumerate(request.files)},
+        images=images,
+        users={u: (body(f"user:{i}").split() if rc(f"user:{i}") == 0 else None) for i, u in enumerate(request.users)},
+        containers=containers,
+        inside=inside,
+        mem_total_mb=int(mem.group(1)) // 1024 if mem else 0,
+        disk_free_mb=parse_df(body("df")),
+    )
+
+
+def gather(session: Session, request: ProbeRequest) -> HostFacts:
+    """Run the probe on a host (one command) and parse it."""
+    result = session.run(probe_script(request), sudo=True, check=False)
+    if "@@gpufleet-end os_release" not in result.stdout:
+        from gpufleet.errors import CommandFailed
+        raise CommandFailed("fact probe", result.exit_code, result.stderr or result.stdout, session.name)
+    return parse_probe(result.stdout, request)

@@ -1,0 +1,144 @@
+"""The one way stages change files on a host.
+
+render (StrictUndefined) → compare with what is there → write a temp file beside
+the target → validate it → back up the old file → atomic rename → owner and mode.
+The whole write is one remote command, so a dropped connection leaves the old
+file or the new one, never a partial one.
+"""
+from __future__ import annotations
+
+import base64
+import difflib
+import shlex
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import jinja2
+
+from gpufleet.errors import FleetError, InputError, ValidationFailed
+from gpufleet.facts import RemoteFile
+from gpufleet.plan import Action, Plan
+from gpufleet.remote import Script, Session
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+BACKUP_SUFFIX = ".gpufleet.bak"
+TEMP_MARK = ".gpufleet-tmp-"
+VALIDATION_FAILED = 97
+
+_env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+                          keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+
+
+def render_template(name: str, **values) -> str:
+    """Render templates/NAME; a missing value names the template and line."""
+    try:
+        return _env.get_template(name).render(**values)
+    except jinja2.UndefinedError as e:
+        raise InputError(f"template {name}: {e.message}") from None
+    except jinja2.TemplateSyntaxError as e:
+        raise FleetError(f"template {e.name or name} line {e.lineno}: {e.message}") from None
+
+
+@dataclass
+class FileChange:
+    """A planned write: what is there now, and what should be."""
+    path: str
+    current: RemoteFile
+    content: bytes
+    mode: str = "0644"
+    owner: str = "root"
+    group: str = "root"
+    # validator(temp_path) -> argv run on the host before the file is installed
+    validate: Callable[[str], list[str]] | None = None
+    backup: bool = True
+
+    @property
+    def content_changed(self) -> bool:
+        return not self.current.exists or self.current.content != self.content
+
+    @property
+    def needed(self) -> bool:
+        return (self.content_changed or self.current.mode != self.mode
+                or self.current.owner != self.owner or self.current.group != self.group)
+
+    def summary(self) -> str:
+        if not self.current.exists:
+            return f"create {self.path}"
+        if self.content_changed:
+            return f"update {self.path}"
+        return f"fix owner/mode of {self.path} ({self.current.owner}:{self.current.group} {self.current.mode} -> {self.owner}:{self.group} {self.mode})"
+
+    def diff(self) -> str:
+        return unified_diff(self.path, self.current.content if self.current.exists else None, self.content)
+
+
+def unified_diff(path: str, old: bytes | None, new: bytes | None) -> str:
+    old_lines = [] if old is None else old.decode("utf-8", "replace").splitlines(keepends=True)
+    new_lines = [] if new is None else new.decode("utf-8", "replace").splitlines(keepends=True)
+    lines = difflib.unified_diff(old_lines, new_lines, fromfile=path if old is not None else "/dev/null",
+                                 tofile=path if new is not None else "/dev/null")
+    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
+
+
+def write_script(change: FileChange) -> tuple[Script, str]:
+    """The single shell script that installs `change`, and the temp path it uses."""
+    q = shlex.quote
+    target = change.path
+    temp = str(Path(target).parent / f".{Path(target).name}{TEMP_MARK}{uuid.uuid4().hex[:12]}")
+    payload = base64.b64encode(change.content).decode()
+    steps = [
+        "set -e",
+        "umask 077",
+        f"t={q(temp)}",
+        "trap 'rm -f \"$t\"' EXIT HUP INT TERM",
+        f"mkdir -p {q(str(Path(target).parent))}",
+        f"printf %s {payload} | base64 -d > \"$t\"",
+        f"chown {q(change.owner + ':' + change.group)} \"$t\"",
+        f"chmod {q(change.mode)} \"$t\"",
+    ]
+    if change.validate:
+        argv = shlex.join(change.validate(temp))
+        steps.append(f"if ! out=$({argv} 2>&1); then printf '%s\\n' \"$out\" >&2; exit {VALIDATION_FAILED}; fi")
+    if change.backup:
+        steps.append(f"if [ -e {q(target)} ]; then cp -p {q(target)} {q(target + BACKUP_SUFFIX)}; fi")
+    steps += [f"mv -f \"$t\" {q(target)}", "trap - EXIT HUP INT TERM"]
+    return Script("\n".join(steps)), temp
+
+
+def apply_file(session: Session, change: FileChange, container: str | None = None) -> None:
+    """Install the file (inside `container` when given); a validator failure raises
+    ValidationFailed and leaves the target untouched."""
+    script, _ = write_script(change)
+    command = script if container is None else in_container(container, script)
+    result = session.run(command, sudo=True, check=False)
+    if result.exit_code == VALIDATION_FAILED:
+        raise ValidationFailed(change.path, shlex.join(change.validate("<temp>")) if change.validate else "", result.stderr)
+    if result.exit_code != 0:
+        from gpufleet.errors import CommandFailed
+        raise CommandFailed(f"write {change.path}", result.exit_code, result.stderr or result.stdout, session.name)
+
+
+def in_container(name: str, command) -> list[str]:
+    """argv that runs an argv list or a Script inside a running container, as root."""
+    argv = ["sh", "-c", str(command)] if isinstance(command, Script) else list(command)
+    return ["docker", "exec", "-u", "root", name, *argv]
+
+
+def file_action(change: FileChange, container: str | None = None) -> Action:
+    """An Action that installs `change` (its diff shown in plans and dry runs)."""
+    where = f" in container {container}" if container else ""
+    return Action(change.summary() + where, lambda ctx: apply_file(ctx.session, change, container), diff=change.diff())
+
+
+def file_plan(change: FileChange, ok_reason: str, container: str | None = None) -> Plan:
+    """ok when the file is already as wanted, else one action that writes it."""
+    return Plan.change(file_action(change, container)) if change.needed else Plan.ok(ok_reason)
+
+
+def removal_action(path: str, current: RemoteFile, why: str, container: str | None = None) -> Action:
+    argv = ["rm", "-f", "--", path]
+    return Action(f"remove {path} ({why})",
+                  lambda ctx: ctx.run(in_container(container, argv) if container else argv, sudo=True),
+                  diff=unified_diff(path, current.content, None))

@@ -1,0 +1,544 @@
+"""The inventory: `hosts.toml`, validated in full before any host is contacted.
+
+Settings are layered built-in defaults < `[defaults]` < `[groups.NAME]` (in the
+order a host lists its groups) < `[hosts.NAME]`; `show_host` reports which layer
+each value came from.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from gpufleet.errors import InventoryError
+
+INVENTORY_ENV = "FABRIC_INVENTORY"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+SIZE_RE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
+RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
+
+
+# --- value checkers: each returns the cleaned value or raises ValueError(reason) ---
+
+def _str(v):
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {_tname(v)}")
+    return v
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {_tname(v)}")
+    return v
+
+
+def _int_range(lo, hi):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"expected an integer, got {_tname(v)}")
+        if not lo <= v <= hi:
+            raise ValueError(f"{v} is out of range {lo}..{hi}")
+        return v
+    return check
+
+
+def _url(v, schemes=("http", "https")):
+    _str(v)
+    parts = urlsplit(v)
+    if parts.scheme not in schemes or not parts.hostname or " " in v:
+        raise ValueError(f"{v!r} is not a valid {'/'.join(schemes)} URL (like http://host:port)")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"{v!r} has an invalid port") from None
+    return v.rstrip("/")
+
+
+def _optional_url(v):
+    return "" if v == "" else _url(v)
+
+
+def _url_list(v):
+    return [_url(x) for x in _list(v)]
+
+
+def _list(v):
+    if not isinstance(v, list):
+        raise ValueError(f"expected a list, got {_tname(v)}")
+    return v
+
+
+def _str_list(v):
+    return [_str(x) for x in _list(v)]
+
+
+def _abs_path(v):
+    _str(v)
+    if v and not v.startswith("/"):
+        raise ValueError(f"{v!r} is not an absolute path")
+    return v.rstrip("/") or v
+
+
+def _choice(*options):
+    def check(v):
+        if v not in options:
+            raise ValueError(f"{v!r} is not one of {', '.join(options)}")
+        return v
+    return check
+
+
+def _name(v):
+    _str(v)
+    if not NAME_RE.match(v):
+        raise ValueError(f"{v!r} is not a valid name (letters, digits, '_', '.', '-')")
+    return v
+
+
+def _table(v):
+    if not isinstance(v, dict):
+        raise ValueError(f"expected a table, got {_tname(v)}")
+    return v
+
+
+def _str_table(v):
+    for k, x in _table(v).items():
+        if not isinstance(x, str):
+            raise ValueError(f"value of {k!r} must be a string, got {_tname(x)}")
+    return dict(v)
+
+
+def _tname(v):
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+            list: "a list", dict: "a table"}.get(type(v), type(v).__name__)
+
+
+# --- schema ---
+
+HOST_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
+    # key: (checker, built-in default, one-line help)
+    "user": (_str, "root", "SSH user"),
+    "port": (_int_range(1, 65535), 22, "SSH port"),
+    "jump": (_name, None, "inventory name of the jump host (bastion) to go through"),
+    "apt_proxy": (_optional_url, "", "apt proxy URL for the host and its containers"),
+    "docker_source": (_choice("docker-ce", "distro"), "docker-ce", "docker-ce (Docker's repo or a mirror) or distro (docker.io)"),
+    "docker_mirror": (_url, "https://download.docker.com/linux", "base URL of Docker's apt repo or a mirror of it"),
+    "data_root": (_abs_path, "", "Docker data-root; empty leaves Docker's default"),
+    "allow_data_root_migration": (_bool, False, "copy existing images/containers when data_root changes"),
+    "registry_mirrors": (_url_list, [], "Docker Hub registry mirrors"),
+    "daemon_json": (_table, {}, "extra daemon.json keys to set"),
+    "nvidia_mirror": (_url, "https://nvidia.github.io/libnvidia-container", "base URL of NVIDIA's libnvidia-container repo or a mirror"),
+    "docker_users": (_str_list, [], "users to add to the docker group"),
+    "apt_mirror": (_optional_url, "", "apt mirror base URL used inside containers; empty = official archive"),
+    "tools": (_str_list, ["git", "wget", "vim", "openssh-client", "ca-certificates"], "packages installed in containers"),
+    "git_name": (_str, "", "git user.name in containers"),
+    "git_email": (_str, "", "git user.email in containers"),
+    "github_access": (_choice("agent", "deploy-key"), "agent", "GitHub access from containers"),
+    "containers": (_table, {}, "containers to run, by name"),
+}
+HOST_ONLY = {"address": _str, "groups": _str_list}
+
+CONTAINER_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "image": (_str, None),
+    "ssh_port": (_int_range(1, 65535), None),
+    "volumes": (_str_list, []),
+    "shm_size": (_str, ""),
+    "gpus": (_choice("auto", "all", "none"), "auto"),
+    "env": (_str_table, {}),
+    "restart": (_choice(*RESTART_POLICIES), "unless-stopped"),
+    "allow_driver_mismatch": (_bool, False),
+    "keep_snapshots": (_int_range(0, 1000), 3),
+}
+
+LOCAL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "ssh_config": (_str, "~/.ssh/config"),
+    "known_hosts": (_str, "~/.ssh/gpufleet_known_hosts"),
+    "identity": (_str, ""),
+    "public_keys": (_str_list, []),
+    "revoked_keys": (_str_list, []),
+    "container_alias": (_str, "{host}-{container}"),
+}
+
+RUN_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "parallel": (_int_range(1, 1000), 20),
+    "connect_timeout": (_int_range(1, 600), 15),
+    "log_dir": (_str, ".gpufleet/logs"),
+}
+
+TOP_LEVEL = ("run", "local", "defaults", "groups", "hosts")
+
+
+@dataclass(frozen=True)
+class Volume:
+    host_path: str
+    container_path: str
+    mode: str = "rw"
+
+    def __str__(self) -> str:
+        return f"{self.host_path}:{self.container_path}" + (":ro" if self.mode == "ro" else "")
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """One long-lived container on a host, as the inventory asks for it."""
+    name: str
+    image: str
+    ssh_port: int
+    volumes: tuple[Volume, ...] = ()
+    shm_size: str = ""
+    gpus: str = "auto"
+    env: tuple[tuple[str, str], ...] = ()
+    restart: str = "unless-stopped"
+    allow_driver_mismatch: bool = False
+    keep_snapshots: int = 3
+
+
+@dataclass
+class Host:
+    """A host with its merged settings and where each came from."""
+    name: str
+    address: str
+    groups: tuple[str, ...]
+    settings: dict[str, Any]
+    containers: dict[str, ContainerSpec]
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __getattr__(self, key):
+        settings = self.__dict__.get("settings", {})
+        if key in settings:
+            return settings[key]
+        raise AttributeError(key)
+
+
+@dataclass
+class LocalSettings:
+    """The workstation side: where the ssh config goes and which keys to distribute."""
+    ssh_config: Path
+    known_hosts: Path
+    identity: Path | None
+    public_keys: list[str]
+    revoked_keys: list[str]
+    container_alias: str
+
+
+@dataclass
+class RunSettings:
+    parallel: int
+    connect_timeout: int
+    log_dir: Path
+
+
+@dataclass
+class Inventory:
+    path: Path
+    hosts: dict[str, Host]
+    local: LocalSettings
+    run: RunSettings
+
+    def host(self, name: str) -> Host:
+        if name not in self.hosts:
+            raise InventoryError(self.path, "hosts", f"unknown host {name!r}{_suggest(name, self.hosts)}")
+        return self.hosts[name]
+
+    def jump_chain(self, name: str) -> list[Host]:
+        """The jump hosts to go through to reach `name`, outermost first."""
+        chain = []
+        jump = self.hosts[name].jump
+        while jump:
+            chain.insert(0, self.hosts[jump])
+            jump = self.hosts[jump].jump
+        return chain
+
+    def container_alias(self, host: str, container: str) -> str:
+        return self.local.container_alias.format(host=host, container=container)
+
+
+def inventory_path(explicit: str | os.PathLike | None = None, project_dir: Path | None = None) -> Path:
+    """`FABRIC_INVENTORY` if set, else `hosts.toml` beside the fabfile."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(INVENTORY_ENV)
+    if env:
+        return Path(env)
+    return (project_dir or Path.cwd()) / "hosts.toml"
+
+
+def load(path: str | os.PathLike) -> Inventory:
+    """Read and validate an inventory; raises InventoryError on the first problem."""
+    path = Path(path)
+    try:
+        raw_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise InventoryError(path, "", f"inventory file not found (set {INVENTORY_ENV} or create it)") from None
+    except OSError as e:
+        raise InventoryError(path, "", f"cannot read inventory: {e.strerror}") from None
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InventoryError(path, "", f"not UTF-8 (byte {e.start})") from None
+    return loads(text, path)
+
+
+def loads(text: str, path: str | os.PathLike = "<inventory>") -> Inventory:
+    """Validate inventory text; `path` is only used in messages."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        line = re.search(r"line (\d+)", str(e))
+        raise InventoryError(path, "", f"TOML syntax error: {e}", int(line.group(1)) if line else None) from None
+    return _Validator(path, text).build(data)
+
+
+def _suggest(word: str, choices) -> str:
+    choices = list(choices)
+    close = difflib.get_close_matches(word, choices, n=1) or [c for c in choices if c.startswith(word)][:1]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Validator:
+    def __init__(self, path: Path, text: str):
+        self.path = path
+        self.lines = text.splitlines()
+
+    # Line lookup is best effort: tomllib gives no positions for valid documents.
+    def line_of(self, table: str, key: str | None) -> int | None:
+        header_re = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+        current = ""
+        table_line = None
+        for number, line in enumerate(self.lines, 1):
+            m = header_re.match(line)
+            if m:
+                current = m.group(1).replace('"', "").replace(" ", "")
+                if current == table:
+                    table_line = number
+                continue
+            if key and current == table and re.match(rf"^\s*\"?{re.escape(key)}\"?\s*=", line):
+                return number
+        return table_line
+
+    def fail(self, table: str, key: str | None, message: str):
+        dotted = f"{table}.{key}" if key and table else (key or table)
+        raise InventoryError(self.path, dotted, message, self.line_of(table, key))
+
+    def check_keys(self, table: str, data: dict, allowed) -> None:
+        for key in data:
+            if key not in allowed:
+                self.fail(table, key, f"unknown key{_suggest(key, allowed)}")
+
+    def section(self, data, table, schema):
+        if not isinstance(data, dict):
+            self.fail("", table, f"expected a table, got {_tname(data)}")
+        self.check_keys(table, data, schema)
+        out = {}
+        for key, (check, default) in schema.items():
+            out[key] = self.checked(table, key, check, data[key]) if key in data else default
+        return out
+
+    def checked(self, table, key, check, value):
+        try:
+            return check(value)
+        except ValueError as e:
+            self.fail(table, key, str(e))
+
+    def build(self, data: dict) -> Inventory:
+        self.check_keys("", data, TOP_LEVEL)
+        run = self.section(data.get("run", {}), "run", RUN_KEYS)
+        local = self.section(data.get("local", {}), "local", LOCAL_KEYS)
+        self.check_alias_pattern(local["container_alias"])
+        settings_schema = {k: v[0] for k, v in HOST_SETTINGS.items()}
+
+        defaults = self.settings_layer(data.get("defaults", {}), "defaults", settings_schema)
+        groups_raw = data.get("groups", {})
+        if not isinstance(groups_raw, dict):
+            self.fail("", "groups", f"expected a table, got {_tname(groups_raw)}")
+        groups = {}
+        for gname, gdata in groups_raw.items():
+            self.checked("groups", gname, _name, gname)
+            groups[gname] = self.settings_layer(gdata, f"groups.{gname}", settings_schema)
+
+        hosts_raw = data.get("hosts", {})
+        if not isinstance(hosts_raw, dict):
+            self.fail("", "hosts", f"expected a table, got {_tname(hosts_raw)}")
+        if not hosts_raw:
+            self.fail("", "hosts", "no hosts defined (add a [hosts.NAME] table)")
+        hosts = {}
+        for hname, hdata in hosts_raw.items():
+            table = f"hosts.{hname}"
+            self.checked("hosts", hname, _name, hname)
+            if not isinstance(hdata, dict):
+                self.fail("hosts", hname, f"expected a table, got {_tname(hdata)}")
+            own = {k: v for k, v in hdata.items() if k not in HOST_ONLY}
+            layer = self.settings_layer(own, table, settings_schema)
+            if "address" not in hdata:
+                self.fail(table, None, "missing required key 'address'")
+            address = self.checked(table, "address", _str, hdata["address"])
+            if not address or " " in address:
+                self.fail(table, "address", f"{address!r} is not a host name or IP address")
+            group_names = self.checked(table, "groups", _str_list, hdata.get("groups", []))
+            for g in group_names:
+                if g not in groups:
+                    self.fail(table, "groups", f"unknown group {g!r}{_suggest(g, groups)}")
+            layers = [("defaults", defaults)] + [(f"group {g}", groups[g]) for g in group_names] + [(f"host {hname}", layer)]
+            hosts[hname] = self.merge(hname, address, tuple(group_names), layers)
+
+        for host in hosts.values():
+            self.check_jump(host, hosts)
+        return Inventory(
+            path=self.path,
+            hosts=hosts,
+            local=LocalSettings(
+                ssh_config=_expand(local["ssh_config"]),
+                known_hosts=_expand(local["known_hosts"]),
+                identity=_expand(local["identity"]) if local["identity"] else None,
+                public_keys=local["public_keys"],
+                revoked_keys=local["revoked_keys"],
+                container_alias=local["container_alias"],
+            ),
+            run=RunSettings(run["parallel"], run["connect_timeout"], Path(run["log_dir"])),
+        )
+
+    def check_alias_pattern(self, pattern: str) -> None:
+        try:
+            alias = pattern.format(host="h", container="c")
+        except (KeyError, IndexError, ValueError) as e:
+            self.fail("local", "container_alias", f"{pattern!r} may only use {{host}} and {{container}} ({e})")
+        if "{container}" not in pattern or not NAME_RE.match(alias):
+            self.fail("local", "container_alias", f"{pattern!r} must contain {{container}} and give a valid ssh alias")
+
+    def settings_layer(self, data, table, schema) -> dict:
+        if not isinstance(data, dict):
+            self.fail("", table, f"expected a table, got {_tname(data)}")
+        self.check_keys(table, data, list(schema) + (list(HOST_ONLY) if table.startswith("hosts.") else []))
+        layer = {}
+        for key, value in data.items():
+            if key == "containers":
+                layer[key] = self.containers_layer(value, table)
+            else:
+                layer[key] = self.checked(table, key, schema[key], value)
+        return layer
+
+    def containers_layer(self, value, table) -> dict:
+        if not isinstance(value, dict):
+            self.fail(table, "containers", f"expected a table of containers by name, got {_tname(value)}")
+        out = {}
+        for cname, cdata in value.items():
+            ctable = f"{table}.containers.{cname}"
+            if not isinstance(cdata, dict):
+                self.fail(f"{table}.containers", cname, f"expected a table, got {_tname(cdata)}")
+            if not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", cname):
+                self.fail(f"{table}.containers", cname, "is not a valid container name (letters, digits, '_', '.', '-'; not starting with a symbol)")
+            self.check_keys(ctable, cdata, CONTAINER_KEYS)
+            out[cname] = {k: self.checked(ctable, k, CONTAINER_KEYS[k][0], v) for k, v in cdata.items()}
+        return out
+
+    def merge(self, hname, address, groups, layers) -> Host:
+        settings = {k: v[1] for k, v in HOST_SETTINGS.items()}
+        sources = {k: "built-in default" for k in HOST_SETTINGS}
+        containers: dict[str, dict] = {}
+        for label, layer in layers:
+            for key, value in layer.items():
+                if key == "containers":
+                    for cname, cdata in value.items():
+                        merged = containers.setdefault(cname, {})
+                        for ck, cv in cdata.items():
+                            merged[ck] = cv
+                            sources[f"containers.{cname}.{ck}"] = label
+                else:
+                    settings[key] = value
+                    sources[key] = label
+        settings["containers"] = {}
+        table = f"hosts.{hname}"
+        specs = {}
+        ports: dict[int, str] = {}
+        for cname, cdata in containers.items():
+            ctable = f"{table}.containers.{cname}"
+            for required in ("image", "ssh_port"):
+                if required not in cdata:
+                    self.fail(ctable, required, f"container {cname!r} on host {hname!r} has no {required!r}")
+            for k, (_, default) in CONTAINER_KEYS.items():
+                if k not in cdata:
+                    sources.setdefault(f"containers.{cname}.{k}", "built-in default")
+            if cdata["ssh_port"] in ports:
+                self.fail(ctable, "ssh_port", f"host port {cdata['ssh_port']} is used by containers {ports[cdata['ssh_port']]!r} and {cname!r} on host {hname!r}")
+            ports[cdata["ssh_port"]] = cname
+            shm = cdata.get("shm_size", "")
+            if shm and not SIZE_RE.match(shm):
+                self.fail(ctable, "shm_size", f"{shm!r} is not a size like '16g' or '512m'")
+            specs[cname] = ContainerSpec(
+                name=cname,
+                image=cdata["image"],
+                ssh_port=cdata["ssh_port"],
+                volumes=tuple(self.volume(ctable, v) for v in cdata.get("volumes", [])),
+                shm_size=shm,
+                gpus=cdata.get("gpus", "auto"),
+                env=tuple(sorted(cdata.get("env", {}).items())),
+                restart=cdata.get("restart", "unless-stopped"),
+                allow_driver_mismatch=cdata.get("allow_driver_mismatch", False),
+                keep_snapshots=cdata.get("keep_snapshots", 3),
+            )
+        return Host(hname, address, groups, settings, specs, sources)
+
+    def volume(self, table, text) -> Volume:
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not all(parts[:2]):
+            self.fail(table, "volumes", f"{text!r} is not HOST_PATH:CONTAINER_PATH[:ro]")
+        if not parts[0].startswith("/"):
+            self.fail(table, "volumes", f"{text!r}: host path {parts[0]!r} must be absolute")
+        if not parts[1].startswith("/"):
+            self.fail(table, "volumes", f"{text!r}: container path {parts[1]!r} must be absolute")
+        mode = parts[2] if len(parts) == 3 else "rw"
+        if mode not in ("rw", "ro"):
+            self.fail(table, "volumes", f"{text!r}: mode must be 'ro' or 'rw'")
+        return Volume(parts[0], parts[1], mode)
+
+    def check_jump(self, host: Host, hosts: dict[str, Host]) -> None:
+        seen = [host.name]
+        jump = host.jump
+        while jump:
+            table = f"hosts.{seen[-1]}"
+            if jump not in hosts:
+                self.fail(table if host.sources.get("jump", "").startswith("host") else f"hosts.{host.name}", "jump",
+                          f"jump host {jump!r} is not in the inventory{_suggest(jump, hosts)}")
+            if jump in seen:
+                self.fail(f"hosts.{host.name}", "jump", "jump hosts form a cycle: " + " -> ".join(seen + [jump]))
+            seen.append(jump)
+            jump = hosts[jump].jump
+
+
+def _expand(p: str) -> Path:
+    return Path(os.path.expanduser(p))
+
+
+def describe(host: Host) -> list[tuple[str, str, str]]:
+    """Rows of (key, value, source) for `fab show-host`."""
+    rows = [("address", host.address, f"host {host.name}"), ("groups", ", ".join(host.groups) or "-", f"host {host.name}")]
+    for key in HOST_SETTINGS:
+        if key == "containers":
+            continue
+        rows.append((key, _show(host.settings[key]), host.sources[key]))
+    for cname, spec in host.containers.items():
+        for key in CONTAINER_KEYS:
+            value = getattr(spec, key)
+            if key == "volumes":
+                value = [str(v) for v in value]
+            elif key == "env":
+                value = dict(value)
+            rows.append((f"containers.{cname}.{key}", _show(value), host.sources.get(f"containers.{cname}.{key}", "built-in default")))
+    return rows
+
+
+def _show(value) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]" if value else "[]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {v}" for k, v in value.items()) + "}" if value else "{}"
+    return str(value)

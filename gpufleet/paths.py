@@ -1,0 +1,55 @@
+"""Every file the tool owns on a host or in a container, and the probe that reads them."""
+from __future__ import annotations
+
+from gpufleet.facts import ProbeRequest
+
+APT_PROXY_CONF = "/etc/apt/apt.conf.d/90gpufleet-proxy"
+DOCKER_KEYRING = "/etc/apt/keyrings/docker.asc"
+DOCKER_SOURCES = "/etc/apt/sources.list.d/docker.list"
+DAEMON_JSON = "/etc/docker/daemon.json"
+NVIDIA_KEYRING = "/etc/apt/keyrings/nvidia-container-toolkit.asc"
+NVIDIA_SOURCES = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
+CONTAINER_DIR = "/var/lib/gpufleet/containers"
+# where the per-container host directory is mounted inside the container
+IN_CONTAINER_DIR = "/etc/gpufleet"
+
+CONTAINER_AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
+CONTAINER_OS_RELEASE = "/etc/os-release"
+CONTAINER_GITCONFIG = "/root/.gitconfig"
+CONTAINER_APT_SOURCES = ("/etc/apt/sources.list", "/etc/apt/sources.list.d/debian.sources",
+                         "/etc/apt/sources.list.d/ubuntu.sources")
+
+
+def home_of(user: str) -> str:
+    return "/root" if user == "root" else f"/home/{user}"
+
+
+def authorized_keys_of(user: str) -> str:
+    return f"{home_of(user)}/.ssh/authorized_keys"
+
+
+def container_dir(name: str) -> str:
+    return f"{CONTAINER_DIR}/{name}"
+
+
+def container_host_files(name: str) -> list[str]:
+    d = container_dir(name)
+    return [f"{d}/entrypoint.sh", f"{d}/sshd_config", f"{d}/ssh_host_ed25519_key.pub"]
+
+
+def probe_request(ctx) -> ProbeRequest:
+    """Everything any stage may need to read on this host, in one probe."""
+    host = ctx.host
+    files = [APT_PROXY_CONF, DOCKER_KEYRING, DOCKER_SOURCES, DAEMON_JSON, NVIDIA_KEYRING, NVIDIA_SOURCES,
+             authorized_keys_of(host.user)]
+    for name in host.containers:
+        files += container_host_files(name)
+    inner = [CONTAINER_OS_RELEASE, CONTAINER_AUTHORIZED_KEYS, APT_PROXY_CONF, CONTAINER_GITCONFIG,
+             *CONTAINER_APT_SOURCES]
+    return ProbeRequest(
+        files=files,
+        images=sorted({spec.image for spec in host.containers.values()}),
+        users=list(host.docker_users),
+        containers={name: inner for name in host.containers},
+        container_packages=["openssh-server", *host.tools],
+    )

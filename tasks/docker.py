@@ -1,0 +1,292 @@
+"""Docker on the host: install, run as a service, daemon.json, the docker group."""
+from __future__ import annotations
+
+import json as jsonlib
+import shlex
+
+from invoke import Collection, task
+
+from gpufleet import daemon_json, osinfo
+from gpufleet.errors import FleetError
+from gpufleet.executor import fleet_task
+from gpufleet.files import FileChange, apply_file, file_action, render_template
+from gpufleet.paths import DAEMON_JSON, DOCKER_KEYRING, DOCKER_SOURCES
+from gpufleet.plan import Action, Plan, Step
+from gpufleet.remote import Script
+from tasks import HOST_TASK_HELP
+from tasks.apt import PROXY
+
+DISTRO_PACKAGES = ("docker.io",)
+CE_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin", "docker-compose-plugin")
+# Docker's install guide removes these before installing docker-ce
+CE_CONFLICTS = ("docker.io", "docker-doc", "docker-compose", "podman-docker", "containerd", "runc")
+NVIDIA_RUNTIME = {"nvidia": {"path": "nvidia-container-runtime", "args": []}}
+
+SERVICE_START = "if [ -d /run/systemd/system ]; then systemctl enable --now docker; else service docker start; fi"
+SERVICE_RESTART = ("if [ -d /run/systemd/system ]; then systemctl reset-failed docker docker.socket 2>/dev/null; "
+                   "systemctl restart docker; else service docker restart; fi")
+SERVICE_STOP = ("if [ -d /run/systemd/system ]; then systemctl stop docker.socket docker; "
+                "else service docker stop; fi")
+WAIT_FOR_DOCKER = "i=0; until docker info >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 120 ] && docker info && exit 1; sleep 0.5; done"
+DOCKER_LOG = ("if [ -d /run/systemd/system ]; then journalctl -u docker --no-pager -n 12 -o cat; "
+              "else tail -n 12 /var/log/docker.log; fi")
+
+
+def apt_install(packages, update: bool = True) -> Script:
+    """Install packages non-interactively, waiting for another apt to finish."""
+    lines = ["set -e", "export DEBIAN_FRONTEND=noninteractive"]
+    if update:
+        lines.append("apt-get -q -o DPkg::Lock::Timeout=300 update")
+    lines.append("apt-get -q -y -o DPkg::Lock::Timeout=300 install " + " ".join(shlex.quote(p) for p in packages))
+    return Script("\n".join(lines))
+
+
+def fetch_key(url: str, keyring: str) -> Script:
+    """Download an ASCII-armoured apt key to a keyring used with signed-by (never apt-key)."""
+    q = shlex.quote
+    return Script("\n".join([
+        "set -e",
+        "command -v curl >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get -q update; "
+        "apt-get -q -y install curl ca-certificates; }",
+        f"install -m 0755 -d {q(keyring.rsplit('/', 1)[0])}",
+        f"curl -fsSL --retry 3 {q(url)} -o {q(keyring + '.new')}",
+        f"grep -q 'BEGIN PGP PUBLIC KEY BLOCK' {q(keyring + '.new')}",
+        f"chmod 0644 {q(keyring + '.new')}",
+        f"mv -f {q(keyring + '.new')} {q(keyring)}",
+    ]))
+
+
+def check_os(facts) -> None:
+    reason = osinfo.check_supported(facts.os)
+    if reason:
+        raise FleetError(f"unsupported system: {reason}")
+
+
+# --- docker.install ---
+
+def plan_install(c) -> Plan:
+    f = c.facts()
+    check_os(f)
+    source = c.host.docker_source
+    installed = f.packages
+    if source == "distro":
+        if "docker-ce" in installed:
+            raise FleetError("docker-ce is installed but docker_source = 'distro'; switching engines would "
+                             "restart every container: set docker_source = 'docker-ce' or remove docker-ce yourself")
+        if "docker.io" in installed:
+            return Plan.ok(f"docker.io {installed['docker.io']} is installed")
+        return Plan.change(Action("install docker.io from the OS archive",
+                                  lambda c: c.run(apt_install(DISTRO_PACKAGES), sudo=True)))
+    if "docker.io" in installed:
+        raise FleetError("docker.io is installed but docker_source = 'docker-ce'; switching engines would "
+                         "restart every container: set docker_source = 'distro' or remove docker.io yourself")
+    family = f.os.family
+    actions = []
+    if not f.file(DOCKER_KEYRING).exists:
+        url = f"{c.host.docker_mirror}/{family}/gpg"
+        actions.append(Action(f"fetch Docker's signing key from {url} to {DOCKER_KEYRING}",
+                              lambda c: c.run(fetch_key(url, DOCKER_KEYRING), sudo=True)))
+    sources = render_template("docker.list.j2", arch=f.arch, keyring=DOCKER_KEYRING, mirror=c.host.docker_mirror,
+                              family=family, codename=f.os.base_codename)
+    change = FileChange(DOCKER_SOURCES, f.file(DOCKER_SOURCES), sources.encode())
+    if change.needed:
+        actions.append(file_action(change))
+    missing = [p for p in CE_PACKAGES if p not in installed]
+    if missing or change.needed:
+        conflicts = [p for p in CE_CONFLICTS if p in installed]
+        if conflicts:
+            actions.append(Action(f"remove conflicting packages {', '.join(conflicts)} (as Docker's guide says)",
+                                  lambda c: c.run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-y",
+                                                   "remove", *conflicts], sudo=True)))
+        actions.append(Action(f"install {' '.join(missing or CE_PACKAGES)} from {c.host.docker_mirror}",
+                              lambda c: c.run(apt_install(missing or CE_PACKAGES), sudo=True)))
+    if not actions:
+        return Plan.ok(f"docker-ce {installed['docker-ce']} is installed from {c.host.docker_mirror}")
+    return Plan.change(*actions)
+
+
+# --- docker.service ---
+
+def plan_service(c) -> Plan:
+    f = c.facts()
+    if not ({"docker.io", "docker-ce"} & set(f.packages)):
+        return Plan.skipped("Docker is not installed yet")
+    if f.docker_running:
+        if f.systemd and f.docker_enabled not in ("enabled", "static"):
+            return Plan.change(Action("enable docker at boot",
+                                      lambda c: c.run(["systemctl", "enable", "docker"], sudo=True)))
+        how = "systemd" if f.systemd else "service (no systemd)"
+        return Plan.ok(f"Docker {f.docker_info.get('ServerVersion', '?')} is running ({how})")
+    how = "systemctl enable --now docker" if f.systemd else "service docker start (no systemd)"
+    return Plan.change(Action(f"start Docker: {how}", start_docker))
+
+
+def start_docker(c) -> None:
+    c.run(Script(f"{SERVICE_START}\n{WAIT_FOR_DOCKER}"), sudo=True)
+
+
+# --- docker.configure (daemon.json) ---
+
+def wanted_daemon_keys(c) -> dict:
+    """The daemon.json keys this tool owns on this host."""
+    f = c.facts()
+    wanted = dict(c.host.daemon_json)
+    if c.host.data_root:
+        wanted["data-root"] = c.host.data_root
+    if c.host.registry_mirrors:
+        wanted["registry-mirrors"] = list(c.host.registry_mirrors)
+    if f.has_gpu and "nvidia-container-toolkit" in f.packages:
+        wanted["runtimes"] = NVIDIA_RUNTIME
+    return wanted
+
+
+def plan_configure(c) -> Plan:
+    f = c.facts()
+    if not f.docker_running:
+        return Plan.skipped("Docker is not running yet")
+    current_file = f.file(DAEMON_JSON)
+    current = daemon_json.parse(current_file.text, DAEMON_JSON) if current_file.exists else {}
+    wanted = wanted_daemon_keys(c)
+    if not wanted:
+        return Plan.ok("no daemon.json keys set in the inventory")
+    new = daemon_json.merge(current, wanted)
+    problems = daemon_json.check_schema(new)
+    if problems:
+        raise FleetError(f"{DAEMON_JSON} would be invalid: {'; '.join(problems)}")
+    if new == current:
+        return Plan.ok(f"{DAEMON_JSON} already has these keys ({', '.join(wanted)})")
+    content = daemon_json.render(new).encode()
+    change = FileChange(DAEMON_JSON, current_file, content, validate=dockerd_validator(f))
+    diff = "\n".join(daemon_json.key_changes(current, new)) + "\n"
+    old_root = f.docker_info.get("DockerRootDir", "/var/lib/docker")
+    new_root = new.get("data-root", "/var/lib/docker")
+    warning = ""
+    running = f.docker_info.get("ContainersRunning", 0)
+    if running and not new.get("live-restore"):
+        warning = f"restarting Docker stops {running} running container(s) (live-restore is off); restart policies bring them back"
+    if new_root.rstrip("/") != old_root.rstrip("/"):
+        images, containers = f.docker_info.get("Images", 0), f.docker_info.get("Containers", 0)
+        if images or containers:
+            if not c.host.allow_data_root_migration:
+                raise FleetError(
+                    f"data-root change {old_root} -> {new_root} would hide {images} image(s) and {containers} "
+                    f"container(s); set allow_data_root_migration = true to copy them over (nothing was changed)")
+            return Plan.change(Action(f"move Docker's data from {old_root} to {new_root}, update {DAEMON_JSON}, "
+                                      "restart Docker", lambda c: migrate_data_root(c, change, old_root, new_root),
+                                      diff=diff, warning=warning))
+    return Plan.change(Action(f"update {DAEMON_JSON} ({', '.join(wanted)}) and restart Docker",
+                              lambda c: install_daemon_json(c, change), diff=diff, warning=warning))
+
+
+def dockerd_validator(facts):
+    """`dockerd --validate` exists from Docker 23; older engines get our JSON and schema check only."""
+    version = (facts.docker_info or {}).get("ServerVersion", "0")
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        major = 0
+    if major >= 23:
+        return lambda path: ["dockerd", "--validate", "--config-file", path]
+    return None
+
+
+def install_daemon_json(c, change: FileChange) -> None:
+    """Write daemon.json, restart Docker, and put the old file back if Docker does not come up."""
+    apply_file(c.session, change)
+    result = c.run(Script(f"{SERVICE_RESTART}\n{WAIT_FOR_DOCKER}"), sudo=True, check=False)
+    if result.exit_code != 0:
+        docker_error = c.run(Script(DOCKER_LOG), sudo=True, check=False).stdout.strip()
+        restore = (f"mv -f {DAEMON_JSON}.gpufleet.bak {DAEMON_JSON}" if change.current.exists
+                   else f"rm -f {DAEMON_JSON}")
+        back = c.run(Script(f"{restore}\n{SERVICE_RESTART}\n{WAIT_FOR_DOCKER}"), sudo=True, check=False)
+        state = "the previous daemon.json was restored and Docker runs again" if back.exit_code == 0 else \
+            "restoring the previous daemon.json did not bring Docker back either"
+        last = " | ".join(docker_error.splitlines()[-3:])
+        raise FleetError(f"Docker did not start with the new {DAEMON_JSON}; {state}. Docker said: {last}")
+    verify_docker_info(c, daemon_json.parse(change.content.decode(), DAEMON_JSON))
+
+
+def verify_docker_info(c, config: dict) -> None:
+    info = jsonlib.loads(c.run(["docker", "info", "--format", "{{json .}}"], sudo=True).stdout)
+    problems = []
+    if "data-root" in config and info.get("DockerRootDir", "").rstrip("/") != config["data-root"].rstrip("/"):
+        problems.append(f"data root is {info.get('DockerRootDir')}, not {config['data-root']}")
+    mirrors = [m.rstrip("/") for m in (info.get("RegistryConfig") or {}).get("Mirrors") or []]
+    for mirror in config.get("registry-mirrors", []):
+        if mirror.rstrip("/") not in mirrors:
+            problems.append(f"registry mirror {mirror} is not active (docker info lists {mirrors})")
+    for runtime in config.get("runtimes", {}):
+        if runtime not in (info.get("Runtimes") or {}):
+            problems.append(f"runtime {runtime} is not registered")
+    if problems:
+        raise FleetError("docker info after the restart: " + "; ".join(problems))
+
+
+def migrate_data_root(c, change: FileChange, old_root: str, new_root: str) -> None:
+    """Stop Docker, copy the data root (owners, hard links, xattrs kept), switch, check the images."""
+    before = c.run(["docker", "image", "ls", "-q", "--no-trunc"], sudo=True).stdout.split()
+    q = shlex.quote
+    c.run(Script("\n".join([
+        "set -e", SERVICE_STOP,
+        f"mkdir -p {q(new_root)}",
+        f"if [ -n \"$(ls -A {q(new_root)})\" ]; then echo '{new_root} is not empty; not copying over it' >&2; exit 1; fi",
+        f"cp -a {q(old_root)}/. {q(new_root)}/",
+    ])), sudo=True)
+    install_daemon_json(c, change)
+    after = c.run(["docker", "image", "ls", "-q", "--no-trunc"], sudo=True).stdout.split()
+    if sorted(before) != sorted(after):
+        raise FleetError(f"after moving the data root, images differ: before {len(before)}, after {len(after)}; "
+                         f"the old data is untouched in {old_root}")
+
+
+# --- docker.users ---
+
+def plan_users(c) -> Plan:
+    f = c.facts()
+    users = c.host.docker_users
+    if not users:
+        return Plan.ok("no docker_users in the inventory")
+    actions = []
+    for user in users:
+        groups = f.users.get(user)
+        if groups is None:
+            raise FleetError(f"docker_users: user {user!r} does not exist on this host")
+        if "docker" not in groups:
+            actions.append(Action(f"add {user} to the docker group", lambda c, u=user: add_to_docker_group(c, u)))
+    return Plan.change(*actions) if actions else Plan.ok(f"{', '.join(users)} already in the docker group")
+
+
+def add_to_docker_group(c, user: str) -> None:
+    c.run(["usermod", "-aG", "docker", user], sudo=True)
+    if user == c.host.user:
+        c.session.reconnect()  # group membership is read at login
+
+
+INSTALL = Step("docker.install", plan_install)
+SERVICE = Step("docker.service", plan_service)
+CONFIGURE = Step("docker.configure", plan_configure)
+USERS = Step("docker.users", plan_users)
+
+
+@task(help=HOST_TASK_HELP)
+@fleet_task()
+def install(c, dry_run=False, json=None):
+    """Install Docker (docker-ce from a mirror, or docker.io) and start it."""
+    c.run_steps([PROXY, INSTALL, SERVICE])
+
+
+@task(help=HOST_TASK_HELP)
+@fleet_task()
+def configure(c, dry_run=False, json=None):
+    """Merge the inventory's keys into /etc/docker/daemon.json and restart Docker if it changed."""
+    c.run_steps([CONFIGURE])
+
+
+@task(help=HOST_TASK_HELP)
+@fleet_task()
+def users(c, dry_run=False, json=None):
+    """Add the inventory's docker_users to the docker group (root-equivalent: see README)."""
+    c.run_steps([USERS])
+
+
+ns = Collection("docker", install, configure, users)

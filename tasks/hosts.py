@@ -1,0 +1,22 @@
+"""Inventory tasks: show what a host will get, and where each value came from."""
+from invoke import task
+from rich.console import Console
+from rich.table import Table
+
+from gpufleet import inventory as inv
+from gpufleet.executor import load_inventory
+
+
+@task(help={"name": "the host's name in the inventory"})
+def show_host(c, name):
+    """Print one host's merged settings and where each value came from."""
+    inventory = load_inventory()
+    host = inventory.host(name)
+    chain = " -> ".join(h.name for h in inventory.jump_chain(name)) or "direct"
+    table = Table(title=f"{name}  ({host.user}@{host.address}:{host.port}, via {chain})  from {inventory.path}",
+                  title_justify="left")
+    for column in ("key", "value", "from"):
+        table.add_column(column)
+    for key, value, source in inv.describe(host):
+        table.add_row(key, value, source)
+    Console(highlight=False).print(table)
