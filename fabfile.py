@@ -6,19 +6,22 @@ Host tasks run in parallel (see fabric.yaml and gpufleet/executor.py).
 from invoke import Collection, task
 
 from gpufleet.executor import fleet_task
-from tasks import HOST_TASK_HELP, apt, docker, hosts, lab, nvidia
+from tasks import HOST_TASK_HELP, apt, containers, docker, doctor, hosts, inside, keys, lab, nvidia, ops, sshconfig
 
-HOST_STAGES = [apt.PROXY, docker.INSTALL, docker.SERVICE, nvidia.TOOLKIT_STEP, docker.CONFIGURE, docker.USERS]
-BOOTSTRAP = HOST_STAGES
+BOOTSTRAP = [
+    apt.PROXY, docker.INSTALL, docker.SERVICE, nvidia.TOOLKIT_STEP, docker.CONFIGURE, docker.USERS,
+    containers.RUN, containers.SSHD, keys.KEYS, inside.APT_MIRROR, inside.TOOLS, inside.GIT,
+]
 
 
 @task(help=HOST_TASK_HELP)
-@fleet_task()
+@fleet_task(before=keys.check_keys)
 def bootstrap(c, dry_run=False, json=None):
-    """Take hosts from bare to ready: Docker, daemon.json, toolkit, docker group, containers, sshd."""
+    """Take hosts from bare to ready: Docker, daemon.json, toolkit, group, containers, sshd, keys, tools."""
     c.run_steps(BOOTSTRAP)
 
 
-ns = Collection(bootstrap, hosts.show_host)
-for stage in (apt, docker, nvidia, lab):
+ns = Collection(bootstrap, keys.sync_keys, sshconfig.gen_ssh_config, hosts.show_host, doctor.doctor,
+                doctor.doctor_local)
+for stage in (apt, docker, nvidia, containers, inside, ops, lab):
     ns.add_collection(stage.ns)

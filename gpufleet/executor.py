@@ -30,11 +30,17 @@ STATE_DIR = Path(".gpufleet")
 FAILED_HOSTS_FILE = STATE_DIR / "failed-hosts"
 
 
-def fleet_task(default_hosts: str | None = None):
-    """Mark a task body as run once per host with a HostContext (see tasks/)."""
+def fleet_task(default_hosts: str | None = None, before=None, after=None):
+    """Mark a task body as run once per host with a HostContext (see tasks/).
+
+    `before(inventory, **task_kwargs)` validates input before any host is contacted;
+    `after(reports)` may print a summary and return the exit code.
+    """
     def mark(body):
         body.fleet = True
         body.fleet_default_hosts = default_hosts
+        body.fleet_before = before
+        body.fleet_after = after
         return body
     return mark
 
@@ -97,6 +103,8 @@ class FleetExecutor(Executor):
     def run_on_hosts(self, call) -> list[HostReport]:
         inventory = load_inventory()
         names = self.host_names(call, inventory)
+        if call.task.body.fleet_before:
+            call.task.body.fleet_before(inventory, **call.kwargs)
         dry_run = bool(call.kwargs.get("dry_run"))
         sudo_password = self.config.get("sudo", {}).get("password")
         connector = Connector(inventory, sudo_password=sudo_password)
@@ -120,7 +128,7 @@ class FleetExecutor(Executor):
             ctx.probe_request = probe_request
             try:
                 session.open()
-                call.task(ctx, *call.args, **call.kwargs)
+                call.task.body(ctx, *call.args, **call.kwargs)
             except FleetError as e:
                 if not ctx.report.error:
                     ctx.report.steps.append(StepResult("connect", FAILED, str(e)))
@@ -159,7 +167,7 @@ class FleetExecutor(Executor):
         pool.shutdown(wait=not interrupted, cancel_futures=True)
         connector.close()
         ordered = [reports[n] for n in names]
-        after = getattr(call.task.body, "fleet_after", None)
+        after = call.task.body.fleet_after
         exit_code = after(ordered) if after else None
         display.recap(ordered, time.monotonic() - started, run_dir)
         self.save_outcome(ordered, call.kwargs.get("json"), dry_run, interrupted)

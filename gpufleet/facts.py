@@ -23,11 +23,12 @@ from gpufleet.remote import Script, Session
 BEGIN = "@@gpufleet-begin "
 END_RE = re.compile(r"^@@gpufleet-end (\S+) rc=(\d+)@@$")
 MANAGED_LABEL = "gpufleet.container"
+SNAPSHOT_LABEL = "gpufleet.snapshot-of"
 CONTAINER_DIR = "/var/lib/gpufleet/containers"
 
 PROBE_FUNCTIONS = r"""
 sec() { n=$1; shift; echo "@@gpufleet-begin $n@@"; "$@" 2>&1; r=$?; echo; echo "@@gpufleet-end $n rc=$r@@"; }
-readfile() { if [ -e "$1" ]; then stat -c '%a %U %G' "$1" && base64 -w0 "$1"; else echo absent; fi; }
+readfile() { if [ -e "$1" ]; then stat -c '%a %U %G' "$1" && { [ ! -f "$1" ] || base64 -w0 "$1"; }; else echo absent; fi; }
 """
 
 HOST_PACKAGES = ("docker.io", "docker-ce", "docker-ce-cli", "containerd.io", "containerd", "runc",
@@ -93,6 +94,7 @@ class HostFacts:
     images: dict[str, dict]
     users: dict[str, list[str] | None]
     containers: dict[str, dict]
+    snapshots: list[dict]
     inside: dict[str, ContainerFacts]
     mem_total_mb: int
     disk_free_mb: dict[str, int]
@@ -133,6 +135,7 @@ def probe_script(request: ProbeRequest) -> Script:
     lines.append("sec df df -Pm /var/lib/docker /data /")
     list_containers = f'ids=$(docker ps -aq --filter label={MANAGED_LABEL}); [ -z "$ids" ] || docker inspect $ids'
     lines.append(f"sec containers sh -c {q(list_containers)}")
+    lines.append(f"sec snapshots docker image ls --filter label={SNAPSHOT_LABEL} --format '{{{{json .}}}}'")
     inner_pkgs = " ".join(q(p) for p in request.container_packages) or "openssh-server"
     for i, (name, files) in enumerate(request.containers.items()):
         inner = [PROBE_FUNCTIONS,
@@ -169,7 +172,7 @@ def split_sections(text: str) -> dict[str, tuple[int, str]]:
 def parse_file(body: str) -> RemoteFile:
     """Pure: the output of `readfile` (stat line + base64, or `absent`)."""
     lines = body.strip().split("\n")
-    if not lines or lines[0] == "absent":
+    if not lines[0] or lines[0] == "absent":
         return ABSENT
     mode, owner, group = (lines[0].split() + ["", "", ""])[:3]
     content = base64.b64decode(lines[1]) if len(lines) > 1 else b""
@@ -263,6 +266,8 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
         images=images,
         users={u: (body(f"user:{i}").split() if rc(f"user:{i}") == 0 else None) for i, u in enumerate(request.users)},
         containers=containers,
+        snapshots=[json.loads(line) for line in body("snapshots").splitlines()
+                   if rc("snapshots") == 0 and line.startswith("{")],
         inside=inside,
         mem_total_mb=int(mem.group(1)) // 1024 if mem else 0,
         disk_free_mb=parse_df(body("df")),

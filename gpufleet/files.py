@@ -24,6 +24,7 @@ from gpufleet.remote import Script, Session
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 BACKUP_SUFFIX = ".gpufleet.bak"
+ORIGINAL_SUFFIX = ".gpufleet.orig"
 TEMP_MARK = ".gpufleet-tmp-"
 VALIDATION_FAILED = 97
 
@@ -53,6 +54,7 @@ class FileChange:
     # validator(temp_path) -> argv run on the host before the file is installed
     validate: Callable[[str], list[str]] | None = None
     backup: bool = True
+    keep_original: bool = False  # also keep the very first version as PATH.gpufleet.orig
 
     @property
     def content_changed(self) -> bool:
@@ -87,20 +89,22 @@ def write_script(change: FileChange) -> tuple[Script, str]:
     q = shlex.quote
     target = change.path
     temp = str(Path(target).parent / f".{Path(target).name}{TEMP_MARK}{uuid.uuid4().hex[:12]}")
-    payload = base64.b64encode(change.content).decode()
     steps = [
         "set -e",
         "umask 077",
         f"t={q(temp)}",
         "trap 'rm -f \"$t\"' EXIT HUP INT TERM",
         f"mkdir -p {q(str(Path(target).parent))}",
-        f"printf %s {payload} | base64 -d > \"$t\"",
+        "base64 -d > \"$t\"",  # the content arrives base64-encoded on stdin
         f"chown {q(change.owner + ':' + change.group)} \"$t\"",
         f"chmod {q(change.mode)} \"$t\"",
     ]
     if change.validate:
         argv = shlex.join(change.validate(temp))
         steps.append(f"if ! out=$({argv} 2>&1); then printf '%s\\n' \"$out\" >&2; exit {VALIDATION_FAILED}; fi")
+    if change.keep_original:
+        steps.append(f"if [ -e {q(target)} ] && [ ! -e {q(target + ORIGINAL_SUFFIX)} ]; then "
+                     f"cp -p {q(target)} {q(target + ORIGINAL_SUFFIX)}; fi")
     if change.backup:
         steps.append(f"if [ -e {q(target)} ]; then cp -p {q(target)} {q(target + BACKUP_SUFFIX)}; fi")
     steps += [f"mv -f \"$t\" {q(target)}", "trap - EXIT HUP INT TERM"]
@@ -112,7 +116,7 @@ def apply_file(session: Session, change: FileChange, container: str | None = Non
     ValidationFailed and leaves the target untouched."""
     script, _ = write_script(change)
     command = script if container is None else in_container(container, script)
-    result = session.run(command, sudo=True, check=False)
+    result = session.run(command, sudo=True, check=False, stdin=base64.b64encode(change.content).decode())
     if result.exit_code == VALIDATION_FAILED:
         raise ValidationFailed(change.path, shlex.join(change.validate("<temp>")) if change.validate else "", result.stderr)
     if result.exit_code != 0:
@@ -123,7 +127,7 @@ def apply_file(session: Session, change: FileChange, container: str | None = Non
 def in_container(name: str, command) -> list[str]:
     """argv that runs an argv list or a Script inside a running container, as root."""
     argv = ["sh", "-c", str(command)] if isinstance(command, Script) else list(command)
-    return ["docker", "exec", "-u", "root", name, *argv]
+    return ["docker", "exec", "-i", "-u", "root", name, *argv]
 
 
 def file_action(change: FileChange, container: str | None = None) -> Action:

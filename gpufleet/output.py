@@ -78,6 +78,9 @@ class Display:
                           f"{r.seconds:.1f}", Text(reason, style="red"))
         self.console.print(table)
         failed = [r.host for r in reports if r.failed]
+        for r in reports:
+            if r.failed:
+                self.console.print(Text(f"{r.host} failed at {r.failed_step}: {r.error}", style="red"), soft_wrap=True)
         self.console.print(f"logs: {log_dir}/")
         if failed:
             self.console.print(Text(f"{len(failed)} of {len(reports)} host(s) failed: {', '.join(failed)}. "

@@ -16,6 +16,8 @@ IN_CONTAINER_DIR = "/etc/gpufleet"
 CONTAINER_AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
 CONTAINER_OS_RELEASE = "/etc/os-release"
 CONTAINER_GITCONFIG = "/root/.gitconfig"
+CONTAINER_KNOWN_HOSTS = "/root/.ssh/known_hosts"
+CONTAINER_DEPLOY_KEY = "/root/.ssh/id_ed25519_github"
 CONTAINER_APT_SOURCES = ("/etc/apt/sources.list", "/etc/apt/sources.list.d/debian.sources",
                          "/etc/apt/sources.list.d/ubuntu.sources")
 
@@ -41,10 +43,11 @@ def probe_request(ctx) -> ProbeRequest:
     """Everything any stage may need to read on this host, in one probe."""
     host = ctx.host
     files = [APT_PROXY_CONF, DOCKER_KEYRING, DOCKER_SOURCES, DAEMON_JSON, NVIDIA_KEYRING, NVIDIA_SOURCES,
-             authorized_keys_of(host.user)]
+             authorized_keys_of(host.user), f"{home_of(host.user)}/.ssh"]
     for name in host.containers:
         files += container_host_files(name)
-    inner = [CONTAINER_OS_RELEASE, CONTAINER_AUTHORIZED_KEYS, APT_PROXY_CONF, CONTAINER_GITCONFIG,
+    inner = [CONTAINER_OS_RELEASE, CONTAINER_AUTHORIZED_KEYS, "/root/.ssh", APT_PROXY_CONF, CONTAINER_GITCONFIG,
+             CONTAINER_KNOWN_HOSTS, CONTAINER_DEPLOY_KEY + ".pub",
              *CONTAINER_APT_SOURCES]
     return ProbeRequest(
         files=files,

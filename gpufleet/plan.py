@@ -23,7 +23,8 @@ OK, CHANGED, FAILED, SKIPPED = "ok", "changed", "failed", "skipped"
 class Action:
     """One change a step will make; `apply` does it, `diff` shows it in a dry run."""
     summary: str
-    apply: Callable[["HostContext"], None]
+    # returns None, or a note for the report (e.g. a public key to hand to the user)
+    apply: Callable[["HostContext"], str | None]
     diff: str = ""
     warning: str = ""
 
@@ -73,6 +74,7 @@ class HostReport:
     failed_step: str = ""
     commands: int = 0
     connections: int = 0
+    data: list = field(default_factory=list)  # rows for tasks that report a table (ps, doctor)
 
     @property
     def failed(self) -> bool:
@@ -154,8 +156,10 @@ class HostContext:
                 if not self.dry_run:
                     for action in plan.actions:
                         self._on_event(self.name, "action", action.summary)
-                        action.apply(self)
+                        note = action.apply(self)
                         self.invalidate()
+                        if isinstance(note, str) and note:
+                            summary += f"; {note}"
                 result = StepResult(step.name, CHANGED, ("would " if self.dry_run else "") + summary, diff, warnings)
         except FleetError as e:
             message = str(e)

@@ -6,6 +6,7 @@ connections and commands so that the benchmark can read them from the log.
 """
 from __future__ import annotations
 
+import io
 import shlex
 import subprocess
 import threading
@@ -36,9 +37,8 @@ def render(command: Command) -> tuple[str, str]:
         real = shlex.join(["sh", "-c", str(command)])
         first = command.strip().splitlines()[0] if command.strip() else ""
         return real, f"sh -c <script: {first[:60]}…>"
-    argv = [str(a) for a in command]
-    shown = [MASK if isinstance(a, Secret) else a for a in command]
-    return shlex.join(argv), shlex.join([str(a) for a in shown])
+    real = shlex.join([str(a) for a in command])
+    return real, mask(real, [str(a) for a in command if isinstance(a, Secret)])
 
 
 def mask(text: str, secrets: Sequence[str]) -> str:
@@ -79,22 +79,22 @@ class Session:
                 self._log.flush()
 
     def run(self, command: Command, *, sudo: bool = False, check: bool = True,
-            timeout: float | None = None) -> Result:
-        """Run a command; raise CommandFailed on a non-zero exit when `check`."""
+            timeout: float | None = None, stdin: str | None = None) -> Result:
+        """Run a command (feeding `stdin` to it); raise CommandFailed on a non-zero exit when `check`."""
         real, shown = render(command)
         if not isinstance(command, Script):
             self.secrets.extend(a for a in command if isinstance(a, Secret))
         self.commands += 1
         started = time.monotonic()
         self.log(f"$ {shown}" + ("   [sudo]" if sudo and not self.is_root else ""))
-        exit_code, out, err = self._exec(real, sudo=sudo and not self.is_root, timeout=timeout)
+        exit_code, out, err = self._exec(real, sudo=sudo and not self.is_root, timeout=timeout, stdin=stdin)
         self.log(f"# exit {exit_code} in {time.monotonic() - started:.2f}s\n{out}{err and '[stderr] ' + err}")
         result = Result(exit_code, mask(out, self.secrets), mask(err, self.secrets))
         if check and exit_code != 0:
             raise CommandFailed(shown, exit_code, result.stderr or result.stdout, host=self.name)
         return result
 
-    def _exec(self, command: str, *, sudo: bool, timeout: float | None) -> tuple[int, str, str]:
+    def _exec(self, command: str, *, sudo: bool, timeout: float | None, stdin: str | None) -> tuple[int, str, str]:
         raise NotImplementedError
 
     def reconnect(self) -> None:
@@ -115,10 +115,11 @@ class LocalSession(Session):
         import os
         self.is_root = os.geteuid() == 0
 
-    def _exec(self, command, *, sudo, timeout):
+    def _exec(self, command, *, sudo, timeout, stdin):
         argv = ["sudo", "-n", "sh", "-c", command] if sudo else ["sh", "-c", command]
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, errors="replace")
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, errors="replace",
+                                  input=stdin if stdin is not None else "")
         except subprocess.TimeoutExpired:
             return 124, "", f"timed out after {timeout}s"
         return proc.returncode, proc.stdout, proc.stderr
@@ -145,9 +146,10 @@ class SshSession(Session):
         self.connections += 1
         self.log(f"# connected to {self.connection.user}@{self.connection.host}:{self.connection.port}")
 
-    def _exec(self, command, *, sudo, timeout):
+    def _exec(self, command, *, sudo, timeout, stdin):
         self.open()
-        kwargs = dict(hide=True, warn=True, in_stream=False, timeout=timeout)
+        kwargs = dict(hide=True, warn=True, timeout=timeout,
+                      in_stream=io.StringIO(stdin) if stdin is not None else False)
         try:
             result = self.connection.sudo(command, **kwargs) if sudo else self.connection.run(command, **kwargs)
         except Exception as e:

@@ -1,0 +1,133 @@
+"""Pure: OpenSSH authorized_keys — parse, validate keys, and sync the managed keys in."""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import struct
+from dataclasses import dataclass, field
+
+from gpufleet.errors import InputError
+
+KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ssh-dss", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+             "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    keytype: str
+    blob: str
+    comment: str = ""
+    options: str = ""
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """Two lines hold the same key when type and blob match (options and comment aside)."""
+        return (self.keytype, self.blob)
+
+    def line(self) -> str:
+        parts = [self.options] if self.options else []
+        return " ".join(parts + [self.keytype, self.blob] + ([self.comment] if self.comment else []))
+
+
+class BadPublicKey(InputError):
+    """A malformed public key."""
+
+
+def _split_options(line: str) -> tuple[str, str]:
+    """(options, rest) where options may contain quoted spaces and commas."""
+    i, quoted = 0, False
+    while i < len(line):
+        ch = line[i]
+        if ch == "\\" and quoted:
+            i += 2
+            continue
+        if ch == '"':
+            quoted = not quoted
+        elif ch in " \t" and not quoted:
+            break
+        i += 1
+    return line[:i], line[i:].strip()
+
+
+def _check_blob(keytype: str, blob: str) -> str | None:
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        return "key blob is not valid base64"
+    if len(raw) < 4:
+        return "key blob is truncated"
+    (n,) = struct.unpack(">I", raw[:4])
+    inner = raw[4:4 + n].decode("ascii", "replace")
+    if len(raw) < 4 + n or inner != keytype:
+        return f"key blob says {inner!r}, the line says {keytype!r}"
+    return None
+
+
+def parse_line(line: str) -> tuple[PublicKey | None, str | None]:
+    """(key, None) for a key line, (None, None) for a blank/comment line, (None, reason) when invalid."""
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None, None
+    options = ""
+    first = text.split(None, 1)[0]
+    if first not in KEY_TYPES:
+        options, text = _split_options(text)
+        if not text:
+            return None, f"no key after {options[:30]!r}"
+    parts = text.split(None, 2)
+    if len(parts) < 2:
+        return None, "a key type without a key"
+    keytype, blob = parts[0], parts[1]
+    if keytype not in KEY_TYPES:
+        return None, f"unknown key type {keytype[:40]!r}"
+    problem = _check_blob(keytype, blob)
+    if problem:
+        return None, problem
+    return PublicKey(keytype, blob, parts[2] if len(parts) > 2 else "", options), None
+
+
+def parse_public_key(line: str, source: str = "public key") -> PublicKey:
+    """One public key the inventory distributes; InputError naming `source` when malformed."""
+    key, problem = parse_line(line)
+    if key is None:
+        raise BadPublicKey(f"{source}: {problem or 'empty line, not a key'}")
+    return key
+
+
+@dataclass
+class SyncResult:
+    text: str
+    added: list[PublicKey] = field(default_factory=list)
+    removed: list[PublicKey] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    remaining: int = 0  # valid keys left in the file
+
+
+def sync(existing: str, add: list[PublicKey], revoke: list[PublicKey]) -> SyncResult:
+    """Revoked keys removed wherever they are, wanted keys appended once, everything else kept."""
+    newline = "\r\n" if "\r\n" in existing else "\n"
+    revoked = {k.identity for k in revoke}
+    lines = existing.splitlines(keepends=True)
+    kept, seen, result = [], set(), SyncResult("")
+    for number, line in enumerate(lines, 1):
+        key, problem = parse_line(line)
+        if problem:
+            result.problems.append(f"{number}: {problem}")
+        if key is not None and key.identity in revoked:
+            result.removed.append(key)
+            continue
+        if key is not None:
+            seen.add(key.identity)
+            result.remaining += 1
+        kept.append(line)
+    if kept and not kept[-1].endswith(("\n", "\r")):
+        kept[-1] += newline
+    for key in add:
+        if key.identity not in seen:
+            kept.append(key.line() + newline)
+            seen.add(key.identity)
+            result.added.append(key)
+            result.remaining += 1
+    result.text = "".join(kept)
+    return result

@@ -1,0 +1,114 @@
+"""Pure parsers of nvidia-smi and lspci output, and CUDA version arithmetic."""
+from __future__ import annotations
+
+import csv
+import io
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+QUERY_FIELDS = ("index", "name", "uuid", "driver_version", "memory_total_mib", "compute_cap", "pci_bus_id")
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    uuid: str = ""
+    driver_version: str = ""
+    memory_total_mib: int = 0
+    compute_cap: str = ""
+    pci_bus_id: str = ""
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_query_gpu(text: str) -> list[Gpu]:
+    """Pure: `nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,pci.bus_id
+    --format=csv[,noheader][,nounits]`; a header line and units are tolerated."""
+    gpus = []
+    for row in csv.reader(io.StringIO(text.strip())):
+        cells = [c.strip() for c in row]
+        if len(cells) < 2 or not cells[0].isdigit():
+            continue  # header or an error line
+        cells += [""] * (len(QUERY_FIELDS) - len(cells))
+        memory = re.match(r"(\d+)", cells[4])
+        gpus.append(Gpu(int(cells[0]), cells[1], cells[2], cells[3], int(memory.group(1)) if memory else 0,
+                        cells[5], cells[6]))
+    return gpus
+
+
+def parse_smi_table_cuda(text: str) -> tuple[str, str] | None:
+    """Pure: (driver version, CUDA version) from the header of the default `nvidia-smi` table."""
+    driver = re.search(r"Driver Version:\s*([0-9.]+)", text)
+    cuda = re.search(r"CUDA Version:\s*([0-9.]+)", text)
+    if not driver and not cuda:
+        return None
+    return (driver.group(1) if driver else "", cuda.group(1) if cuda else "")
+
+
+def parse_smi_xml(text: str) -> dict:
+    """Pure: `nvidia-smi -q -x` → {"driver": str, "cuda": str, "gpus": [{"name", "uuid", "mig"}]}."""
+    root = ET.fromstring(re.sub(r"<!DOCTYPE[^>]*>", "", text.strip()))
+    gpus = [{"name": g.findtext("product_name", "").strip(), "uuid": g.findtext("uuid", "").strip(),
+             "mig": g.findtext("mig_mode/current_mig", "").strip()} for g in root.findall("gpu")]
+    return {"driver": root.findtext("driver_version", "").strip(), "cuda": root.findtext("cuda_version", "").strip(),
+            "gpus": gpus}
+
+
+def parse_smi_list(text: str) -> list[str]:
+    """Pure: `nvidia-smi -L` → GPU lines (MIG child lines are not separate GPUs)."""
+    return [line.strip() for line in text.splitlines() if re.match(r"^GPU \d+:", line.strip())]
+
+
+FAILURES = (
+    (re.compile(r"couldn.?t\s+communicate\s+with\s+the\s+NVIDIA\s+driver", re.S | re.I),
+     "nvidia-smi cannot talk to the NVIDIA driver (not loaded, or a version mismatch)"),
+    (re.compile(r"No devices were found", re.I), "the driver is loaded but found no GPU"),
+    (re.compile(r"Failed to initialize NVML", re.I), "NVML could not be initialised"),
+)
+
+
+def classify_smi_failure(text: str) -> str | None:
+    """Pure: a one-line reason for a failed nvidia-smi, or None when the text is not a known failure."""
+    flat = " ".join(text.split())
+    for pattern, reason in FAILURES:
+        if pattern.search(flat):
+            return reason
+    return None
+
+
+def parse_lspci_nvidia(text: str) -> list[Gpu]:
+    """Pure: NVIDIA VGA/3D controllers in `lspci -nn` output (vendor [10de])."""
+    gpus = []
+    for line in text.splitlines():
+        if "[10de:" in line and re.search(r"(VGA compatible|3D) controller", line):
+            name = line.split(": ", 1)[-1]
+            gpus.append(Gpu(len(gpus), name, pci_bus_id=line.split()[0]))
+    return gpus
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:2]) or (0,)
+
+
+def driver_supports_cuda(driver_cuda: str, required: str) -> bool:
+    """True when the driver's CUDA version (nvidia-smi header) is at least the required one."""
+    return _version(driver_cuda) >= _version(required)
+
+
+def parse_cuda_requirement(env, image_ref: str) -> str | None:
+    """The CUDA version an image needs: NVIDIA_REQUIRE_CUDA, then CUDA_VERSION, then a tag like cuda11.6."""
+    pairs = dict(e.split("=", 1) for e in env if "=" in e) if isinstance(env, list) else dict(env or {})
+    m = re.search(r"cuda>=\s*([0-9]+(?:\.[0-9]+)?)", pairs.get("NVIDIA_REQUIRE_CUDA", ""))
+    if m:
+        return m.group(1)
+    m = re.match(r"([0-9]+\.[0-9]+)", pairs.get("CUDA_VERSION", ""))
+    if m:
+        return m.group(1)
+    tag = image_ref.rsplit(":", 1)[-1] if ":" in image_ref.rsplit("/", 1)[-1] else ""
+    m = re.search(r"cuda[-_]?([0-9]+)\.?([0-9]+)?", tag)
+    if m:
+        return f"{m.group(1)}.{m.group(2) or '0'}"
+    return None

@@ -1,0 +1,270 @@
+"""The long-lived GPU containers and the sshd inside them.
+
+Each container is run from a typed spec (gpufleet.inventory.ContainerSpec).  The
+spec it was created from is kept in the label `gpufleet.spec`; when the inventory
+asks for something else, the plan lists the fields that differ and the container
+is re-created with the same volumes, after a snapshot if its filesystem changed.
+"""
+from __future__ import annotations
+
+import json as jsonlib
+import shlex
+import time
+
+from invoke import Collection, task
+
+from gpufleet import gpu
+from gpufleet.errors import FleetError
+from gpufleet.executor import fleet_task
+from gpufleet.facts import MANAGED_LABEL, SNAPSHOT_LABEL
+from gpufleet.files import FileChange, file_action, in_container, render_template
+from gpufleet.inventory import ContainerSpec
+from gpufleet.paths import APT_PROXY_CONF, IN_CONTAINER_DIR, container_dir
+from gpufleet.plan import Action, Plan, Step
+from gpufleet.remote import Script
+from tasks import HOST_TASK_HELP
+from tasks.apt import proxy_file
+from tasks.docker import apt_install
+
+SPEC_LABEL = "gpufleet.spec"
+SNAPSHOT_MARKER = "/var/lib/gpufleet-last-snapshot"
+
+
+# --- the spec, resolved for one host ---
+
+def default_shm_size(mem_total_mb: int) -> str:
+    """A quarter of host memory, between 1g and 64g: PyTorch data loaders live in /dev/shm."""
+    gb = max(1, min(64, mem_total_mb // 1024 // 4))
+    return f"{gb}g"
+
+
+def use_gpus(c, spec: ContainerSpec) -> tuple[bool, str]:
+    """(pass --gpus all?, why) from the spec and what the host has."""
+    f = c.facts()
+    ready = f.has_gpu and "nvidia" in ((f.docker_info or {}).get("Runtimes") or {})
+    if spec.gpus == "none":
+        return False, "gpus = none"
+    if spec.gpus == "all" and not ready:
+        raise FleetError(f"container {spec.name}: gpus = 'all' but this host has no NVIDIA GPU with the "
+                         "container toolkit registered (run nvidia.install, or set gpus = 'auto')")
+    return (True, f"all {len(f.gpus)} GPU(s)") if ready else (False, "no GPUs: host has no NVIDIA GPU/runtime")
+
+
+def resolved_spec(c, spec: ContainerSpec) -> dict:
+    """The spec as it will be run on this host; stored in the container's label."""
+    gpus, _ = use_gpus(c, spec)
+    return {
+        "image": spec.image,
+        "ssh_port": spec.ssh_port,
+        "volumes": [str(v) for v in spec.volumes],
+        "shm_size": spec.shm_size or default_shm_size(c.facts().mem_total_mb),
+        "gpus": "all" if gpus else "none",
+        "env": dict(spec.env),
+        "restart": spec.restart,
+        "hostname": c.inventory.container_alias(c.host.name, spec.name),
+    }
+
+
+def run_argv(name: str, doc: dict) -> list[str]:
+    """`docker run` for a resolved spec; the SSH port is published on the host's loopback only."""
+    argv = ["docker", "run", "-d", "--name", name, "--hostname", doc["hostname"], "--init",
+            "--label", f"{MANAGED_LABEL}={name}", "--label", f"{SPEC_LABEL}={jsonlib.dumps(doc, sort_keys=True)}",
+            "--restart", doc["restart"], "--shm-size", doc["shm_size"],
+            "-p", f"127.0.0.1:{doc['ssh_port']}:22",
+            "-v", f"{container_dir(name)}:{IN_CONTAINER_DIR}"]
+    for volume in doc["volumes"]:
+        argv += ["-v", volume]
+    for key, value in sorted(doc["env"].items()):
+        argv += ["-e", f"{key}={value}"]
+    if doc["gpus"] == "all":
+        argv += ["--gpus", "all"]
+    argv += ["--entrypoint", f"{IN_CONTAINER_DIR}/entrypoint.sh", doc.get("restored_from") or doc["image"]]
+    return argv
+
+
+def spec_differences(old: dict, new: dict) -> list[str]:
+    """Field-by-field differences between the running spec and the wanted one.
+
+    A container restored from a snapshot keeps running its snapshot image; that is not drift.
+    """
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted((set(old) | set(new)) - {"restored_from"})
+            if old.get(key) != new.get(key)]
+
+
+def cuda_check(c, spec: ContainerSpec) -> str:
+    """Refuse an image that needs a newer CUDA than the driver supports (before a multi-GB pull)."""
+    f = c.facts()
+    if not f.has_gpu or not f.gpu_cuda:
+        return ""
+    image = f.images.get(spec.image)
+    env = ((image or {}).get("Config") or {}).get("Env") or []
+    needed = gpu.parse_cuda_requirement(env, spec.image)
+    if not needed or gpu.driver_supports_cuda(f.gpu_cuda, needed):
+        return ""
+    message = (f"image {spec.image} needs CUDA {needed} but driver {f.gpu_driver} supports CUDA {f.gpu_cuda}")
+    if spec.allow_driver_mismatch:
+        return message + " (allowed by allow_driver_mismatch)"
+    raise FleetError(message + ": upgrade the driver, pick an older image, or set allow_driver_mismatch = true")
+
+
+# --- containers.run ---
+
+def plan_run(c) -> Plan:
+    f = c.facts()
+    if not c.host.containers:
+        return Plan.ok("no containers in the inventory for this host")
+    if not f.docker_running:
+        return Plan.skipped("Docker is not running yet")
+    actions, fine = [], []
+    for name, spec in c.host.containers.items():
+        entry = FileChange(f"{container_dir(name)}/entrypoint.sh", f.file(f"{container_dir(name)}/entrypoint.sh"),
+                           render_template("entrypoint.sh.j2", name=name, config_dir=IN_CONTAINER_DIR).encode(),
+                           mode="0755")
+        if entry.needed:
+            actions.append(file_action(entry))
+        warning = cuda_check(c, spec)
+        if spec.image not in f.images:
+            actions.append(Action(f"pull {spec.image}", lambda c, i=spec.image: c.run(["docker", "pull", i], sudo=True),
+                                  warning=warning))
+        doc = resolved_spec(c, spec)
+        current = f.containers.get(name)
+        if current is None:
+            _, why = use_gpus(c, spec)
+            actions.append(Action(f"run container {name} ({why}, shm {doc['shm_size']}, ssh port {spec.ssh_port})",
+                                  lambda c, n=name, d=doc: c.run(run_argv(n, d), sudo=True)))
+            continue
+        old_doc = jsonlib.loads(((current.get("Config") or {}).get("Labels") or {}).get(SPEC_LABEL) or "{}")
+        differences = spec_differences(old_doc, doc)
+        if differences:
+            actions.append(Action(f"re-create container {name} ({'; '.join(differences)}), keeping its volumes",
+                                  lambda c, n=name, d=doc: recreate(c, n, d),
+                                  diff="".join(f"~ {d}\n" for d in differences)))
+        elif not current["State"]["Running"]:
+            actions.append(Action(f"start container {name}", lambda c, n=name: c.run(["docker", "start", n], sudo=True)))
+        else:
+            fine.append(name)
+    if not actions:
+        return Plan.ok(f"container(s) {', '.join(fine)} running as specified")
+    return Plan.change(*actions)
+
+
+def snapshot(c, name: str, pause: bool = True) -> str:
+    """`docker commit` the container to NAME-snapshot:TIMESTAMP (volumes are not in it)."""
+    tag = f"{name.lower()}-snapshot:{time.strftime('%Y%m%d-%H%M%S')}"
+    # marks the moment of the snapshot, so that `rm` can tell later changes from saved ones
+    c.run(in_container(name, ["touch", SNAPSHOT_MARKER]), sudo=True, check=False)
+    argv = ["docker", "commit", "--change", f"LABEL {SNAPSHOT_LABEL}={name}"]
+    if not pause:
+        argv.append("--pause=false")
+    c.run([*argv, name, tag], sudo=True)
+    return tag
+
+
+def has_changes(c, name: str) -> bool:
+    return bool(c.run(["docker", "diff", name], sudo=True).stdout.strip())
+
+
+def recreate(c, name: str, doc: dict) -> None:
+    """Snapshot (if changed), run the new container, then remove the old; roll back on failure."""
+    if has_changes(c, name):
+        snapshot(c, name)
+    old = f"{name}-replaced-{int(time.time())}"
+    c.run(["docker", "stop", name], sudo=True)
+    c.run(["docker", "rename", name, old], sudo=True)
+    result = c.run(run_argv(name, doc), sudo=True, check=False)
+    if result.exit_code != 0:
+        c.run(Script(f"docker rm -f {shlex.quote(name)} 2>/dev/null; docker rename {shlex.quote(old)} "
+                     f"{shlex.quote(name)} && docker start {shlex.quote(name)}"), sudo=True, check=False)
+        raise FleetError(f"re-creating {name} failed, the old container is back: {result.stderr.strip()[-300:]}")
+    c.run(["docker", "rm", old], sudo=True)
+
+
+def recreate_from(c, name: str, image: str) -> None:
+    """Re-create `name` from a snapshot image, with the inventory's volumes and ports."""
+    doc = dict(resolved_spec(c, c.host.containers[name]), restored_from=image)
+    if name in c.facts().containers:
+        recreate(c, name, doc)
+    else:
+        c.run(run_argv(name, doc), sudo=True)
+
+
+# --- containers.sshd ---
+
+def plan_sshd(c) -> Plan:
+    f = c.facts()
+    if not c.host.containers:
+        return Plan.ok("no containers")
+    actions, fine = [], []
+    for name in c.host.containers:
+        before = len(actions)
+        alias = c.inventory.container_alias(c.host.name, name)
+        inside = f.inside.get(name)
+        if inside is None:
+            if c.dry_run:
+                actions.append(Action(f"set up sshd in {name} once it runs", lambda c: None))
+                continue
+            raise FleetError(f"container {name} is not running (docker logs {name} says why)")
+        proxy = c.host.apt_proxy
+        if proxy:
+            change = FileChange(APT_PROXY_CONF, inside.file(APT_PROXY_CONF), proxy_file(proxy))
+            if change.needed:
+                actions.append(file_action(change, container=name))
+        if not inside.sshd_installed:
+            actions.append(Action(f"install openssh-server in {name}",
+                                  lambda c, n=name: c.run(in_container(n, apt_install(["openssh-server"])), sudo=True)))
+        key_pub = f.file(f"{container_dir(name)}/ssh_host_ed25519_key.pub")
+        if not key_pub.exists:
+            key = f"{IN_CONTAINER_DIR}/ssh_host_ed25519_key"
+            actions.append(Action(f"generate {name}'s SSH host key (kept on the host across re-creation)",
+                                  lambda c, n=name, k=key: c.run(in_container(n, ["ssh-keygen", "-q", "-t", "ed25519",
+                                                                                   "-N", "", "-C", f"{n}", "-f", k]),
+                                                                 sudo=True)))
+        config = FileChange(f"{container_dir(name)}/sshd_config", f.file(f"{container_dir(name)}/sshd_config"),
+                            render_template("sshd_config.j2", name=name, config_dir=IN_CONTAINER_DIR).encode(),
+                            validate=lambda tmp, n=name: ["docker", "exec", n, "/usr/sbin/sshd", "-t", "-f",
+                                                          tmp.replace(container_dir(n), IN_CONTAINER_DIR)])
+        if config.needed:
+            actions.append(file_action(config))
+        if not inside.sshd_running or config.content_changed:
+            actions.append(Action(f"start sshd in {name}" if not inside.sshd_running else f"reload sshd in {name}",
+                                  lambda c, n=name: start_sshd(c, n)))
+        if key_pub.exists:
+            parts = key_pub.text.split()
+            if c.known_hosts is not None and c.known_hosts.get(alias) != [(parts[0], parts[1])]:
+                actions.append(Action(f"pin {alias}'s host key in {c.inventory.local.known_hosts}",
+                                      lambda c, a=alias, p=parts: c.known_hosts.replace(a, [(p[0], p[1])])))
+        else:
+            actions.append(Action(f"pin {alias}'s host key locally", lambda c, n=name, a=alias: pin_container_key(c, n, a)))
+        if len(actions) == before:
+            fine.append(name)
+    if not actions:
+        return Plan.ok(f"sshd running with the managed config in {', '.join(fine)}")
+    return Plan.change(*actions)
+
+
+def start_sshd(c, name: str) -> None:
+    """Start sshd (or make it re-read its config) in a running container."""
+    d = IN_CONTAINER_DIR
+    script = (f"mkdir -p /run/sshd; if [ -s /run/sshd.pid ] && kill -0 $(cat /run/sshd.pid) 2>/dev/null; "
+              f"then kill -HUP $(cat /run/sshd.pid); else /usr/sbin/sshd -f {d}/sshd_config; fi")
+    c.run(in_container(name, Script(script)), sudo=True)
+
+
+def pin_container_key(c, name: str, alias: str) -> None:
+    pub = c.run(["cat", f"{container_dir(name)}/ssh_host_ed25519_key.pub"], sudo=True).stdout.split()
+    if c.known_hosts is not None:
+        c.known_hosts.replace(alias, [(pub[0], pub[1])])
+
+
+RUN = Step("containers.run", plan_run)
+SSHD = Step("containers.sshd", plan_sshd)
+
+
+@task(help=HOST_TASK_HELP)
+@fleet_task()
+def up(c, dry_run=False, json=None):
+    """Pull the images and run the inventory's containers with sshd inside."""
+    c.run_steps([RUN, SSHD])
+
+
+ns = Collection("containers", up)

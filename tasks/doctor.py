@@ -1,0 +1,213 @@
+"""`fab doctor`: a read-only check of every host and container, with the fix for each problem.
+
+`fab doctor-local` runs the same host and GPU checks on this machine without SSH
+(for a GPU box with no sshd, or to check a workstation).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from invoke import task
+from invoke.exceptions import Exit
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from gpufleet import daemon_json, gpu, inventory as inv, sshd_config
+from gpufleet.errors import FleetError
+from gpufleet.executor import fleet_task
+from gpufleet.files import in_container
+from gpufleet.paths import DAEMON_JSON, container_dir, probe_request
+from gpufleet.plan import HostContext, Plan, Step
+from gpufleet.remote import LocalSession
+from tasks import HOST_TASK_HELP
+from tasks.containers import default_shm_size
+from tasks.docker import wanted_daemon_keys
+
+PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skipped"
+STYLE = {PASS: "green", WARN: "yellow", FAIL: "bold red", SKIP: "cyan"}
+TORCH_CHECK = ("import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), "
+               "torch.cuda.device_count())")
+MIN_FREE_MB = 20 * 1024
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def size_mb(text: str) -> int:
+    m = re.fullmatch(r"(\d+)([bkmg]?)", text.lower())
+    if not m:
+        return 0
+    n, unit = int(m.group(1)), m.group(2)
+    return {"b": n // 2**20, "k": n // 1024, "m": n, "g": n * 1024, "": n // 2**20}[unit]
+
+
+def host_checks(c) -> list[Check]:
+    f = c.facts()
+    checks = []
+    hops = " -> ".join(h.name for h in c.inventory.jump_chain(c.name)) if c.name in c.inventory.hosts else ""
+    checks.append(Check("ssh", PASS, f"reached as {c.host.user}" + (f" via {hops}" if hops else "")))
+    if not f.docker_running:
+        checks.append(Check("docker", FAIL, f.docker_error or "docker info does not answer",
+                            f"fab -H {c.name} docker.install"))
+        return checks + gpu_checks(c)
+    info = f.docker_info
+    checks.append(Check("docker", PASS, f"Docker {info.get('ServerVersion')} running, data root {info.get('DockerRootDir')}"))
+    current_file = f.file(DAEMON_JSON) if DAEMON_JSON in f.files else None
+    try:
+        current = daemon_json.parse(current_file.text, DAEMON_JSON) if current_file and current_file.exists else {}
+        wanted = wanted_daemon_keys(c)
+        merged = daemon_json.merge(current, wanted)
+        missing = [k for k in wanted if merged.get(k) != current.get(k)]
+        checks.append(Check("daemon.json", FAIL if missing else PASS,
+                            f"keys not as wanted: {', '.join(missing)}" if missing else f"has {', '.join(wanted) or 'no managed keys'}",
+                            f"fab -H {c.name} docker.configure" if missing else ""))
+    except FleetError as e:
+        checks.append(Check("daemon.json", FAIL, str(e), "fix the file by hand; the tool never overwrites invalid JSON"))
+    for mirror in c.host.registry_mirrors:
+        ok = c.run(["curl", "-fsS", "-o", "/dev/null", "-m", "5", "-w", "%{http_code}", f"{mirror}/v2/"],
+                   check=False)
+        status = PASS if ok.exit_code == 0 or ok.stdout.strip() in ("200", "401") else FAIL
+        checks.append(Check("mirror", status, f"{mirror} answered {ok.stdout.strip() or ok.stderr.strip()[-80:]}",
+                            "" if status == PASS else "check the mirror URL and the host's route to it"))
+    root = info.get("DockerRootDir", "/var/lib/docker")
+    free = c.run(["df", "-Pm", root], check=False).stdout.splitlines()[-1:]
+    free_mb = int(free[0].split()[3]) if free and free[0].split()[3].isdigit() else 0
+    checks.append(Check("disk", PASS if free_mb >= MIN_FREE_MB else WARN, f"{free_mb // 1024} GiB free on {root}",
+                        "" if free_mb >= MIN_FREE_MB else "free space or move data_root to a bigger disk"))
+    return checks + gpu_checks(c)
+
+
+def gpu_checks(c) -> list[Check]:
+    f = c.facts()
+    if not f.has_gpu:
+        return [Check("gpu", SKIP, "no NVIDIA GPU")]
+    if f.gpu_source != "nvidia-smi":
+        return [Check("gpu", FAIL, f"GPU seen by lspci only: {f.gpus[0]}", "install the NVIDIA driver")]
+    names = sorted({g.name for g in f.gpus})
+    checks = [Check("gpu", PASS, f"{len(f.gpus)}x {', '.join(names)}, driver {f.gpu_driver}, CUDA {f.gpu_cuda}")]
+    if f.docker_running:
+        registered = "nvidia" in (f.docker_info.get("Runtimes") or {})
+        checks.append(Check("nvidia runtime", PASS if registered else FAIL,
+                            "registered with Docker" if registered else "not in docker info",
+                            "" if registered else f"fab -H {c.name} nvidia.install"))
+    return checks
+
+
+def container_checks(c, name: str) -> list[Check]:
+    f = c.facts()
+    spec = c.host.containers[name]
+    label = f"{name}: "
+    info = f.containers.get(name)
+    if info is None:
+        return [Check(label + "container", FAIL, "does not exist", f"fab -H {c.name} containers.up")]
+    if not info["State"]["Running"]:
+        return [Check(label + "container", FAIL, f"is {info['State']['Status']}", f"fab -H {c.name} ops.start --container {name}")]
+    checks = [Check(label + "container", PASS, f"running {info['Config']['Image']}")]
+    inside = f.inside.get(name)
+    config_path = f"{container_dir(name)}/sshd_config"
+    if inside and inside.sshd_running:
+        test = c.run(in_container(name, ["/usr/sbin/sshd", "-t", "-f", "/etc/gpufleet/sshd_config"]), sudo=True, check=False)
+        if test.exit_code:
+            checks.append(Check(label + "sshd", FAIL, f"config invalid: {test.stderr.strip()[-120:]}", f"fab -H {c.name} containers.up"))
+        elif config_path in f.files and sshd_config.password_auth_enabled(f.file(config_path).text):
+            checks.append(Check(label + "sshd", FAIL, "password login is enabled", f"fab -H {c.name} containers.up"))
+        else:
+            checks.append(Check(label + "sshd", PASS, f"running, config valid, key-only, port {spec.ssh_port}"))
+    else:
+        checks.append(Check(label + "sshd", FAIL, "sshd is not running",
+                            f"fab -H {c.name} containers.up (or ops.restart --container {name})"))
+    shm = c.run(in_container(name, ["df", "-Pm", "/dev/shm"]), sudo=True, check=False).stdout.splitlines()[-1:]
+    have = int(shm[0].split()[1]) if shm and shm[0].split()[1].isdigit() else 0
+    want = size_mb(spec.shm_size or default_shm_size(f.mem_total_mb))
+    checks.append(Check(label + "/dev/shm", PASS if have >= want * 0.95 else WARN, f"{have} MiB (wanted {want} MiB)",
+                        "" if have >= want * 0.95 else f"fab -H {c.name} containers.up re-creates it"))
+    env = (info.get("Config") or {}).get("Env") or []
+    needed = gpu.parse_cuda_requirement(env, info["Config"]["Image"])
+    if not f.has_gpu:
+        checks.append(Check(label + "gpu", SKIP, "no NVIDIA GPU on the host"))
+        checks.append(Check(label + "torch.cuda", SKIP, "no NVIDIA GPU on the host"))
+        return checks
+    if needed and f.gpu_cuda:
+        fine = gpu.driver_supports_cuda(f.gpu_cuda, needed)
+        checks.append(Check(label + "cuda", PASS if fine else FAIL, f"image needs CUDA {needed}, driver supports {f.gpu_cuda}",
+                            "" if fine else "upgrade the driver or use an older image"))
+    smi = c.run(in_container(name, ["nvidia-smi", "-L"]), sudo=True, check=False)
+    count = len(gpu.parse_smi_list(smi.stdout)) if smi.exit_code == 0 else 0
+    checks.append(Check(label + "gpu", PASS if count else FAIL, f"{count} GPU(s) visible inside",
+                        "" if count else "re-create the container with gpus = 'all' after nvidia.install"))
+    checks.append(torch_check(c, in_container(name, ["python3", "-c", TORCH_CHECK]), label))
+    return checks
+
+
+def torch_check(c, argv: list[str], label: str = "") -> Check:
+    result = c.run(argv, sudo=False, check=False)
+    if result.exit_code:
+        detail = result.stderr.strip().splitlines()[-1:] or ["python3 failed"]
+        return Check(label + "torch.cuda", WARN if "No module named" in detail[0] else FAIL, detail[0][-160:],
+                     "install PyTorch in the image" if "No module named" in detail[0] else "")
+    version, cuda, available, count = (result.stdout.split() + ["", "", "", ""])[:4]
+    ok = available == "True"
+    return Check(label + "torch.cuda", PASS if ok else FAIL,
+                 f"torch {version} (CUDA {cuda}): is_available() = {available}, {count} device(s)",
+                 "" if ok else "check --gpus and the driver/CUDA versions")
+
+
+def plan_doctor(c) -> Plan:
+    checks = host_checks(c)
+    for name in c.host.containers:
+        checks += container_checks(c, name)
+    c.report.data = [[c.name, ch.name, ch.status, ch.detail, ch.fix] for ch in checks]
+    failed = [ch.name for ch in checks if ch.status == FAIL]
+    return Plan.ok(f"{len(checks)} checks, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
+
+
+DOCTOR = Step("doctor", plan_doctor)
+
+
+def print_doctor(reports) -> int:
+    table = Table(title="Doctor", title_justify="left")
+    for column in ("host", "check", "result", "detail", "fix"):
+        table.add_column(column)
+    failed = False
+    for report in reports:
+        if report.failed and not report.data:
+            table.add_row(report.host, "ssh", Text(FAIL, style=STYLE[FAIL]), report.error, "check the address, the jump host and the key")
+            failed = True
+        for host, name, status, detail, fix in report.data:
+            failed |= status == FAIL
+            table.add_row(host, name, Text(status, style=STYLE[status]), detail, fix)
+    Console(highlight=False, width=200).print(table)
+    return 1 if failed else 0
+
+
+def local_doctor() -> int:
+    """The host and GPU checks on this machine, through a local session (no SSH)."""
+    inventory = inv.loads('[hosts.local]\naddress = "localhost"\n', "<local>")
+    ctx = HostContext(inventory.host("local"), inventory, LocalSession("local"))
+    ctx.probe_request = probe_request
+    checks = host_checks(ctx)
+    checks.append(torch_check(ctx, ["python3", "-c", TORCH_CHECK]))
+    ctx.report.data = [["local", ch.name, ch.status, ch.detail, ch.fix] for ch in checks]
+    return print_doctor([ctx.report])
+
+
+@task(help=HOST_TASK_HELP)
+@fleet_task(default_hosts="all", after=print_doctor)
+def doctor(c, dry_run=False, json=None):
+    """Check every host and container read-only: pass/warn/fail and the fix for each."""
+    c.run_steps([DOCTOR])
+
+
+@task(name="doctor-local")
+def doctor_local(c):
+    """Run doctor's host and GPU checks on this machine through a local session (no SSH)."""
+    code = local_doctor()
+    if code:
+        raise Exit(code=code)

@@ -1,0 +1,91 @@
+"""The local lab: a bastion, GPU-less servers, an apt proxy and a registry mirror on the local Docker engine.
+
+Local tasks (no hosts). Settings live under `lab` in the Invoke config
+(`dir`, `prefix`, `subnet`); the work is done by gpufleet.lab.
+"""
+from pathlib import Path
+
+import docker.errors
+from invoke import Collection, task
+from invoke.exceptions import Exit
+from rich.console import Console
+from rich.table import Table
+
+from gpufleet.errors import FleetError
+from gpufleet.lab import DEFAULT_PREFIX, DEFAULT_SUBNET, Lab
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _console() -> Console:
+    return Console(highlight=False)
+
+
+def _lab(c, console: Console | None = None) -> Lab:
+    settings = c.config.get("lab", {})
+    directory = Path(settings.get("dir", ".lab"))
+    return Lab(directory if directory.is_absolute() else REPO / directory,
+               prefix=settings.get("prefix", DEFAULT_PREFIX), subnet=settings.get("subnet", DEFAULT_SUBNET),
+               log=(lambda line: console.print(f"  {line}", style="dim")) if console else None)
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+@task(auto_shortflags=False,  # -h stays --help
+      help={"hosts": "how many servers (gpu1, gpu2, ...; odd ones run systemd, even ones do not); default 2"})
+def up(c, hosts=2):
+    """Bring up the local lab (or reconcile it) and write .lab/hosts.toml."""
+    console = _console()
+    try:
+        info = _lab(c, console).up(hosts=int(hosts))
+    except (FleetError, docker.errors.DockerException) as e:
+        raise Exit(f"lab.up: {e}", code=1) from None
+    console.print(f"lab {info.prefix} is up in {info.seconds:.0f}s: bastion on 127.0.0.1:{info.bastion_port}, "
+                  f"servers {', '.join(info.servers)}, mirror serving {info.image}")
+    if info.built_images:
+        console.print(f"built {', '.join(info.built_images)}")
+    console.print(f"inventory: {_shown(info.inventory)}")
+    console.print(f"FABRIC_INVENTORY={_shown(info.inventory)} fab -H {','.join(info.servers)} bootstrap")
+
+
+@task
+def status(c):
+    """Show the lab's containers, their roles, states and addresses."""
+    lab = _lab(c)
+    try:
+        members = lab.status()
+    except (FleetError, docker.errors.DockerException) as e:
+        raise Exit(f"lab.status: {e}", code=1) from None
+    if not members:
+        _console().print(f"lab {lab.prefix} is down (no containers); `fab lab.up` starts it")
+        return
+    table = Table(title=f"lab {lab.prefix} ({lab.subnet})", title_justify="left")
+    for column in ("name", "role", "state", "address"):
+        table.add_column(column)
+    for member in members:
+        table.add_row(*member)
+    _console().print(table)
+
+
+@task(help={"purge": "also remove the apt cache volume and the lab's keys, inventory and known_hosts"})
+def down(c, purge=False):
+    """Remove the lab's containers, network and volumes (the apt cache stays unless --purge)."""
+    lab = _lab(c)
+    try:
+        removed = lab.down(purge=purge)
+    except (FleetError, docker.errors.DockerException) as e:
+        raise Exit(f"lab.down: {e}", code=1) from None
+    console = _console()
+    for thing in removed:
+        console.print(f"  removed {thing}", style="dim")
+    kept = "" if purge else f"; kept the apt cache volume {lab.apt_cache_volume} (--purge removes it)"
+    console.print(f"lab {lab.prefix} is down{kept}")
+
+
+ns = Collection("lab", up, status, down)
+ns.configure({"lab": {"dir": ".lab", "prefix": DEFAULT_PREFIX, "subnet": DEFAULT_SUBNET}})

@@ -1,0 +1,284 @@
+"""Day-2 operations on the managed containers: ps, exec, shell, start/stop/restart,
+snapshot, rm (never loses work) and restore."""
+from __future__ import annotations
+
+import json as jsonlib
+import os
+import shlex
+import sys
+from datetime import datetime, timezone
+
+from invoke import Collection, task
+from rich.console import Console
+from rich.table import Table
+
+from gpufleet.errors import FleetError, InputError
+from gpufleet.executor import fleet_task, load_inventory
+from gpufleet.files import in_container
+from gpufleet.plan import Action, Plan, Step
+from gpufleet.remote import Script
+from tasks import HOST_TASK_HELP
+from tasks.containers import SNAPSHOT_MARKER, SPEC_LABEL, recreate_from, run_argv, snapshot
+
+CONTAINER_HELP = {**HOST_TASK_HELP, "container": "container name (default: every managed container on the host)"}
+# files our own entrypoint rewrites at every start: not the user's work
+OWN_FILES = ("/etc/environment", "/etc/profile.d/00-gpufleet-env.sh", "/run", "/proc", "/sys", "/dev", "/tmp")
+
+
+def chosen(c, container: str | None) -> list[str]:
+    names = list(c.host.containers)
+    if container:
+        if container not in names:
+            raise FleetError(f"no container {container!r} on {c.name} in the inventory (have: {', '.join(names)})")
+        return [container]
+    return names
+
+
+def snapshots_of(facts, name: str) -> list[dict]:
+    """This container's snapshot images, oldest first (tags are timestamps)."""
+    repo = f"{name.lower()}-snapshot"
+    return sorted((s for s in facts.snapshots if s.get("Repository") == repo), key=lambda s: s.get("Tag", ""))
+
+
+def uptime(state: dict) -> str:
+    if not state.get("Running"):
+        return "-"
+    started = datetime.fromisoformat(state["StartedAt"][:26].rstrip("Z") + "+00:00")
+    seconds = int((datetime.now(timezone.utc) - started).total_seconds())
+    return f"{seconds // 86400}d{seconds % 86400 // 3600}h" if seconds >= 86400 else f"{seconds // 3600}h{seconds % 3600 // 60}m"
+
+
+# --- ps ---
+
+def plan_ps(c) -> Plan:
+    f = c.facts()
+    rows = []
+    for name in c.host.containers:
+        info = f.containers.get(name)
+        snaps = snapshots_of(f, name)
+        last = f"{snaps[-1]['Repository']}:{snaps[-1]['Tag']}" if snaps else "-"
+        if info is None:
+            rows.append([c.name, name, c.host.containers[name].image, "absent", "-", "-", "-", last])
+            continue
+        spec = jsonlib.loads((info["Config"].get("Labels") or {}).get(SPEC_LABEL) or "{}")
+        ports = ", ".join(f"{b[0]['HostIp']}:{b[0]['HostPort']}->{p}" for p, b in
+                          (info["HostConfig"].get("PortBindings") or {}).items() if b)
+        sshd = f.inside.get(name)
+        status = info["State"]["Status"] + (", sshd up" if sshd and sshd.sshd_running else "")
+        rows.append([c.name, name, info["Config"]["Image"], status, ports, spec.get("gpus", "?"),
+                     uptime(info["State"]), last])
+    c.report.data = rows
+    return Plan.ok(f"{len(rows)} container(s)")
+
+
+def print_ps(reports) -> int | None:
+    table = Table(title="Managed containers", title_justify="left")
+    for column in ("host", "name", "image", "status", "ports", "GPUs", "uptime", "last snapshot"):
+        table.add_column(column)
+    for report in reports:
+        for row in getattr(report, "data", None) or []:
+            table.add_row(*row)
+    Console(highlight=False).print(table)
+    return None
+
+
+# --- start / stop / restart ---
+
+def lifecycle_step(verb: str, container: str | None) -> Step:
+    def plan(c) -> Plan:
+        f = c.facts()
+        actions = []
+        for name in chosen(c, container):
+            info = f.containers.get(name)
+            if info is None:
+                raise FleetError(f"container {name} does not exist on {c.name} (run bootstrap)")
+            running = info["State"]["Running"]
+            if (verb == "start" and running) or (verb == "stop" and not running):
+                continue
+            actions.append(Action(f"{verb} {name}", lambda c, n=name: lifecycle(c, verb, n)))
+        return Plan.change(*actions) if actions else Plan.ok(f"already {'running' if verb == 'start' else 'stopped'}")
+    return Step(f"ops.{verb}", plan)
+
+
+def lifecycle(c, verb: str, name: str) -> None:
+    c.run(["docker", verb, name], sudo=True)
+    if verb != "stop":
+        # the entrypoint starts sshd on every start; wait until it answers
+        c.run(in_container(name, Script(
+            "i=0; until [ -s /run/sshd.pid ] && kill -0 $(cat /run/sshd.pid) 2>/dev/null; do "
+            "i=$((i+1)); [ $i -gt 50 ] && echo 'sshd did not start' >&2 && exit 1; sleep 0.2; done")), sudo=True)
+
+
+# --- snapshot ---
+
+def snapshot_step(container: str | None, pause: bool) -> Step:
+    def plan(c) -> Plan:
+        actions = [Action(f"snapshot {name} (docker commit{'' if pause else ', not paused'}; volumes are not in it)",
+                          lambda c, n=name: take_snapshot(c, n, pause)) for name in chosen(c, container)]
+        return Plan.change(*actions)
+    return Step("ops.snapshot", plan)
+
+
+def take_snapshot(c, name: str, pause: bool) -> str:
+    tag = snapshot(c, name, pause=pause)
+    keep = c.host.containers[name].keep_snapshots
+    listing = c.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", f"{name.lower()}-snapshot"],
+                    sudo=True).stdout.split()
+    old = sorted(listing)[:-keep] if keep and len(listing) > keep else []
+    removed = [t for t in old if c.run(["docker", "rmi", t], sudo=True, check=False).ok]
+    return f"{tag}" + (f"; removed old {', '.join(removed)} (keep_snapshots = {keep})" if removed else "")
+
+
+# --- rm ---
+
+UNSAVED = Script("""m={marker}
+if [ ! -e "$m" ]; then echo "never snapshotted"; exit 0; fi
+find / -xdev \\( {prune} \\) -prune -o -newer "$m" ! -type d -print 2>/dev/null | head -n 5""")
+
+
+def rm_step(container: str | None, force: bool) -> Step:
+    def plan(c) -> Plan:
+        f = c.facts()
+        actions = []
+        for name in chosen(c, container):
+            if name not in f.containers:
+                continue
+            if not force:
+                reasons = unsaved_work(c, name)
+                if reasons:
+                    raise FleetError(f"not removing {name}: {reasons}; run ops.snapshot first, or pass --force")
+            actions.append(Action(f"remove container {name} (volumes and {name}'s host keys are kept)",
+                                  lambda c, n=name: c.run(["docker", "rm", "-f", n], sudo=True)))
+        return Plan.change(*actions) if actions else Plan.ok("nothing to remove")
+    return Step("ops.rm", plan)
+
+
+def unsaved_work(c, name: str) -> str:
+    """Why removing `name` would lose work: unsaved filesystem changes or GPU processes."""
+    if c.facts().containers[name]["State"]["Running"]:
+        gpu = c.run(in_container(name, Script("command -v nvidia-smi >/dev/null && "
+                                              "nvidia-smi --query-compute-apps=pid --format=csv,noheader")),
+                    sudo=True, check=False).stdout.strip()
+        if gpu:
+            return f"GPU processes are running in it (pids {', '.join(gpu.split())})"
+        prune = " -o ".join(f"-path {shlex.quote(p)}" for p in OWN_FILES)
+        script = Script(UNSAVED.replace("{marker}", SNAPSHOT_MARKER).replace("{prune}", prune))
+        changed = c.run(in_container(name, script), sudo=True).stdout.split()
+        has_diff = bool(c.run(["docker", "diff", name], sudo=True).stdout.strip())
+        if changed == ["never", "snapshotted"] and has_diff:
+            return "its filesystem has changes and it was never snapshotted"
+        if changed and changed != ["never", "snapshotted"]:
+            return f"files changed since the last snapshot ({', '.join(changed[:3])}…)"
+        return ""
+    if c.run(["docker", "diff", name], sudo=True).stdout.strip() and not snapshots_of(c.facts(), name):
+        return "its filesystem has changes and it was never snapshotted"
+    return ""
+
+
+def confirm_rm(inventory, yes=False, force=False, container=None, **_) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise InputError("ops.rm asks for confirmation: run it in a terminal, or pass --yes")
+    what = container or "every managed container"
+    answer = input(f"Remove {what} on the chosen hosts{' even with unsaved work' if force else ''}? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise InputError("not confirmed; nothing was removed")
+
+
+# --- restore ---
+
+def restore_step(container: str, snapshot_tag: str | None) -> Step:
+    def plan(c) -> Plan:
+        f = c.facts()
+        name = chosen(c, container)[0]
+        snaps = snapshots_of(f, name)
+        if not snaps:
+            raise FleetError(f"no snapshot of {name} on {c.name}")
+        tags = [f"{s['Repository']}:{s['Tag']}" for s in snaps]
+        tag = snapshot_tag or tags[-1]
+        if tag not in tags:
+            raise FleetError(f"{tag} is not a snapshot of {name}; have {', '.join(tags)}")
+        return Plan.change(Action(f"re-create {name} from {tag} with its volumes and ports",
+                                  lambda c: recreate_from(c, name, tag)))
+    return Step("ops.restore", plan)
+
+
+# --- tasks ---
+
+@task(help=HOST_TASK_HELP)
+@fleet_task(default_hosts="all", after=print_ps)
+def ps(c, dry_run=False, json=None):
+    """List every managed container on the chosen hosts in one table."""
+    c.run_steps([Step("ops.ps", plan_ps)])
+
+
+@task(name="exec", help={"container": "container name", "command": "the command to run (a shell command line)",
+                         "json": HOST_TASK_HELP["json"], "dry-run": HOST_TASK_HELP["dry-run"]})
+@fleet_task()
+def exec_(c, container, command, dry_run=False, json=None):
+    """Run one command in a container on each chosen host and print its output."""
+    chosen(c, container)
+
+    def plan(c):
+        return Plan.change(Action(f"run in {container}: {command}", lambda c: run_and_show(c, container, command)))
+    c.run_steps([Step("ops.exec", plan)])
+
+
+def run_and_show(c, container: str, command: str) -> str:
+    result = c.run(in_container(container, ["sh", "-c", command]), sudo=True, check=False)
+    output = (result.stdout + result.stderr).rstrip()
+    if result.exit_code:
+        raise FleetError(f"exit {result.exit_code}: {output[-500:]}")
+    return "output:\n" + output
+
+
+@task(help={"host": "server name in the inventory", "container": "container name"})
+def shell(c, host, container):
+    """Open an interactive shell in a container through the jump chain (uses the generated ssh config)."""
+    inventory = load_inventory()
+    if container not in inventory.host(host).containers:
+        raise InputError(f"{inventory.path}: no container {container!r} on host {host!r}")
+    alias = inventory.container_alias(host, container)
+    argv = ["ssh", "-F", str(inventory.local.ssh_config), alias]
+    print(f"$ {shlex.join(argv)}", file=sys.stderr)
+    os.execvp("ssh", argv)
+
+
+def _lifecycle_task(verb: str, doc: str):
+    @task(name=verb, help=CONTAINER_HELP)
+    @fleet_task()
+    def body(c, container=None, dry_run=False, json=None):
+        c.run_steps([lifecycle_step(verb, container)])
+    body.__doc__ = doc
+    return body
+
+
+start = _lifecycle_task("start", "Start managed containers (sshd comes up with them).")
+stop = _lifecycle_task("stop", "Stop managed containers.")
+restart = _lifecycle_task("restart", "Restart managed containers (sshd comes up with them).")
+
+
+@task(name="snapshot", help={**CONTAINER_HELP, "no-pause": "do not pause the container while committing"})
+@fleet_task()
+def snapshot_(c, container=None, no_pause=False, dry_run=False, json=None):
+    """docker commit a container to NAME-snapshot:TIMESTAMP, keeping the last keep_snapshots."""
+    c.run_steps([snapshot_step(container, pause=not no_pause)])
+
+
+@task(help={**CONTAINER_HELP, "force": "remove even with unsaved changes or GPU processes",
+            "yes": "do not ask for confirmation"})
+@fleet_task(before=confirm_rm)
+def rm(c, container=None, force=False, yes=False, dry_run=False, json=None):
+    """Remove a container; refuses when it has unsaved changes or GPU processes (volumes always kept)."""
+    c.run_steps([rm_step(container, force)])
+
+
+@task(help={**HOST_TASK_HELP, "container": "container name", "snapshot": "image tag (default: the latest snapshot)"})
+@fleet_task()
+def restore(c, container, snapshot=None, dry_run=False, json=None):
+    """Re-create a container from one of its snapshots, with its volumes and ports."""
+    c.run_steps([restore_step(container, snapshot)])
+
+
+ns = Collection("ops", ps, exec_, shell, start, stop, restart, snapshot_, rm, restore)

@@ -1,0 +1,88 @@
+"""`fab gen-ssh-config`: one managed block in the workstation's ssh config.
+
+The bastion, each server through its jump chain (ProxyJump), and each container
+through its server at 127.0.0.1:PORT, with host keys pinned by HostKeyAlias in
+the tool's known_hosts file.  Everything outside the block stays byte for byte.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from invoke import task
+
+from gpufleet import ssh_config
+from gpufleet.connect import KnownHosts
+from gpufleet.executor import load_inventory
+from gpufleet.files import unified_diff
+from gpufleet.inventory import Inventory
+
+
+def entries(inventory: Inventory) -> list[ssh_config.SshHostEntry]:
+    """The ssh config entries for every host and container in the inventory."""
+    identity = str(inventory.local.identity) if inventory.local.identity else None
+    known = str(inventory.local.known_hosts)
+    out = []
+    for host in inventory.hosts.values():
+        out.append(ssh_config.SshHostEntry(
+            alias=host.name, hostname=host.address, port=host.port, user=host.user, identity_file=identity,
+            proxy_jump=host.jump, host_key_alias=host.name, known_hosts_file=known, forward_agent=False))
+        for spec in host.containers.values():
+            out.append(ssh_config.SshHostEntry(
+                alias=inventory.container_alias(host.name, spec.name), hostname="127.0.0.1", port=spec.ssh_port,
+                user="root", identity_file=identity, proxy_jump=host.name,
+                host_key_alias=inventory.container_alias(host.name, spec.name), known_hosts_file=known,
+                forward_agent=host.github_access == "agent"))
+    return out
+
+
+def unpinned(inventory: Inventory, all_entries) -> list[str]:
+    known = KnownHosts(inventory.local.known_hosts)
+    return [e.alias for e in all_entries if not known.get(e.alias)]
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temp file beside the target, backup of the old one, then rename; mode 600 for a new file."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.gpufleet-tmp-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        if path.exists():
+            shutil.copy2(path, f"{path}.gpufleet.bak")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@task(name="gen-ssh-config", help={"dry-run": "print the unified diff and write nothing"})
+def gen_ssh_config(c, dry_run=False):
+    """Write the managed block for every host and container into [local] ssh_config."""
+    inventory = load_inventory()
+    path = inventory.local.ssh_config
+    current = path.read_bytes() if path.exists() else b""
+    all_entries = entries(inventory)
+    new = ssh_config.update(current, ssh_config.render_block(all_entries))
+    if new == current:
+        print(f"{path}: no changes ({len(all_entries)} entries)")
+        return
+    diff = unified_diff(str(path), current if path.exists() else None, new)
+    if dry_run:
+        sys.stdout.write(diff)
+        print(f"dry run: {path} not written")
+        return
+    write_atomically(path, new)
+    sys.stdout.write(diff if len(diff) < 20000 else f"({diff.count(chr(10))} diff lines)\n")
+    print(f"{path}: wrote {len(all_entries)} entries (backup: {path}.gpufleet.bak)")
+    missing = unpinned(inventory, all_entries)
+    if missing:
+        print(f"note: no pinned host key yet for {', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}; "
+              f"run bootstrap (it pins keys as it connects) before using these aliases")

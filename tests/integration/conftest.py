@@ -1,0 +1,117 @@
+"""The Docker lab for integration tests: one session lab, always torn down.
+
+Every test under tests/integration is marked `lab` and skipped, with the reason,
+when no Docker engine answers. The session lab uses its own prefix and subnet,
+so it can run beside the demo lab (`fab lab.up`).
+"""
+from __future__ import annotations
+
+import atexit
+import signal
+from pathlib import Path
+
+import pytest
+
+from gpufleet.lab import Lab
+
+TEST_PREFIX = "gpufleet-test"
+TEST_SUBNET = "10.77.20.0/24"
+HERE = Path(__file__).resolve().parent
+
+_engine: tuple[object, str] | None = None
+
+
+def docker_engine():
+    """(client, "") when a Docker engine answers, else (None, why not)."""
+    global _engine
+    if _engine is None:
+        try:
+            import docker
+            client = docker.from_env(timeout=300)
+            client.ping()
+            _engine = (client, "")
+        except Exception as e:  # no SDK, no socket, no permission: all mean "no lab here"
+            _engine = (None, f"no Docker engine answers ({type(e).__name__}: {e}); "
+                             f"run scripts/ensure-docker.sh (or `make test`) to get one")
+    return _engine
+
+
+def pytest_collection_modifyitems(config, items):
+    ours = [item for item in items if HERE in Path(item.path).resolve().parents]
+    if not ours:
+        return
+    client, why = docker_engine()
+    for item in ours:
+        item.add_marker(pytest.mark.lab)
+        if client is None:
+            item.add_marker(pytest.mark.skip(reason=why))
+
+
+class _Teardown:
+    """Runs `lab.down()` once, whichever of finalizer, atexit or SIGTERM comes first."""
+
+    def __init__(self, lab: Lab):
+        self.lab, self.done = lab, False
+
+    def __call__(self):
+        if not self.done:
+            self.done = True
+            self.lab.down()
+
+
+def _raise_interrupt_on_sigterm():
+    # A CI timeout sends SIGTERM; as KeyboardInterrupt it lets pytest run the finalizers.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def start_lab(directory: Path, prefix: str, subnet: str, hosts: int, request) -> Lab:
+    """A fresh lab (leftovers of an interrupted run are removed first), torn down at the end."""
+    client, why = docker_engine()
+    if client is None:
+        pytest.skip(why)
+    lab = Lab(directory, prefix=prefix, subnet=subnet, client=client)
+    teardown = _Teardown(lab)
+    request.addfinalizer(teardown)
+    atexit.register(teardown)
+    _raise_interrupt_on_sigterm()
+    lab.down()
+    lab.up(hosts=hosts)
+    return lab
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory, request) -> Lab:
+    """The session's lab: bastion, gpu1 (systemd), gpu2 (no systemd), aptproxy, mirror."""
+    return start_lab(tmp_path_factory.mktemp("lab"), TEST_PREFIX, TEST_SUBNET, 2, request)
+
+
+@pytest.fixture(scope="session")
+def lab_inventory(lab) -> Path:
+    """The session lab's generated hosts.toml."""
+    return lab.inventory_path
+
+
+@pytest.fixture
+def make_lab(request):
+    """Start another lab for one test (its own prefix and subnet); torn down after it."""
+    def make(directory: Path, prefix: str, subnet: str, hosts: int = 1) -> Lab:
+        return start_lab(directory, prefix, subnet, hosts, request)
+    return make
+
+
+@pytest.fixture
+def docker_client():
+    client, why = docker_engine()
+    if client is None:
+        pytest.skip(why)
+    return client
+
+
+@pytest.fixture
+def fresh_servers(lab) -> list[str]:
+    """Every lab server replaced by a fresh bare one (same address and host key) before the test."""
+    lab.recreate_servers()
+    return lab.server_names

@@ -1,0 +1,82 @@
+"""Facts: the probe's sections, parsed from real outputs; the probe itself run on this machine."""
+import base64
+from pathlib import Path
+
+import pytest
+
+from gpufleet import facts
+from gpufleet.remote import LocalSession
+from tests.conftest import REPO
+
+GPU_FIXTURES = Path(REPO).parent / "shared" / "fixtures" / "gpu" / "h200-driver580"
+HERE = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def section(name, body, rc=0):
+    return f"@@gpufleet-begin {name}@@\n{body}\n@@gpufleet-end {name} rc={rc}@@\n"
+
+
+def test_split_sections_keeps_bodies_exact_and_nested_sections_inside():
+    text = (section("a", "x\ny\n") + section("b", "", 1) + "@@gpufleet-begin outer@@\n"
+            + section("inner", "deep") + "\n@@gpufleet-end outer rc=0@@\n")
+    s = facts.split_sections(text)
+    assert s["a"] == (0, "x\ny\n") and s["b"] == (1, "")
+    assert "inner" not in s and facts.split_sections(s["outer"][1])["inner"] == (0, "deep")
+
+
+FILES = [
+    ("absent", "absent", facts.ABSENT),
+    ("file", "644 root root\n" + base64.b64encode(b"{}\n").decode(), facts.RemoteFile(True, b"{}\n", "0644", "root", "root")),
+    ("empty", "600 ada ada\n", facts.RemoteFile(True, b"", "0600", "ada", "ada")),
+    ("dir", "700 root root", facts.RemoteFile(True, b"", "0700", "root", "root")),
+]
+
+
+@pytest.mark.parametrize("body,expected", [f[1:] for f in FILES], ids=[f[0] for f in FILES])
+def test_parse_file(body, expected):
+    assert facts.parse_file(body) == expected
+
+
+def test_parse_packages_keeps_only_installed():
+    body = ("docker.io\tii \t20.10.24+dfsg1-1+b3\nnvidia-container-toolkit\tun \t\n"
+            "containerd\trc \t1.6.20~ds1-1+b1\n")
+    assert facts.parse_packages(body) == {"docker.io": "20.10.24+dfsg1-1+b3"}
+
+
+def test_parse_df():
+    body = ("Filesystem     1048576-blocks   Used Available Capacity Mounted on\n"
+            "/dev/vda              257936  22114     81920      22% /\n")
+    assert facts.parse_df(body) == {"/": 81920}
+
+
+def gpu_probe_output():
+    if not GPU_FIXTURES.exists():
+        pytest.skip("../shared/fixtures/gpu is not here")
+    csv = (GPU_FIXTURES / "query-gpu.csv").read_text()
+    table = "\n".join((GPU_FIXTURES / "nvidia-smi.txt").read_text().splitlines()[:5])
+    os_release = (GPU_FIXTURES / "env.txt").read_text().split("Linux vm")[0]
+    return (section("os_release", os_release) + section("uname", "Linux vm 6.18.44 #1 SMP x86_64 GNU/Linux")
+            + section("arch", "amd64") + section("systemd", "", 0)
+            + section("packages", "pciutils\tii \t1:3.10.0-2\n") + section("docker_info", "command not found", 127)
+            + section("nvidia_smi", csv) + section("nvidia_smi_table", table)
+            + section("meminfo", "MemTotal:       131891212 kB"))
+
+
+def test_h200_host_facts_from_real_nvidia_smi_output():
+    f = facts.parse_probe(gpu_probe_output(), facts.ProbeRequest())
+    assert f.os.id == "ubuntu" and f.os.codename == "noble"
+    assert f.has_gpu and len(f.gpus) == 1 and f.gpus[0].name == "NVIDIA H200"
+    assert f.gpu_driver == "580.159.04" and f.gpu_cuda == "13.0" and f.gpu_source == "nvidia-smi"
+    assert f.systemd and not f.docker_running and f.mem_total_mb == 128800
+
+
+def test_probe_runs_on_this_machine(tmp_path):
+    target = tmp_path / "managed.conf"
+    target.write_text("hello\n")
+    request = facts.ProbeRequest(files=[str(target), str(tmp_path / "missing")], users=["root", "nobody-here-x"])
+    f = facts.gather(LocalSession(), request)
+    assert f.os.id and f.arch
+    assert f.file(str(target)).content == b"hello\n"
+    assert not f.file(str(tmp_path / "missing")).exists
+    assert "root" in f.users["root"] and f.users["nobody-here-x"] is None
+    assert f.mem_total_mb > 0 and "/" in f.disk_free_mb

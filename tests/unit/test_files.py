@@ -1,0 +1,102 @@
+"""The remote file primitive: plan (ok vs changed, diff) and the install script, run for real."""
+import os
+import stat
+import subprocess
+
+import pytest
+
+from gpufleet.errors import InputError, ValidationFailed
+from gpufleet.facts import ABSENT, RemoteFile, parse_file
+from gpufleet.files import FileChange, apply_file, render_template, unified_diff, write_script
+from gpufleet.remote import LocalSession
+
+ME = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+GROUP = subprocess.run(["id", "-gn"], capture_output=True, text=True).stdout.strip()
+
+
+def state(path):
+    """What the probe's readfile would report, read with the real shell function."""
+    out = subprocess.run(["sh", "-c", "readfile() { if [ -e \"$1\" ]; then stat -c '%a %U %G' \"$1\" && "
+                          "{ [ ! -f \"$1\" ] || base64 -w0 \"$1\"; }; else echo absent; fi; }; readfile \"$1\"",
+                          "sh", str(path)], capture_output=True, text=True).stdout
+    return parse_file(out)
+
+
+CASES = [
+    # (id, current, new content, mode, needed, summary start)
+    ("absent", ABSENT, b"a\n", "0644", True, "create"),
+    ("same", RemoteFile(True, b"a\n", "0644", "root", "root"), b"a\n", "0644", False, ""),
+    ("content", RemoteFile(True, b"a\n", "0644", "root", "root"), b"b\n", "0644", True, "update"),
+    ("mode", RemoteFile(True, b"a\n", "0664", "root", "root"), b"a\n", "0644", True, "fix owner/mode"),
+    ("owner", RemoteFile(True, b"a\n", "0644", "ada", "root"), b"a\n", "0644", True, "fix owner/mode"),
+]
+
+
+@pytest.mark.parametrize("current,content,mode,needed,summary", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_plan_of_a_file_change(current, content, mode, needed, summary):
+    change = FileChange("/etc/x.conf", current, content, mode=mode)
+    assert change.needed is needed
+    if needed:
+        assert change.summary().startswith(summary)
+
+
+def test_diff_text():
+    change = FileChange("/etc/x.conf", RemoteFile(True, b"keep\nold\n", "0644", "root", "root"), b"keep\nnew")
+    assert change.diff() == ("--- /etc/x.conf\n+++ /etc/x.conf\n@@ -1,2 +1,2 @@\n keep\n-old\n+new\n"
+                             "\\ No newline at end of file\n")
+    assert unified_diff("/f", None, b"x\n").startswith("--- /dev/null\n+++ /f\n")
+
+
+def test_apply_writes_atomically_with_backup_owner_and_mode(tmp_path):
+    target = tmp_path / "etc" / "thing.conf"
+    session = LocalSession()
+    change = FileChange(str(target), ABSENT, b"one\n", mode="0640", owner=ME, group=GROUP)
+    apply_file(session, change)
+    assert target.read_bytes() == b"one\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    now = state(target)
+    assert now == RemoteFile(True, b"one\n", "0640", ME, GROUP)
+    assert not FileChange(str(target), now, b"one\n", mode="0640", owner=ME, group=GROUP).needed
+    apply_file(session, FileChange(str(target), now, b"two\n", mode="0640", owner=ME, group=GROUP))
+    assert target.read_bytes() == b"two\n"
+    assert (tmp_path / "etc" / "thing.conf.gpufleet.bak").read_bytes() == b"one\n"
+    assert [p.name for p in target.parent.iterdir() if "gpufleet-tmp" in p.name] == []
+
+
+def test_failed_validation_leaves_the_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "daemon.json"
+    target.write_text('{"ok": true}\n')
+    change = FileChange(str(target), state(target), b"{not json", owner=ME, group=GROUP,
+                        validate=lambda p: ["python3", "-m", "json.tool", p])
+    with pytest.raises(ValidationFailed) as err:
+        apply_file(LocalSession(), change)
+    assert "daemon.json failed validation" in str(err.value) and "Expecting property name" in str(err.value)
+    assert target.read_text() == '{"ok": true}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["daemon.json"]
+
+
+def test_full_disk_fails_clearly_and_keeps_the_old_file(tmp_path):
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tmp_path)]).returncode:
+        pytest.skip("needs root to mount a tiny tmpfs")
+    try:
+        target = tmp_path / "config"
+        target.write_bytes(b"old\n")
+        big = os.urandom(200_000)
+        with pytest.raises(Exception) as err:
+            apply_file(LocalSession(), FileChange(str(target), state(target), big, owner=ME, group=GROUP))
+        assert "No space left on device" in str(err.value)
+        assert target.read_bytes() == b"old\n"
+        assert [p.name for p in tmp_path.iterdir()] == ["config"]
+    finally:
+        subprocess.run(["umount", str(tmp_path)])
+
+
+def test_write_script_never_contains_the_content_in_clear():
+    script, temp = write_script(FileChange("/etc/secret.conf", ABSENT, b"token=abc123\n"))
+    assert "abc123" not in script and temp.startswith("/etc/.secret.conf.gpufleet-tmp-")
+
+
+def test_templates_are_strict():
+    with pytest.raises(InputError, match=r"template apt-proxy.conf.j2: 'proxy' is undefined"):
+        render_template("apt-proxy.conf.j2", https=False)
+    assert 'Acquire::http::Proxy "http://10.9.0.2:3142";' in render_template("apt-proxy.conf.j2", proxy="http://10.9.0.2:3142", https=False)

@@ -1,0 +1,128 @@
+"""Stage plans from facts (no host): the toolkit path with real nvidia-smi output, docker, containers.
+
+The NVIDIA apt repository and a GPU cannot be reached here, so the toolkit stage is
+tested on real captured nvidia-smi outputs, its rendered files and planned actions.
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+from gpufleet import facts, inventory
+from gpufleet.errors import FleetError
+from gpufleet.paths import probe_request
+from gpufleet.plan import HostContext
+from gpufleet.remote import LocalSession
+from tasks import containers, docker, nvidia
+from tests.unit.test_facts import gpu_probe_output, section
+
+INVENTORY = """
+[local]
+known_hosts = "/nonexistent/known_hosts"
+[defaults]
+registry_mirrors = ["http://10.9.0.3:5000"]
+data_root = "/data/docker"
+nvidia_mirror = "https://mirrors.ustc.edu.cn/libnvidia-container"
+[hosts.gpu1]
+address = "10.0.0.1"
+[hosts.gpu1.containers.dev]
+image = "pytorch/pytorch:1.13.1-cuda11.6-cudnn8-runtime"
+ssh_port = 2222
+volumes = ["/data/w:/workspace"]
+env = { TZ = "UTC" }
+"""
+
+
+def context(probe_text, inv_text=INVENTORY):
+    inv = inventory.loads(inv_text)
+    ctx = HostContext(inv.host("gpu1"), inv, LocalSession(), dry_run=True)
+    ctx._facts = facts.parse_probe(probe_text, probe_request(ctx))
+    return ctx
+
+
+def with_sections(base, **bodies):
+    return base + "".join(section(k.replace("__", ":"), v) for k, v in bodies.items())
+
+
+def test_toolkit_planned_on_a_gpu_host_with_mirror_repo_file():
+    ctx = context(gpu_probe_output())
+    plan = nvidia.plan_toolkit(ctx)
+    summaries = [a.summary for a in plan.actions]
+    assert summaries[0] == ("fetch NVIDIA's signing key from https://mirrors.ustc.edu.cn/libnvidia-container/gpgkey "
+                            "to /etc/apt/keyrings/nvidia-container-toolkit.asc")
+    assert summaries[1] == "create /etc/apt/sources.list.d/nvidia-container-toolkit.list"
+    assert summaries[2] == "install nvidia-container-toolkit from https://mirrors.ustc.edu.cn/libnvidia-container"
+    assert ("+deb [signed-by=/etc/apt/keyrings/nvidia-container-toolkit.asc] "
+            "https://mirrors.ustc.edu.cn/libnvidia-container/stable/deb/$(ARCH) /") in plan.actions[1].diff
+
+
+def test_toolkit_skipped_without_gpu():
+    text = gpu_probe_output().replace("@@gpufleet-end nvidia_smi rc=0@@", "@@gpufleet-end nvidia_smi rc=127@@")
+    plan = nvidia.plan_toolkit(context(text))
+    assert plan.skip == "no NVIDIA GPU"
+
+
+def test_toolkit_refuses_gpu_without_driver():
+    text = gpu_probe_output().replace("@@gpufleet-end nvidia_smi rc=0@@", "@@gpufleet-end nvidia_smi rc=9@@")
+    text += section("lspci", "00:06.0 3D controller [0302]: NVIDIA Corporation GH100 [H200 SXM 141GB] [10de:2335] (rev a1)")
+    with pytest.raises(FleetError, match="nvidia-smi does not work: install the NVIDIA driver first"):
+        nvidia.plan_toolkit(context(text))
+
+
+def test_daemon_json_gets_the_nvidia_runtime_once_the_toolkit_is_installed():
+    info = {"ServerVersion": "27.3.1", "DockerRootDir": "/var/lib/docker", "Images": 0, "Containers": 0,
+            "ContainersRunning": 0, "Runtimes": {"runc": {}}}
+    text = gpu_probe_output().replace("pciutils\tii \t1:3.10.0-2\n",
+                                      "pciutils\tii \t1\nnvidia-container-toolkit\tii \t1.17.8-1\ndocker-ce\tii \t5:27.3.1\n")
+    text = text.replace(section("docker_info", "command not found", 127), section("docker_info", json.dumps(info)))
+    ctx = context(text)
+    assert docker.wanted_daemon_keys(ctx) == {
+        "data-root": "/data/docker", "registry-mirrors": ["http://10.9.0.3:5000"],
+        "runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}}}
+    plan = docker.plan_configure(ctx)
+    assert "update /etc/docker/daemon.json" in plan.actions[0].summary
+    assert "runtimes" in plan.actions[0].diff and "data-root" in plan.actions[0].diff
+    assert nvidia.plan_toolkit(ctx).actions[0].summary.startswith("fetch NVIDIA's signing key")
+
+
+def test_old_driver_refuses_a_newer_cuda_image():
+    text = gpu_probe_output().replace("CUDA Version: 13.0", "CUDA Version: 11.4")
+    ctx = context(text)
+    with pytest.raises(FleetError, match=r"needs CUDA 11.6 but driver .* supports CUDA 11.4"):
+        containers.cuda_check(ctx, ctx.host.containers["dev"])
+    allowed = context(text, INVENTORY + "allow_driver_mismatch = true\n")
+    assert "allowed by allow_driver_mismatch" in containers.cuda_check(allowed, allowed.host.containers["dev"])
+    assert containers.cuda_check(context(gpu_probe_output()), ctx.host.containers["dev"]) == ""
+
+
+RUN_ARGV = [
+    ("gpu", {"image": "pytorch/pytorch:x", "ssh_port": 2222, "volumes": ["/d:/w"], "shm_size": "16g", "gpus": "all",
+             "env": {"TZ": "UTC"}, "restart": "unless-stopped", "hostname": "gpu1-dev"},
+     ["--gpus", "all"], ["-v", "/d:/w"]),
+    ("cpu", {"image": "img", "ssh_port": 2200, "volumes": [], "shm_size": "1g", "gpus": "none", "env": {},
+             "restart": "always", "hostname": "h-c"}, ["--restart", "always"], ["-p", "127.0.0.1:2200:22"]),
+]
+
+
+@pytest.mark.parametrize("doc,has1,has2", [r[1:] for r in RUN_ARGV], ids=[r[0] for r in RUN_ARGV])
+def test_docker_run_argv(doc, has1, has2):
+    argv = containers.run_argv("dev", doc)
+    joined = " ".join(argv)
+    assert argv[:6] == ["docker", "run", "-d", "--name", "dev", "--hostname"]
+    assert " ".join(has1) in joined and " ".join(has2) in joined
+    assert ("--gpus" in argv) == (doc["gpus"] == "all")
+    assert argv[-1] == doc["image"] and argv[-2] == "/etc/gpufleet/entrypoint.sh"
+    label = argv[argv.index("--label", argv.index("--label") + 1) + 1]
+    assert json.loads(label.split("=", 1)[1]) == doc
+
+
+def test_spec_differences_field_by_field():
+    old = {"image": "a", "shm_size": "1g", "volumes": ["/d:/w"]}
+    new = {"image": "a", "shm_size": "2g", "volumes": ["/d:/w", "/e:/x"]}
+    assert containers.spec_differences(old, new) == [
+        "shm_size: '1g' -> '2g'", "volumes: ['/d:/w'] -> ['/d:/w', '/e:/x']"]
+
+
+@pytest.mark.parametrize("mem_mb,size", [(2048, "1g"), (16384, "4g"), (131072, "32g"), (2_000_000, "64g")])
+def test_default_shm_size_is_a_share_of_memory(mem_mb, size):
+    assert containers.default_shm_size(mem_mb) == size
