@@ -110,7 +110,8 @@ class FleetExecutor(Executor):
         connector = Connector(inventory, sudo_password=sudo_password)
         run_dir = inventory.run.log_dir / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         run_dir.mkdir(parents=True, exist_ok=True)
-        display = Display(names, title=f"{call.called_as}{' (dry run: nothing is changed)' if dry_run else ''}")
+        display = Display(names, title=f"{call.called_as}{' (dry run: nothing is changed)' if dry_run else ''}",
+                          show_diffs=dry_run)
         reports: dict[str, HostReport] = {}
         started = time.monotonic()
 

@@ -133,7 +133,7 @@ def probe_script(request: ProbeRequest) -> Script:
     for i, user in enumerate(request.users):
         lines.append(f"sec user:{i} id -nG {q(user)}")
     lines.append("sec df df -Pm /var/lib/docker /data /")
-    list_containers = f'ids=$(docker ps -aq --filter label={MANAGED_LABEL}); [ -z "$ids" ] || docker inspect $ids'
+    list_containers = f'ids=$(docker ps -aq --filter label={MANAGED_LABEL}) || exit 1; [ -z "$ids" ] || docker inspect $ids'
     lines.append(f"sec containers sh -c {q(list_containers)}")
     lines.append(f"sec snapshots docker image ls --filter label={SNAPSHOT_LABEL} --format '{{{{json .}}}}'")
     inner_pkgs = " ".join(q(p) for p in request.container_packages) or "openssh-server"
@@ -230,7 +230,7 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
             except (ValueError, IndexError):
                 pass
     containers = {}
-    if rc("containers") == 0 and body("containers").strip():
+    if rc("containers") == 0 and body("containers").lstrip().startswith("["):
         for item in json.loads(body("containers")):
             containers[item["Name"].lstrip("/")] = item
     inside = {}

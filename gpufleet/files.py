@@ -32,14 +32,14 @@ _env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefi
                           keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
 
 
-def render_template(name: str, **values) -> str:
-    """Render templates/NAME; a missing value names the template and line."""
+def render_template(template: str, **values) -> str:
+    """Render templates/TEMPLATE; a missing value names the template and line."""
     try:
-        return _env.get_template(name).render(**values)
+        return _env.get_template(template).render(**values)
     except jinja2.UndefinedError as e:
-        raise InputError(f"template {name}: {e.message}") from None
+        raise InputError(f"template {template}: {e.message}") from None
     except jinja2.TemplateSyntaxError as e:
-        raise FleetError(f"template {e.name or name} line {e.lineno}: {e.message}") from None
+        raise FleetError(f"template {e.name or template} line {e.lineno}: {e.message}") from None
 
 
 @dataclass

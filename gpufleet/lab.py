@@ -21,6 +21,8 @@ the lab's keys, inventory and known_hosts. The registry volume is always removed
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import ipaddress
@@ -32,7 +34,6 @@ import socket
 import subprocess
 import tarfile
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -124,6 +125,7 @@ SERVER = ImageRecipe("gpufleet-lab/server", base=ROOTFS, script="server.sh",
 SERVICES = ImageRecipe("gpufleet-lab/services", base=ROOTFS, script="services.sh",
                        files=(("registry.yml", "/etc/gpufleet-lab/registry.yml"),), changes=('CMD ["bash"]',))
 IMAGES = (ROOTFS, PYTORCH, SERVER, SERVICES)
+BUILD_LOCK = Path("/var/tmp/gpufleet-lab-build.lock")
 
 
 class ImageBuilder:
@@ -142,6 +144,13 @@ class ImageBuilder:
 
     def ensure_all(self) -> list[str]:
         """Build every missing image; returns the references built."""
+        if all(self.exists(r) for r in IMAGES):
+            return []
+        # Another lab may be building the same images on this engine right now: take turns.
+        with _exclusive(BUILD_LOCK, lambda: self.log(f"waiting for another lab build to finish ({BUILD_LOCK})")):
+            return self._build_missing()
+
+    def _build_missing(self) -> list[str]:
         built = []
         if not self.exists(ROOTFS) and any(not self.exists(r) for r in IMAGES):
             self._debootstrap(ROOTFS)
@@ -150,7 +159,21 @@ class ImageBuilder:
         with ThreadPoolExecutor(max_workers=max(1, len(missing))) as pool:
             for recipe in pool.map(self._derive, missing):
                 built.append(recipe.reference)
+        for recipe in IMAGES:
+            self._remove_older_tags(recipe)
         return built
+
+    def _remove_older_tags(self, recipe: ImageRecipe) -> None:
+        """Drop tags of earlier recipes that no container uses any more (in use: kept)."""
+        import docker.errors
+        for image in self.client.images.list(name=recipe.repository):
+            for tag in image.tags:
+                if tag.startswith(f"{recipe.repository}:") and tag != recipe.reference:
+                    try:
+                        self.client.images.remove(tag)
+                        self.log(f"removed {tag} (an earlier recipe)")
+                    except docker.errors.APIError:
+                        pass
 
     def _debootstrap(self, recipe: ImageRecipe) -> None:
         if os.geteuid() != 0:
@@ -195,7 +218,7 @@ class ImageBuilder:
             return recipe
         self.log(f"building {recipe.reference} (apt-get install in a build container)")
         name = f"gpufleet-lab-build-{repository.rsplit('/', 1)[-1]}"
-        _remove_container(self.client, name)  # left over from an interrupted build
+        _remove_container(self.client, name)  # left over from an interrupted build (we hold BUILD_LOCK)
         script = (LAB_FILES / "images" / recipe.script).read_text()
         container = self.client.containers.create(recipe.base.reference, ["sh", "-c", script], name=name,
                                                   network_mode="bridge")
@@ -497,6 +520,8 @@ class Lab:
     def recreate_servers(self, names: list[str] | None = None) -> None:
         """Replace several servers (all by default) with fresh bare ones, started together."""
         names = list(self.server_names if names is None else names)
+        if not names:
+            return
         network = self._lab_network()
         if network is None:
             raise LabError(f"lab {self.prefix} is not up; run `fab lab.up`")
@@ -812,6 +837,21 @@ def _poll(what: str, check: Callable[[], bool], timeout: float, on_timeout: Call
             raise LabError(f"timed out after {timeout:.0f}s waiting for {what}: {on_timeout()}")
         time.sleep(delay)
         delay = min(delay * 1.5, 1.0)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path, on_wait: Callable[[], None]):
+    """Hold an exclusive lock on `path` (shared by every process on this machine)."""
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _http_status(url: str, method: str = "GET", accept: str = "") -> int:

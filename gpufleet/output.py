@@ -17,8 +17,9 @@ STYLE = {OK: "green", CHANGED: "yellow", FAILED: "bold red", SKIPPED: "cyan"}
 class Display:
     """Thread-safe progress display; plain lines when the output is not a terminal."""
 
-    def __init__(self, hosts: list[str], title: str, console: Console | None = None):
-        self.console = console or Console(highlight=False)
+    def __init__(self, hosts: list[str], title: str, console: Console | None = None, show_diffs: bool = False):
+        self.show_diffs = show_diffs
+        self.console = console or Console(highlight=False, soft_wrap=True)
         self.title = title
         self.current = {h: "waiting" for h in hosts}
         self.lock = threading.Lock()
@@ -62,9 +63,10 @@ class Display:
         self.console.print(line)
         if result.warning:
             self.console.print(Text(f"{'':<12} warning: {result.warning}", style="magenta"))
-        for diff_line in result.diff.splitlines():
+        for diff_line in result.diff.splitlines() if self.show_diffs else []:
             style = "green" if diff_line.startswith("+") else "red" if diff_line.startswith("-") else "dim"
             self.console.print(Text(f"{'':<14}{diff_line}", style=style))
+        self.console.file.flush()
 
     def recap(self, reports: list[HostReport], seconds: float, log_dir: Path) -> None:
         table = Table(title=f"Recap ({seconds:.1f}s)", title_justify="left")
@@ -76,7 +78,7 @@ class Display:
                           str(r.count(OK)), str(r.count(CHANGED)),
                           str(r.count(FAILED) or (1 if r.failed else 0)), str(r.count(SKIPPED)),
                           f"{r.seconds:.1f}", Text(reason, style="red"))
-        self.console.print(table)
+        self.console.print(table, soft_wrap=False)
         failed = [r.host for r in reports if r.failed]
         for r in reports:
             if r.failed:

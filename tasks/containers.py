@@ -221,7 +221,8 @@ def plan_sshd(c) -> Plan:
                                                                  sudo=True)))
         config = FileChange(f"{container_dir(name)}/sshd_config", f.file(f"{container_dir(name)}/sshd_config"),
                             render_template("sshd_config.j2", name=name, config_dir=IN_CONTAINER_DIR).encode(),
-                            validate=lambda tmp, n=name: ["docker", "exec", n, "/usr/sbin/sshd", "-t", "-f",
+                            validate=lambda tmp, n=name: ["docker", "exec", n, "sh", "-c",
+                                                          'mkdir -p /run/sshd && exec /usr/sbin/sshd -t -f "$0"',
                                                           tmp.replace(container_dir(n), IN_CONTAINER_DIR)])
         if config.needed:
             actions.append(file_action(config))

@@ -23,11 +23,16 @@ CE_CONFLICTS = ("docker.io", "docker-doc", "docker-compose", "podman-docker", "c
 NVIDIA_RUNTIME = {"nvidia": {"path": "nvidia-container-runtime", "args": []}}
 
 SERVICE_START = "if [ -d /run/systemd/system ]; then systemctl enable --now docker; else service docker start; fi"
+# sysv `restart` does not wait for the old dockerd to exit, so its `start` can see it and do nothing
 SERVICE_RESTART = ("if [ -d /run/systemd/system ]; then systemctl reset-failed docker docker.socket 2>/dev/null; "
-                   "systemctl restart docker; else service docker restart; fi")
+                   "systemctl restart docker; else service docker stop; i=0; "
+                   "while pidof dockerd >/dev/null && [ $i -lt 100 ]; do i=$((i+1)); sleep 0.2; done; "
+                   "service docker start; fi")
 SERVICE_STOP = ("if [ -d /run/systemd/system ]; then systemctl stop docker.socket docker; "
-                "else service docker stop; fi")
-WAIT_FOR_DOCKER = "i=0; until docker info >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 120 ] && docker info && exit 1; sleep 0.5; done"
+                "else service docker stop; i=0; while pidof dockerd >/dev/null && [ $i -lt 100 ]; do "
+                "i=$((i+1)); sleep 0.2; done; fi")
+WAIT_FOR_DOCKER = ("i=0; until docker info >/dev/null 2>&1; do i=$((i+1)); "
+                   "if [ $i -gt 120 ]; then docker info; exit 1; fi; sleep 0.5; done")
 DOCKER_LOG = ("if [ -d /run/systemd/system ]; then journalctl -u docker --no-pager -n 12 -o cat; "
               "else tail -n 12 /var/log/docker.log; fi")
 

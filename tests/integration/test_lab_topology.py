@@ -176,32 +176,37 @@ def test_up_again_reuses_the_running_lab(lab):
     assert info.built_images == []
 
 
-def _engine_objects(client) -> dict[str, set[str]]:
+def _engine_objects(client, prefix: str) -> dict[str, set[str]]:
+    """`docker ps -a`, `docker network ls`, `docker volume ls`, leaving out what other labs
+    (and their image builds) may create or remove meanwhile."""
+    def ours(labels, name):
+        other_lab = (labels or {}).get(LABEL, prefix) != prefix
+        return not other_lab and not name.startswith("gpufleet-lab-build-")
     return {
-        "containers": {c.name for c in client.containers.list(all=True)},
-        "networks": {n.name for n in client.networks.list()},
-        "volumes": {v.name for v in client.volumes.list()},
+        "containers": {c.name for c in client.containers.list(all=True) if ours(c.labels, c.name)},
+        "networks": {n.name for n in client.networks.list() if ours(n.attrs.get("Labels"), n.name)},
+        "volumes": {v.name for v in client.volumes.list() if ours(v.attrs.get("Labels"), v.name)},
     }
 
 
 def test_down_leaves_the_engine_as_it_was(tmp_path, docker_client, make_lab):
     """Its own one-server lab, so the session lab is not disturbed."""
-    client = docker_client
-    Lab(tmp_path, prefix="gpufleet-test-down", subnet="10.77.30.0/24", client=client).down(purge=True)
-    before = _engine_objects(client)
+    client, prefix = docker_client, "gpufleet-test-down"
+    Lab(tmp_path, prefix=prefix, subnet="10.77.30.0/24", client=client).down(purge=True)
+    before = _engine_objects(client, prefix)
 
-    small = make_lab(tmp_path, "gpufleet-test-down", "10.77.30.0/24", hosts=1)
-    during = _engine_objects(client)
-    assert {f"gpufleet-test-down-{n}" for n in ("bastion", "aptproxy", "mirror", "gpu1")} <= during["containers"]
-    assert "gpufleet-test-down-net" in during["networks"]
+    small = make_lab(tmp_path, prefix, "10.77.30.0/24", hosts=1)
+    during = _engine_objects(client, prefix)
+    assert {f"{prefix}-{n}" for n in ("bastion", "aptproxy", "mirror", "gpu1")} <= during["containers"]
+    assert f"{prefix}-net" in during["networks"]
     assert [m.state for m in small.status()] == ["running"] * 4
 
     small.down()
-    after = _engine_objects(client)
+    after = _engine_objects(client, prefix)
     assert after["containers"] == before["containers"]
     assert after["networks"] == before["networks"]
     assert after["volumes"] == before["volumes"] | {small.apt_cache_volume}   # the documented survivor
 
     small.down(purge=True)
-    assert _engine_objects(client) == before
+    assert _engine_objects(client, prefix) == before
     assert not small.inventory_path.exists() and not small.identity.exists()
