@@ -141,6 +141,10 @@ def plan_run(c) -> Plan:
                                   diff="".join(f"~ {d}\n" for d in differences)))
         elif not current["State"]["Running"]:
             actions.append(Action(f"start container {name}", lambda c, n=name: c.run(["docker", "start", n], sudo=True)))
+        elif entry.needed:
+            actions.append(Action(f"restart container {name} to use its new entrypoint",
+                                  lambda c, n=name: c.run(["docker", "restart", n], sudo=True),
+                                  warning=f"processes in {name} are restarted"))
         else:
             fine.append(name)
     if not actions:

@@ -22,7 +22,8 @@ from tasks.containers import SNAPSHOT_MARKER, SPEC_LABEL, recreate_from, run_arg
 
 CONTAINER_HELP = {**HOST_TASK_HELP, "container": "container name (default: every managed container on the host)"}
 # files our own entrypoint rewrites at every start: not the user's work
-OWN_FILES = ("/etc/environment", "/etc/profile.d/00-gpufleet-env.sh", "/run", "/proc", "/sys", "/dev", "/tmp")
+OWN_FILES = ("/etc/environment", "/etc/profile.d/00-gpufleet-env.sh", "/root/.ssh/environment", "/run", "/proc",
+             "/sys", "/dev", "/tmp")
 
 
 def chosen(c, container: str | None) -> list[str]:

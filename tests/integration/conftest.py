@@ -115,3 +115,47 @@ def fresh_servers(lab) -> list[str]:
     """Every lab server replaced by a fresh bare one (same address and host key) before the test."""
     lab.recreate_servers()
     return lab.server_names
+
+
+REPO = HERE.parent.parent
+LOCAL_TASKS = ("gen-ssh-config", "show-host", "ops.shell", "doctor-local", "lab.up", "lab.down", "lab.status")
+
+
+class Fab:
+    """Runs the real `fab` CLI against an inventory, from a scratch directory."""
+
+    def __init__(self, inventory: Path, cwd: Path):
+        self.inventory, self.cwd = inventory, cwd
+
+    def __call__(self, *args, inventory: Path | None = None, timeout: int = 900):
+        import json
+        import os
+        import subprocess
+        import sys
+        out = self.cwd / "recap.json"
+        out.unlink(missing_ok=True)
+        env = dict(os.environ, FABRIC_INVENTORY=str(inventory or self.inventory), PYTHONPATH=str(REPO))
+        task = args[2] if args[:1] == ("-H",) else args[0]
+        extra = [] if task in LOCAL_TASKS else ["--json", str(out)]
+        result = subprocess.run([sys.executable, "-m", "fabric", "-r", str(REPO), *args, *extra],
+                                cwd=self.cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        result.recap = json.loads(out.read_text()) if out.exists() else None
+        result.hosts = {h["host"]: h for h in result.recap["hosts"]} if result.recap else {}
+        return result
+
+
+@pytest.fixture(scope="module")
+def fab(lab_inventory, tmp_path_factory) -> Fab:
+    return Fab(lab_inventory, tmp_path_factory.mktemp("fab"))
+
+
+def inventory_variant(lab, tmp_path: Path, name: str, replace: dict[str, str] | None = None,
+                      append: str = "") -> Path:
+    """A copy of the lab inventory with some lines replaced or tables appended."""
+    text = lab.inventory_path.read_text()
+    for old, new in (replace or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / name
+    path.write_text(text + append)
+    return path
