@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from gpufleet.errors import InputError
 
+KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-")
 KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ssh-dss", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
              "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
 
@@ -69,12 +70,24 @@ def parse_line(line: str) -> tuple[PublicKey | None, str | None]:
     text = line.strip()
     if not text or text.startswith("#"):
         return None, None
+    if "PRIVATE KEY-----" in text:
+        return None, "this is a private key, not a public key (use the .pub file)"
+    if text.startswith("---- BEGIN SSH2 PUBLIC KEY"):
+        return None, "an RFC 4716 (SSH2/PuTTY) key; convert it with `ssh-keygen -i -f FILE`"
     options = ""
     first = text.split(None, 1)[0]
     if first not in KEY_TYPES:
         options, text = _split_options(text)
         if not text:
+            if options.startswith("AAAA"):
+                return None, "a key blob without its key type (like ssh-ed25519) in front"
             return None, f"no key after {options[:30]!r}"
+        second = text.split(None, 1)[0]
+        if second not in KEY_TYPES:
+            # `restrict,command="..." ssh-foo AAAA`: the options are fine, the type is not;
+            # `ssh-ed2519 AAAA` or a BOM before the type: the first word is the type, and it is wrong
+            options_like = re.match(r'^[A-Za-z0-9-]+(="|,|$)', options) and not options.startswith(KEY_PREFIXES)
+            return None, f"unknown key type {(second if options_like else first)[:40]!r}"
     parts = text.split(None, 2)
     if len(parts) < 2:
         return None, "a key type without a key"
@@ -108,7 +121,8 @@ def sync(existing: str, add: list[PublicKey], revoke: list[PublicKey]) -> SyncRe
     """Revoked keys removed wherever they are, wanted keys appended once, everything else kept."""
     newline = "\r\n" if "\r\n" in existing else "\n"
     revoked = {k.identity for k in revoke}
-    lines = existing.splitlines(keepends=True)
+    lines = existing.split("\n")  # sshd splits on \n only (str.splitlines would also split on \x0c, \u2028...)
+    lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
     kept, seen, result = [], set(), SyncResult("")
     for number, line in enumerate(lines, 1):
         key, problem = parse_line(line)
@@ -121,10 +135,10 @@ def sync(existing: str, add: list[PublicKey], revoke: list[PublicKey]) -> SyncRe
             seen.add(key.identity)
             result.remaining += 1
         kept.append(line)
-    if kept and not kept[-1].endswith(("\n", "\r")):
-        kept[-1] += newline
     for key in add:
         if key.identity not in seen:
+            if kept and not kept[-1].endswith("\n"):  # only when a key goes after it: no change for nothing
+                kept[-1] += newline
             kept.append(key.line() + newline)
             seen.add(key.identity)
             result.added.append(key)

@@ -11,12 +11,30 @@ class DaemonJsonError(InputError):
     """The existing daemon.json is not valid JSON; it is reported and left alone."""
 
 
+def _object(path: str):
+    def build(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:  # json keeps the last silently; rewriting would drop the other value
+                raise DaemonJsonError(f"{path}: key {key!r} appears twice; the file was left untouched")
+            seen.add(key)
+        return dict(pairs)
+    return build
+
+
+def _constant(path: str):
+    def refuse(name):
+        raise DaemonJsonError(f"{path}: {name} is not JSON (dockerd refuses it); the file was left untouched")
+    return refuse
+
+
 def parse(text: str, path: str = "/etc/docker/daemon.json") -> dict:
-    """Strict JSON object, or {} for an empty file; never "repairs" comments or trailing commas."""
+    """Strict JSON object, or {} for an empty file; never "repairs" comments, trailing commas, duplicate keys
+    or NaN (dockerd refuses the first two; we would silently lose data on the others)."""
     if not text.strip():
         return {}
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_object(path), parse_constant=_constant(path))
     except json.JSONDecodeError as e:
         raise DaemonJsonError(f"{path}: line {e.lineno} column {e.colno}: {e.msg}; "
                               "the file is not valid JSON and was left untouched") from None

@@ -24,25 +24,42 @@ class Gpu:
         return self.name
 
 
+# the --query-gpu field names, in the order the probe asks for them (QUERY_FIELDS are the Gpu attributes)
+QUERY_COLUMNS = ("index", "name", "uuid", "driver_version", "memory.total", "compute_cap", "pci.bus_id")
+
+
+def _query_column(header: str) -> str:
+    """'memory.total [MiB]' → 'memory.total': the field name of a CSV header cell."""
+    return header.split("[", 1)[0].strip().lower()
+
+
 def parse_query_gpu(text: str) -> list[Gpu]:
     """Pure: `nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,pci.bus_id
-    --format=csv[,noheader][,nounits]`; a header line and units are tolerated."""
+    --format=csv[,noheader][,nounits]`.  Without a header the fields are taken in that order; with one
+    (`--format=csv`) they are found by name, so a query with other or more fields still parses."""
+    columns = {name: i for i, name in enumerate(QUERY_COLUMNS)}
     gpus = []
     for row in csv.reader(io.StringIO(text.strip())):
         cells = [c.strip() for c in row]
-        if len(cells) < 2 or not cells[0].isdigit():
-            continue  # header or an error line
-        cells += [""] * (len(QUERY_FIELDS) - len(cells))
-        memory = re.match(r"(\d+)", cells[4])
-        gpus.append(Gpu(int(cells[0]), cells[1], cells[2], cells[3], int(memory.group(1)) if memory else 0,
-                        cells[5], cells[6]))
+        names = [_query_column(c) for c in cells]
+        if "index" in names:
+            columns = {name: i for i, name in enumerate(names)}
+            continue
+        values = {name: cells[i] if i < len(cells) else "" for name, i in columns.items()}
+        if len(cells) < 2 or not values.get("index", "").isdigit():
+            continue  # an error line, or a header without an index column
+        memory = re.match(r"(\d+)", values.get("memory.total", ""))
+        gpus.append(Gpu(int(values["index"]), values.get("name", ""), values.get("uuid", ""),
+                        values.get("driver_version", ""), int(memory.group(1)) if memory else 0,
+                        values.get("compute_cap", ""), values.get("pci.bus_id", "")))
     return gpus
 
 
 def parse_smi_table_cuda(text: str) -> tuple[str, str] | None:
-    """Pure: (driver version, CUDA version) from the header of the default `nvidia-smi` table."""
-    driver = re.search(r"Driver Version:\s*([0-9.]+)", text)
-    cuda = re.search(r"CUDA Version:\s*([0-9.]+)", text)
+    """Pure: (driver version, CUDA version) from the header of the default `nvidia-smi` table
+    (or from `nvidia-smi -q`, which aligns the colons: `Driver Version     : 555.42.02`)."""
+    driver = re.search(r"Driver Version\s*:\s*([0-9.]+)", text)
+    cuda = re.search(r"CUDA Version\s*:\s*([0-9.]+)", text)
     if not driver and not cuda:
         return None
     return (driver.group(1) if driver else "", cuda.group(1) if cuda else "")
@@ -66,6 +83,9 @@ FAILURES = (
     (re.compile(r"couldn.?t\s+communicate\s+with\s+the\s+NVIDIA\s+driver", re.S | re.I),
      "nvidia-smi cannot talk to the NVIDIA driver (not loaded, or a version mismatch)"),
     (re.compile(r"No devices were found", re.I), "the driver is loaded but found no GPU"),
+    (re.compile(r"Driver/library version mismatch", re.I),
+     "the loaded NVIDIA kernel module and the driver libraries differ (reboot after a driver upgrade)"),
+    (re.compile(r"couldn.?t find libnvidia-ml\.so", re.I), "the NVIDIA driver libraries (libnvidia-ml.so) are missing"),
     (re.compile(r"Failed to initialize NVML", re.I), "NVML could not be initialised"),
 )
 

@@ -6,6 +6,12 @@ import shlex
 from dataclasses import dataclass
 
 SUPPORTED = {"ubuntu": ("18.04", "20.04", "22.04", "24.04"), "debian": ("11", "12")}
+# the codenames of those releases: how a derivative (Mint, Pop!_OS, LMDE...) says what it is built on
+SUPPORTED_CODENAMES = {"ubuntu": ("bionic", "focal", "jammy", "noble"), "debian": ("bullseye", "bookworm")}
+# releases whose apt still uses one-line sources.list; every later one ships deb822 *.sources files
+CLASSIC_SOURCES = {"ubuntu": ("trusty", "xenial", "bionic", "cosmic", "disco", "eoan", "focal", "groovy", "hirsute",
+                              "impish", "jammy", "kinetic", "lunar", "mantic"),
+                   "debian": ("jessie", "stretch", "buster", "bullseye")}
 
 
 @dataclass(frozen=True)
@@ -16,6 +22,7 @@ class OsRelease:
     codename: str = ""
     ubuntu_codename: str = ""
     pretty_name: str = ""
+    debian_codename: str = ""
 
     @property
     def family(self) -> str | None:
@@ -27,8 +34,8 @@ class OsRelease:
 
     @property
     def base_codename(self) -> str:
-        """The codename of the Ubuntu/Debian release underneath (Mint's UBUNTU_CODENAME)."""
-        return self.ubuntu_codename or self.codename
+        """The codename of the Ubuntu/Debian release underneath (Mint's UBUNTU_CODENAME, LMDE's DEBIAN_CODENAME)."""
+        return self.ubuntu_codename or self.debian_codename or self.codename
 
 
 def parse_os_release(text: str) -> OsRelease:
@@ -46,7 +53,7 @@ def parse_os_release(text: str) -> OsRelease:
         values[key.strip()] = parts[0] if parts else ""
     codename = values.get("VERSION_CODENAME", "")
     if not codename:
-        m = re.search(r"\(([a-z]+)", values.get("VERSION", ""))
+        m = re.search(r"\(([a-z]+)\)", values.get("VERSION", ""))  # Debian's "11 (bullseye)", not "(Blue Onyx)"
         codename = m.group(1) if m else ""
     return OsRelease(
         id=values.get("ID", "").lower(),
@@ -55,35 +62,72 @@ def parse_os_release(text: str) -> OsRelease:
         codename=codename.lower(),
         ubuntu_codename=values.get("UBUNTU_CODENAME", "").lower(),
         pretty_name=values.get("PRETTY_NAME", ""),
+        debian_codename=values.get("DEBIAN_CODENAME", "").lower(),
     )
 
 
+def _kernel_release(uname_text: str) -> str:
+    """The release field of `uname -a` ("Linux HOST RELEASE ...") or of `uname -r`."""
+    fields = uname_text.split()
+    if len(fields) >= 3 and fields[0] == "Linux":
+        return fields[2]
+    return fields[0] if fields else ""
+
+
+def wsl_version(uname_text: str) -> int | None:
+    """Pure: 2 for a WSL2 kernel ('-microsoft-standard', '-WSL2'), 1 for WSL1 ('4.4.0-18362-Microsoft'), else None.
+
+    Only the kernel release is looked at, so a server whose host name contains "wsl" or "microsoft" is not WSL.
+    """
+    release = _kernel_release(uname_text)
+    if re.search(r"microsoft-standard|wsl2", release, re.IGNORECASE):
+        return 2
+    if re.search(r"-Microsoft$", release):  # WSL1: a Windows build number as the patch level, capital M
+        return 1
+    if re.search(r"microsoft|wsl", release, re.IGNORECASE):
+        return 2  # a custom WSL kernel build; only WSL2 runs real Linux kernels
+    return None
+
+
 def is_wsl(uname_text: str) -> bool:
-    """Pure: WSL from `uname -a`/`-r` ('microsoft-standard', 'WSL2', WSL1's 'Microsoft')."""
-    return bool(re.search(r"microsoft|wsl", uname_text, re.IGNORECASE))
+    """Pure: WSL from `uname -a`/`-r`, WSL1 included.
+
+    WSL1 says True too: it *is* WSL, and it is the worse case (no real kernel: no cgroups, so no Docker engine,
+    and no GPU); use wsl_version() where the two differ.
+    """
+    return wsl_version(uname_text) is not None
 
 
 def check_supported(os: OsRelease) -> str | None:
     """None when supported, else a one-line reason."""
     family = os.family
+    name = os.pretty_name or os.id or "unknown OS"
     if family is None:
-        return f"{os.pretty_name or os.id or 'unknown OS'} is not Ubuntu or Debian"
+        return f"{name} (ID={os.id or '?'}) is not Ubuntu, Debian or a derivative of them (ID_LIKE)"
     if os.id not in SUPPORTED:
-        return None if os.base_codename else f"{os.pretty_name}: cannot tell the release codename"
+        if os.base_codename in SUPPORTED_CODENAMES[family]:
+            return None
+        if not os.base_codename:
+            return f"{name}: cannot tell which {family} release it is built on"
+        return (f"{name} is built on {family} {os.base_codename!r}, which is not supported "
+                f"({family} {', '.join(SUPPORTED_CODENAMES[family])} are)")
     if not os.version_id:
-        return f"{os.pretty_name or os.id}: no VERSION_ID (testing/unstable is not supported)"
+        return f"{name}: no VERSION_ID (testing/unstable is not supported)"
     if os.version_id not in SUPPORTED[os.id]:
-        return (f"{os.pretty_name or os.id} {os.version_id} is not supported "
-                f"({os.id} {', '.join(SUPPORTED[os.id])} are)")
+        label = name if os.version_id in name else f"{name} {os.version_id}"
+        return f"{label} is not supported ({os.id} {', '.join(SUPPORTED[os.id])} are)"
     return None
 
 
 def apt_sources_style(os: OsRelease) -> str:
-    """"deb822" from Ubuntu 24.04 and Debian 12, "classic" before."""
+    """"deb822" from Ubuntu 24.04 and Debian 12, "classic" before; a derivative goes by its base release."""
+    family = os.family
+    if os.id not in SUPPORTED and family:
+        return "classic" if os.base_codename in CLASSIC_SOURCES[family] else "deb822"
     try:
         major = int(os.version_id.split(".")[0])
     except ValueError:
         return "deb822"
-    if os.family == "ubuntu":
+    if family == "ubuntu":
         return "deb822" if major >= 24 else "classic"
     return "deb822" if major >= 12 else "classic"

@@ -33,8 +33,8 @@ SERVICE_STOP = ("if [ -d /run/systemd/system ]; then systemctl stop docker.socke
                 "i=$((i+1)); sleep 0.2; done; fi")
 WAIT_FOR_DOCKER = ("i=0; until docker info >/dev/null 2>&1; do i=$((i+1)); "
                    "if [ $i -gt 120 ]; then docker info; exit 1; fi; sleep 0.5; done")
-DOCKER_LOG = ("if [ -d /run/systemd/system ]; then journalctl -u docker --no-pager -n 12 -o cat; "
-              "else tail -n 12 /var/log/docker.log; fi")
+DOCKER_LOG = ("if [ -d /run/systemd/system ]; then journalctl -u docker --no-pager -n 40 -o cat; "
+              "else tail -n 40 /var/log/docker.log; fi")
 
 
 def apt_install(packages, update: bool = True) -> Script:
@@ -206,7 +206,9 @@ def install_daemon_json(c, change: FileChange) -> None:
         back = c.run(Script(f"{restore}\n{SERVICE_RESTART}\n{WAIT_FOR_DOCKER}"), sudo=True, check=False)
         state = "the previous daemon.json was restored and Docker runs again" if back.exit_code == 0 else \
             "restoring the previous daemon.json did not bring Docker back either"
-        last = " | ".join(docker_error.splitlines()[-3:])
+        lines = docker_error.splitlines()
+        errors = [l for l in lines if "failed to start daemon" in l.lower() or "level=fatal" in l or "level=error" in l]
+        last = " | ".join((errors or lines)[-2:])
         raise FleetError(f"Docker did not start with the new {DAEMON_JSON}; {state}. Docker said: {last}")
     verify_docker_info(c, daemon_json.parse(change.content.decode(), DAEMON_JSON))
 
@@ -229,14 +231,16 @@ def verify_docker_info(c, config: dict) -> None:
 
 def migrate_data_root(c, change: FileChange, old_root: str, new_root: str) -> None:
     """Stop Docker, copy the data root (owners, hard links, xattrs kept), switch, check the images."""
-    before = c.run(["docker", "image", "ls", "-q", "--no-trunc"], sudo=True).stdout.split()
     q = shlex.quote
-    c.run(Script("\n".join([
-        "set -e", SERVICE_STOP,
-        f"mkdir -p {q(new_root)}",
-        f"if [ -n \"$(ls -A {q(new_root)})\" ]; then echo '{new_root} is not empty; not copying over it' >&2; exit 1; fi",
-        f"cp -a {q(old_root)}/. {q(new_root)}/",
-    ])), sudo=True)
+    c.run(Script(f"if [ -d {q(new_root)} ] && [ -n \"$(ls -A {q(new_root)})\" ]; then "
+                 f"echo '{new_root} is not empty; not copying over it' >&2; exit 1; fi"), sudo=True)
+    before = c.run(["docker", "image", "ls", "-q", "--no-trunc"], sudo=True).stdout.split()
+    copied = c.run(Script("\n".join(["set -e", SERVICE_STOP, f"mkdir -p {q(new_root)}",
+                                      f"cp -a {q(old_root)}/. {q(new_root)}/"])), sudo=True, check=False)
+    if copied.exit_code != 0:
+        c.run(Script(f"{SERVICE_START}\n{WAIT_FOR_DOCKER}"), sudo=True, check=False)
+        raise FleetError(f"copying {old_root} to {new_root} failed ({copied.stderr.strip()[-200:]}); "
+                         f"Docker was started again on {old_root}")
     install_daemon_json(c, change)
     after = c.run(["docker", "image", "ls", "-q", "--no-trunc"], sudo=True).stdout.split()
     if sorted(before) != sorted(after):

@@ -144,18 +144,13 @@ class Fab:
         return result
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fab(lab_inventory, tmp_path_factory) -> Fab:
     return Fab(lab_inventory, tmp_path_factory.mktemp("fab"))
 
 
-def inventory_variant(lab, tmp_path: Path, name: str, replace: dict[str, str] | None = None,
-                      append: str = "") -> Path:
-    """A copy of the lab inventory with some lines replaced or tables appended."""
-    text = lab.inventory_path.read_text()
-    for old, new in (replace or {}).items():
-        assert old in text, old
-        text = text.replace(old, new)
-    path = tmp_path / name
-    path.write_text(text + append)
-    return path
+@pytest.fixture(scope="session")
+def bootstrapped(lab, fab):
+    """Fresh bare servers, then one `bootstrap` of gpu1 and gpu2: the converged lab later tests start from."""
+    lab.recreate_servers()
+    return fab("-H", "gpu1,gpu2", "bootstrap")

@@ -6,26 +6,14 @@ import subprocess
 
 import pytest
 
-from tests.integration.conftest import inventory_variant
+from tests.integration.helpers import inventory_variant, sh, ssh
 
 SERVERS = ("gpu1", "gpu2")
 
 
-def sh(lab, host, script, user="root"):
-    code, out = lab.exec(host, ["sh", "-c", script], user=user)
-    return code, out.strip()
-
-
-def ssh(lab, alias, command="hostname", config=None):
-    config = config or lab.directory / "ssh_config"
-    return subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", alias, command],
-                          capture_output=True, text=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
-def first_run(lab, fab):
-    lab.recreate_servers()
-    return fab("-H", "gpu1,gpu2", "bootstrap")
+def first_run(bootstrapped):
+    return bootstrapped
 
 
 def test_first_bootstrap_changes_both_hosts(first_run):
