@@ -5,7 +5,7 @@ Host tasks run in parallel (see fabric.yaml and gpufleet/executor.py).
 """
 from invoke import Collection, task
 
-from gpufleet.executor import fleet_task
+from gpufleet.fleet import fleet_task
 from tasks import HOST_TASK_HELP, apt, containers, docker, doctor, hosts, inside, keys, lab, nvidia, ops, sshconfig
 
 BOOTSTRAP = [

@@ -19,6 +19,7 @@ from invoke import Context
 from invoke.exceptions import Exit
 
 from gpufleet import inventory as inv
+from gpufleet.fleet import load_inventory
 from gpufleet.connect import Connector
 from gpufleet.errors import ConnectError, FleetError, InputError
 from gpufleet.output import Display
@@ -28,25 +29,6 @@ from gpufleet.remote import SshSession
 
 STATE_DIR = Path(".gpufleet")
 FAILED_HOSTS_FILE = STATE_DIR / "failed-hosts"
-
-
-def fleet_task(default_hosts: str | None = None, before=None, after=None):
-    """Mark a task body as run once per host with a HostContext (see tasks/).
-
-    `before(inventory, **task_kwargs)` validates input before any host is contacted;
-    `after(reports)` may print a summary and return the exit code.
-    """
-    def mark(body):
-        body.fleet = True
-        body.fleet_default_hosts = default_hosts
-        body.fleet_before = before
-        body.fleet_after = after
-        return body
-    return mark
-
-
-def load_inventory() -> inv.Inventory:
-    return inv.load(inv.inventory_path(project_dir=Path.cwd()))
 
 
 def resolve_hosts(inventory: inv.Inventory, names: list[str]) -> list[str]:

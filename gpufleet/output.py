@@ -14,12 +14,18 @@ from gpufleet.plan import CHANGED, FAILED, OK, SKIPPED, HostReport, StepResult
 STYLE = {OK: "green", CHANGED: "yellow", FAILED: "bold red", SKIPPED: "cyan"}
 
 
+def make_console() -> Console:
+    """The terminal's width on a terminal; wide enough for tables in logs and pipes."""
+    plain = Console()
+    return Console(highlight=False, soft_wrap=True, width=None if plain.is_terminal else 160)
+
+
 class Display:
     """Thread-safe progress display; plain lines when the output is not a terminal."""
 
     def __init__(self, hosts: list[str], title: str, console: Console | None = None, show_diffs: bool = False):
         self.show_diffs = show_diffs
-        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.console = console or make_console()
         self.title = title
         self.current = {h: "waiting" for h in hosts}
         self.lock = threading.Lock()

@@ -11,6 +11,7 @@ outside the block is preserved byte for byte (CRLF, tabs, no final newline,
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from gpufleet.errors import InputError
@@ -34,30 +35,51 @@ class SshHostEntry:
     extra: dict = field(default_factory=dict)
 
 
-def _quote(value: str) -> str:
-    return f'"{value}"' if any(c in value for c in " \t#") else value
+_WORD = re.compile(r"[A-Za-z0-9_.@:+\[\]-]+")
+
+
+def _value(entry: SshHostEntry, what: str, value, path: bool = False) -> str:
+    """One ssh_config argument: quoted when it has blanks, `%` doubled in paths (ssh expands %-tokens there).
+
+    InputError for what cannot be one argument: a line break would let a value start a new directive
+    (`HostName x` + newline + `ProxyCommand ...`), a double quote would end the quoting."""
+    text = str(value)
+    if not text or any(c in text for c in '"\r\n\0'):
+        raise InputError(f"ssh config: {entry.alias}: {what} {text!r} cannot be written "
+                         "(empty, or has a quote or a line break)")
+    if path:
+        text = text.replace("%", "%%")
+    return f'"{text}"' if any(c in text for c in " \t#=") else text
 
 
 def render_block(entries: list[SshHostEntry]) -> str:
-    """The managed block, LF line endings, ending with a newline."""
+    """The managed block, LF line endings, ending with a newline; InputError for a value ssh can't take."""
     lines = [BEGIN]
     for e in entries:
-        lines += ["", f"Host {e.alias}", f"    HostName {e.hostname}"]
+        if not _WORD.fullmatch(e.alias):
+            raise InputError(f"ssh config: alias {e.alias!r} must be one word without wildcards")
+        lines += ["", f"Host {e.alias}", f"    HostName {_value(e, 'hostname', e.hostname)}"]
         if e.port != 22:
-            lines.append(f"    Port {e.port}")
+            lines.append(f"    Port {int(e.port)}")
         if e.user:
-            lines.append(f"    User {e.user}")
+            lines.append(f"    User {_value(e, 'user', e.user)}")
         if e.identity_file:
-            lines += [f"    IdentityFile {_quote(e.identity_file)}", "    IdentitiesOnly yes"]
+            lines += [f"    IdentityFile {_value(e, 'identity_file', e.identity_file, path=True)}",
+                      "    IdentitiesOnly yes"]
         if e.proxy_jump:
-            lines.append(f"    ProxyJump {e.proxy_jump}")
+            lines.append(f"    ProxyJump {_value(e, 'proxy_jump', e.proxy_jump)}")
         if e.host_key_alias:
-            lines.append(f"    HostKeyAlias {e.host_key_alias}")
+            lines.append(f"    HostKeyAlias {_value(e, 'host_key_alias', e.host_key_alias)}")
         if e.known_hosts_file:
-            lines += [f"    UserKnownHostsFile {_quote(e.known_hosts_file)}", "    StrictHostKeyChecking yes"]
+            lines += [f"    UserKnownHostsFile {_value(e, 'known_hosts_file', e.known_hosts_file, path=True)}",
+                      "    StrictHostKeyChecking yes"]
         if e.forward_agent:
             lines.append("    ForwardAgent yes")
-        lines += [f"    {k} {v}" for k, v in e.extra.items()]
+        for keyword, value in e.extra.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", keyword) or keyword.lower() in ("host", "match", "include"):
+                raise InputError(f"ssh config: {e.alias}: {keyword!r} is not an option keyword")
+            value = ("yes" if value else "no") if isinstance(value, bool) else value
+            lines.append(f"    {keyword} {_value(e, keyword, value)}")
     lines += ["", *RESET, END]
     return "\n".join(lines) + "\n"
 

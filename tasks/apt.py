@@ -1,7 +1,7 @@
 """apt on the host: the optional apt proxy every later install goes through."""
 from invoke import Collection, task
 
-from gpufleet.executor import fleet_task
+from gpufleet.fleet import fleet_task
 from gpufleet.files import FileChange, file_plan, removal_action, render_template
 from gpufleet.paths import APT_PROXY_CONF
 from gpufleet.plan import Plan, Step

@@ -15,7 +15,7 @@ from invoke import Collection, task
 
 from gpufleet import gpu
 from gpufleet.errors import FleetError
-from gpufleet.executor import fleet_task
+from gpufleet.fleet import fleet_task
 from gpufleet.facts import MANAGED_LABEL, SNAPSHOT_LABEL
 from gpufleet.files import FileChange, file_action, in_container, render_template
 from gpufleet.inventory import ContainerSpec

@@ -8,7 +8,7 @@ from invoke import Collection, task
 
 from gpufleet import daemon_json, osinfo
 from gpufleet.errors import FleetError
-from gpufleet.executor import fleet_task
+from gpufleet.fleet import fleet_task
 from gpufleet.files import FileChange, apply_file, file_action, render_template
 from gpufleet.paths import DAEMON_JSON, DOCKER_KEYRING, DOCKER_SOURCES
 from gpufleet.plan import Action, Plan, Step

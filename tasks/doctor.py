@@ -10,16 +10,16 @@ from dataclasses import dataclass
 
 from invoke import task
 from invoke.exceptions import Exit
-from rich.console import Console
+from gpufleet.output import make_console
 from rich.table import Table
 from rich.text import Text
 
 from gpufleet import daemon_json, gpu, inventory as inv, sshd_config
 from gpufleet.errors import FleetError
-from gpufleet.executor import fleet_task
+from gpufleet.fleet import fleet_task
 from gpufleet.files import in_container
 from gpufleet.paths import DAEMON_JSON, container_dir, probe_request
-from gpufleet.plan import HostContext, Plan, Step
+from gpufleet.plan import HostContext, HostReport, Plan, Step
 from gpufleet.remote import LocalSession
 from tasks import HOST_TASK_HELP
 from tasks.containers import default_shm_size
@@ -183,19 +183,24 @@ def print_doctor(reports) -> int:
         for host, name, status, detail, fix in report.data:
             failed |= status == FAIL
             table.add_row(host, name, Text(status, style=STYLE[status]), detail, fix)
-    Console(highlight=False, width=200).print(table)
+    make_console().print(table, soft_wrap=False)
     return 1 if failed else 0
 
 
-def local_doctor() -> int:
+def local_checks() -> list[Check]:
     """The host and GPU checks on this machine, through a local session (no SSH)."""
     inventory = inv.loads('[hosts.local]\naddress = "localhost"\n', "<local>")
     ctx = HostContext(inventory.host("local"), inventory, LocalSession("local"))
     ctx.probe_request = probe_request
     checks = host_checks(ctx)
+    checks[0] = Check("local", PASS, "checked through a local session (no SSH)")
     checks.append(torch_check(ctx, ["python3", "-c", TORCH_CHECK]))
-    ctx.report.data = [["local", ch.name, ch.status, ch.detail, ch.fix] for ch in checks]
-    return print_doctor([ctx.report])
+    return checks
+
+
+def local_doctor() -> int:
+    rows = [["local", ch.name, ch.status, ch.detail, ch.fix] for ch in local_checks()]
+    return print_doctor([HostReport("local", data=rows)])
 
 
 @task(help=HOST_TASK_HELP)

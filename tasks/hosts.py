@@ -1,10 +1,10 @@
 """Inventory tasks: show what a host will get, and where each value came from."""
 from invoke import task
-from rich.console import Console
+from gpufleet.output import make_console
 from rich.table import Table
 
 from gpufleet import inventory as inv
-from gpufleet.executor import load_inventory
+from gpufleet.fleet import load_inventory
 
 
 @task(help={"name": "the host's name in the inventory"})
@@ -19,4 +19,4 @@ def show_host(c, name):
         table.add_column(column)
     for key, value, source in inv.describe(host):
         table.add_row(key, value, source)
-    Console(highlight=False).print(table)
+    make_console().print(table, soft_wrap=False)

@@ -7,7 +7,7 @@ from invoke import Collection, task
 
 from gpufleet import apt_sources, osinfo
 from gpufleet.errors import FleetError
-from gpufleet.executor import fleet_task
+from gpufleet.fleet import fleet_task
 from gpufleet.files import TEMPLATES, FileChange, file_action, in_container
 from gpufleet.paths import (CONTAINER_APT_SOURCES, CONTAINER_DEPLOY_KEY as DEPLOY_KEY, CONTAINER_GITCONFIG,
                             CONTAINER_KNOWN_HOSTS)

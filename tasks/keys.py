@@ -14,7 +14,7 @@ from invoke import task
 
 from gpufleet import authorized_keys
 from gpufleet.errors import FleetError, InputError
-from gpufleet.executor import fleet_task
+from gpufleet.fleet import fleet_task
 from gpufleet.files import FileChange, file_action, in_container
 from gpufleet.inventory import Inventory
 from gpufleet.paths import CONTAINER_AUTHORIZED_KEYS, authorized_keys_of, home_of

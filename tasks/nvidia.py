@@ -6,7 +6,7 @@ owner of that file); `nvidia-ctk runtime configure` is never run.
 from invoke import Collection, task
 
 from gpufleet.errors import FleetError
-from gpufleet.executor import fleet_task
+from gpufleet.fleet import fleet_task
 from gpufleet.files import FileChange, file_action, render_template
 from gpufleet.paths import NVIDIA_KEYRING, NVIDIA_SOURCES
 from gpufleet.plan import Action, Plan, Step

@@ -9,11 +9,11 @@ import sys
 from datetime import datetime, timezone
 
 from invoke import Collection, task
-from rich.console import Console
+from gpufleet.output import make_console
 from rich.table import Table
 
 from gpufleet.errors import FleetError, InputError
-from gpufleet.executor import fleet_task, load_inventory
+from gpufleet.fleet import fleet_task, load_inventory
 from gpufleet.files import in_container
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Script
@@ -79,7 +79,7 @@ def print_ps(reports) -> int | None:
     for report in reports:
         for row in getattr(report, "data", None) or []:
             table.add_row(*row)
-    Console(highlight=False).print(table)
+    make_console().print(table, soft_wrap=False)
     return None
 
 

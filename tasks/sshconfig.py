@@ -16,7 +16,7 @@ from invoke import task
 
 from gpufleet import ssh_config
 from gpufleet.connect import KnownHosts
-from gpufleet.executor import load_inventory
+from gpufleet.fleet import load_inventory
 from gpufleet.files import unified_diff
 from gpufleet.inventory import Inventory
 

@@ -1,6 +1,7 @@
 """The executor through the real `fab` CLI against real sshd servers on loopback."""
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.skipif(not loopback.available(), reason="needs root and
 
 FABFILE = '''
 from invoke import Collection, task
-from gpufleet.executor import fleet_task
+from gpufleet.fleet import fleet_task
 from gpufleet.errors import FleetError
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Secret
@@ -107,11 +108,11 @@ def fab(root, *args):
 
 def test_two_hosts_run_in_parallel(project):
     root, _ = project
-    started = time.monotonic()
     result = fab(root, "-H", "a,b", "sleepy")
-    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
-    assert elapsed < 3.5, f"two 2 s steps took {elapsed:.1f}s: not parallel"
+    # the executor's own wall time for the hosts (Python's start-up is not the executor's)
+    elapsed = float(re.search(r"Recap \(([0-9.]+)s\)", result.stdout).group(1))
+    assert 2.0 <= elapsed < 3.5, f"two 2 s steps took {elapsed:.1f}s: not parallel"
     assert result.stdout.count("changed  sleep: sleep 2s") == 2
 
 

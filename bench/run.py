@@ -1,0 +1,787 @@
+#!/usr/bin/env python3
+"""gpufleet benchmark: the real tool on the local Docker lab, and a synthetic 1,000-host inventory.
+
+    .venv/bin/python bench/run.py [--sizes 1,4,8] [--out bench/results/latest.json]
+
+For each size N (default 1, 4, 8) a lab of its own (prefix `gpufleet-bench`, subnet
+10.77.40.0/24, files under /var/tmp/gpufleet-bench) is brought up or grown to N servers,
+`bootstrap` converges gpu1..gpuN once (timed, but not a figure), then these are timed:
+the converged re-run of `bootstrap` on gpu1..gpuN, `sync-keys` (every host, bastion
+included) and `gen-ssh-config`, each --reps times (median and min).  SSH connections and
+remote commands per host come from the tool's own `--json` recap (max over hosts and
+repetitions); peak RSS of each fab process from GNU time (`/usr/bin/time -f %M`), or by
+polling VmHWM in /proc/PID/status where GNU time is missing.  Every fab invocation is a
+whole process (`python -m fabric -r REPO ...`), so its time includes Python start-up.
+
+Then, without a lab: an inventory of 1,000 GPU servers behind a bastion with 2,000
+containers, generated in a temp dir: `gen-ssh-config`, `show-host host0500` and
+`gpufleet.inventory.load`, each timed as a whole CLI process and in-process.
+
+The lab is torn down at the end (`Lab.down()`, the apt cache volume is kept for the next
+run), also on failure, Ctrl-C and SIGTERM; `--keep-lab` leaves it up.  Output: a rich
+table, the JSON document (--out), the fab outputs and per-run logs under the work dir,
+and with `--readme` the figures block of bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+from rich.text import Text  # noqa: E402
+
+PREFIX = "gpufleet-bench"
+SUBNET = "10.77.40.0/24"
+WORKDIR = Path("/var/tmp/gpufleet-bench")
+GNU_TIME = "/usr/bin/time"
+README = REPO / "bench" / "README.md"
+FIGURES_BEGIN = "<!-- bench figures: begin (bench/run.py --readme rewrites this block) -->"
+FIGURES_END = "<!-- bench figures: end -->"
+
+# Targets
+MAX_CONNECTIONS = 1          # SSH connections per host, converged bootstrap re-run
+MAX_COMMANDS = 3             # remote commands per host, converged bootstrap re-run
+MAX_SCALING = 1.5            # converged bootstrap median, N=8 over N=1
+MAX_LOCAL_SECONDS = 1.0      # gen-ssh-config / show-host / validation of 1,000 hosts
+MAX_RSS_MB = 150             # peak RSS of fab at N=8
+SYNTH_SERVERS, SYNTH_CONTAINERS_PER_HOST = 1000, 2
+
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+
+
+class Interrupted(BaseException):
+    """SIGTERM/SIGHUP: unwind like Ctrl-C so that the lab is torn down."""
+
+
+def _on_signal(signum, _frame):
+    raise Interrupted(f"signal {signal.Signals(signum).name}")
+
+
+def say(message: str, style: str = "") -> None:
+    """One progress line; the message is plain text (tool output may contain `[...]`)."""
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] ", Text(message, style=style), sep="")
+
+
+# --- the machine ---
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def uptime_line() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "load average: " + ", ".join(f"{x:.2f}" for x in loadavg())
+
+
+def machine() -> dict:
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+    total_kb = int(meminfo["MemTotal"].split()[0])
+
+    def out(argv):
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            return (p.stdout or p.stderr).strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    info = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "nproc": out(["nproc"]) or str(os.cpu_count()),
+        "memory_gib": round(total_kb / 2**20, 1),
+        "cpu": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), platform.processor()),
+        "kernel": platform.release(),
+        "python3": out(["python3", "--version"]),
+        "venv_python": platform.python_version(),
+        "docker": out(["docker", "version", "--format", "{{.Server.Version}}"]),
+        "git_commit": out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),  # read-only
+        "uptime_at_start": uptime_line(),
+    }
+    return info
+
+
+def ensure_gnu_time() -> bool:
+    """GNU time for the peak RSS; installed with apt when missing and we are root."""
+    def works():
+        return os.access(GNU_TIME, os.X_OK) and subprocess.run(
+            [GNU_TIME, "-f", "%M", "true"], capture_output=True).returncode == 0
+    if works():
+        return True
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        say("installing GNU time (apt package `time`) for peak RSS")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "install", "-y", "-q", "time"], env=env, capture_output=True)
+        if not works():
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "-q", "time"], env=env, capture_output=True)
+    if works():
+        return True
+    say(f"GNU time unavailable: peak RSS by polling VmHWM in /proc/PID/status", "yellow")
+    return False
+
+
+# --- running fab ---
+
+@dataclass
+class FabRun:
+    label: str
+    argv: list[str]
+    rc: int
+    seconds: float
+    peak_rss_mb: float | None
+    output: str                          # file with the process's stdout+stderr
+    recap: dict | None = None            # the --json document
+    log_dir: str | None = None           # .gpufleet/logs/<run> of this invocation
+
+    def hosts(self) -> list[dict]:
+        return (self.recap or {}).get("hosts", [])
+
+    def max_of(self, key: str) -> int | None:
+        values = [h.get(key) for h in self.hosts() if h.get(key) is not None]
+        return max(values) if values else None
+
+    def sum_of(self, key: str) -> int:
+        return sum(h.get(key) or 0 for h in self.hosts())
+
+
+class Runner:
+    """Runs whole processes (fab or python) under GNU time, or polling VmHWM."""
+
+    def __init__(self, workdir: Path, use_gnu_time: bool):
+        self.workdir = workdir
+        self.outputs = workdir / "outputs"
+        self.outputs.mkdir(parents=True, exist_ok=True)
+        self.use_gnu_time = use_gnu_time
+        self.count = 0
+
+    def process(self, label: str, argv: list[str], cwd: Path, env: dict | None = None,
+                timeout: float = 1800) -> FabRun:
+        self.count += 1
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+        out_path = self.outputs / f"{self.count:03d}-{slug}.out"
+        rss_path = self.outputs / f"{self.count:03d}-{slug}.rss"
+        full_env = dict(os.environ, **(env or {}))
+        full_env.setdefault("COLUMNS", "160")
+        wrapped = [GNU_TIME, "-f", "%M", "-o", str(rss_path), *argv] if self.use_gnu_time else argv
+        with open(out_path, "wb") as out:
+            started = time.perf_counter()
+            proc = subprocess.Popen(wrapped, cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+            hwm = [0]
+            poller = None
+            if not self.use_gnu_time:
+                poller = threading.Thread(target=_poll_hwm, args=(proc, hwm), daemon=True)
+                poller.start()
+            try:
+                rc = proc.wait(timeout=timeout)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            seconds = time.perf_counter() - started
+            if poller:
+                poller.join()
+        rss_mb = None
+        if self.use_gnu_time:
+            try:
+                lines = [l for l in rss_path.read_text().split() if l.isdigit()]
+                rss_mb = int(lines[-1]) / 1024 if lines else None
+            except OSError:
+                pass
+        elif hwm[0]:
+            rss_mb = hwm[0] / 1024
+        return FabRun(label, argv, rc, seconds, rss_mb, str(out_path))
+
+    def fab(self, label: str, args: list[str], cwd: Path, inventory: Path, json_out: bool = False) -> FabRun:
+        json_path = None
+        if json_out:
+            json_path = self.outputs / f"{self.count + 1:03d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}.json"
+            args = [*args, "--json", str(json_path)]
+        logs = cwd / ".gpufleet" / "logs"
+        before = set(os.listdir(logs)) if logs.is_dir() else set()
+        run = self.process(label, [sys.executable, "-m", "fabric", "-r", str(REPO), *args], cwd,
+                           env={"FABRIC_INVENTORY": str(inventory)})
+        if json_path and json_path.exists():
+            run.recap = json.loads(json_path.read_text())
+        new = sorted(set(os.listdir(logs)) - before) if logs.is_dir() else []
+        run.log_dir = str(logs / new[-1]) if new else None
+        return run
+
+
+def _poll_hwm(proc, hwm):
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    hwm[0] = max(hwm[0], int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.005)
+
+
+def stats(values: list[float]) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3), "n": len(values)}
+
+
+# --- per-host logs: where a run's time goes ---
+
+_CMD = re.compile(r"^\$ (.*)$")
+_EXIT = re.compile(r"^# exit (-?\d+) in ([0-9.]+)s$")
+
+
+def log_breakdown(log_dir: str | None) -> dict:
+    """Per host log: commands, connections, seconds spent in remote commands, slowest commands."""
+    if not log_dir or not Path(log_dir).is_dir():
+        return {}
+    out = {}
+    for path in sorted(Path(log_dir).glob("*.log")):
+        commands, connections, remote, slow, current = 0, 0, 0.0, [], None
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("# connected"):
+                connections += 1
+            m = _CMD.match(line)
+            if m:
+                commands += 1
+                current = m.group(1)
+                continue
+            m = _EXIT.match(line)
+            if m and current is not None:
+                seconds = float(m.group(2))
+                remote += seconds
+                slow.append((seconds, current[:110]))
+                current = None
+        slow.sort(reverse=True)
+        out[path.stem] = {"commands": commands, "connections": connections, "remote_seconds": round(remote, 2),
+                          "slowest": [{"seconds": s, "command": c} for s, c in slow[:3]]}
+    return out
+
+
+# --- the lab part ---
+
+def lab_sizes(args, runner: Runner, results: dict) -> None:
+    from gpufleet.lab import Lab
+
+    lab_dir = args.workdir / "lab"
+    cwd = args.workdir / "cwd"
+    cwd.mkdir(parents=True, exist_ok=True)
+    lab = Lab(lab_dir, prefix=PREFIX, subnet=SUBNET, log=lambda m: say(f"  lab: {m}"))
+    results["lab"] = {"prefix": PREFIX, "subnet": SUBNET, "directory": str(lab_dir), "cwd": str(cwd), "sizes": []}
+    try:
+        for n in args.sizes:
+            say(f"N={n}: lab.up(hosts={n})", "bold")
+            load_before = loadavg()
+            info = lab.up(hosts=n)
+            say(f"  lab up in {info.seconds:.1f}s ({', '.join(info.servers)})")
+            size = {"n": n, "lab_up_seconds": round(info.seconds, 1), "built_images": info.built_images,
+                    "load_before": load_before}
+            results["lab"]["sizes"].append(size)
+            hosts = ",".join(info.servers)
+            inv = info.inventory
+
+            converge = []
+            for attempt in range(2):
+                run = runner.fab(f"N{n}-converge{attempt + 1}", ["-H", hosts, "bootstrap"], cwd, inv, json_out=True)
+                converge.append(run)
+                say(f"  converge bootstrap #{attempt + 1}: rc={run.rc} {run.seconds:.1f}s, "
+                    f"changed={run.sum_of('changed')} failed={run.sum_of('failed')}")
+                if run.rc == 0:
+                    break
+            size["converge"] = [summary(r) for r in converge]
+            size["converged"] = converge[-1].rc == 0
+
+            reruns = []
+            for rep in range(args.reps):
+                run = runner.fab(f"N{n}-bootstrap-rerun{rep + 1}", ["-H", hosts, "bootstrap"], cwd, inv, json_out=True)
+                reruns.append(run)
+                say(f"  bootstrap re-run #{rep + 1}: rc={run.rc} {run.seconds:.2f}s, changed={run.sum_of('changed')}, "
+                    f"max conns/host={run.max_of('ssh_connections')}, max cmds/host={run.max_of('remote_commands')}, "
+                    f"RSS={fmt(run.peak_rss_mb, '.0f')} MB")
+            size["bootstrap_rerun"] = group(reruns)
+            size["bootstrap_rerun"]["logs"] = {r.label: log_breakdown(r.log_dir) for r in reruns}
+
+            syncs = []
+            for rep in range(args.reps):
+                run = runner.fab(f"N{n}-sync-keys{rep + 1}", ["sync-keys"], cwd, inv, json_out=True)
+                syncs.append(run)
+                say(f"  sync-keys #{rep + 1}: rc={run.rc} {run.seconds:.2f}s, changed={run.sum_of('changed')}, "
+                    f"max cmds/host={run.max_of('remote_commands')}")
+            size["sync_keys"] = group(syncs)
+
+            first = runner.fab(f"N{n}-gen-ssh-config-write", ["gen-ssh-config"], cwd, inv)
+            gens = [runner.fab(f"N{n}-gen-ssh-config{rep + 1}", ["gen-ssh-config"], cwd, inv)
+                    for rep in range(args.reps)]
+            say(f"  gen-ssh-config: first rc={first.rc} {first.seconds:.2f}s; unchanged median "
+                f"{statistics.median(r.seconds for r in gens):.2f}s")
+            size["gen_ssh_config_first"] = summary(first)
+            size["gen_ssh_config"] = group(gens)
+
+            every = converge + reruns + syncs + [first] + gens
+            size["peak_rss_mb"] = {"any_fab": maxn(r.peak_rss_mb for r in every),
+                                   "converge": maxn(r.peak_rss_mb for r in converge),
+                                   "bootstrap_rerun": maxn(r.peak_rss_mb for r in reruns),
+                                   "sync_keys": maxn(r.peak_rss_mb for r in syncs),
+                                   "gen_ssh_config": maxn(r.peak_rss_mb for r in [first] + gens)}
+            size["load_after"] = loadavg()
+            size["uptime_after"] = uptime_line()
+            say(f"  {size['uptime_after']}")
+    finally:
+        if args.keep_lab:
+            say(f"--keep-lab: lab {PREFIX} left up ({lab_dir})")
+        else:
+            say(f"tearing down lab {PREFIX}")
+            # A second Ctrl-C must not leave the lab half up: ignore it while we clean.
+            old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                removed = lab.down()
+                results["lab"]["torn_down"] = len(removed)
+                say(f"  removed {len(removed)} objects (the apt cache volume {PREFIX}-aptcache is kept)")
+            except Exception as e:  # report, but do not hide the original error
+                results["lab"]["teardown_error"] = f"{type(e).__name__}: {e}"
+                say(f"teardown failed: {e}", "red")
+            finally:
+                signal.signal(signal.SIGINT, old)
+
+
+def summary(run: FabRun) -> dict:
+    d = {"label": run.label, "rc": run.rc, "seconds": round(run.seconds, 3),
+         "peak_rss_mb": None if run.peak_rss_mb is None else round(run.peak_rss_mb, 1),
+         "output": run.output, "log_dir": run.log_dir}
+    if run.recap is not None:
+        d |= {"changed": run.sum_of("changed"), "failed": run.sum_of("failed"),
+              "max_ssh_connections": run.max_of("ssh_connections"), "max_remote_commands": run.max_of("remote_commands"),
+              "hosts": [{k: h.get(k) for k in ("host", "ok", "changed", "failed", "skipped", "seconds",
+                                                "ssh_connections", "remote_commands", "error", "failed_step")}
+                        | {"changed_steps": [f"{s['step']}: {s['message']}" for s in h.get("steps", [])
+                                             if s.get("status") == "changed"]}
+                        for h in run.hosts()]}
+    return d
+
+
+def group(runs: list[FabRun]) -> dict:
+    with_recap = [r for r in runs if r.recap is not None]
+    return {
+        "seconds": stats([r.seconds for r in runs]),
+        "rc": [r.rc for r in runs],
+        "max_ssh_connections": maxn(r.max_of("ssh_connections") for r in with_recap),
+        "max_remote_commands": maxn(r.max_of("remote_commands") for r in with_recap),
+        "changed": [r.sum_of("changed") for r in with_recap],
+        "peak_rss_mb": maxn(r.peak_rss_mb for r in runs),
+        "runs": [summary(r) for r in runs],
+    }
+
+
+def maxn(values):
+    values = [v for v in values if v is not None]
+    return round(max(values), 1) if values else None
+
+
+# --- the synthetic part ---
+
+FAKE_KEY = "AAAAC3NzaC1lZDI1NTE5AAAAIBenchBenchBenchBenchBenchBenchBenchBenchBen"
+
+
+def synthetic_inventory(directory: Path) -> Path:
+    """1,000 GPU servers (host0000..host0999) behind a bastion, 2 containers each, 4 groups, some overrides."""
+    d = directory
+    (d / "id_ed25519.pub").write_text(f"ssh-ed25519 {FAKE_KEY} bench@gpufleet\n")
+    (d / "id_ed25519").write_text("not a key: the synthetic inventory is never connected to\n")
+    lines = [
+        "# Synthetic gpufleet inventory written by bench/run.py",
+        "[run]", "parallel = 50", "",
+        "[local]",
+        f'ssh_config = "{d / "ssh_config"}"',
+        f'known_hosts = "{d / "known_hosts"}"',
+        f'identity = "{d / "id_ed25519"}"',
+        f'public_keys = ["{d / "id_ed25519.pub"}"]',
+        "", "[defaults]", 'user = "root"', 'apt_proxy = "http://10.0.0.2:3142"',
+        'registry_mirrors = ["https://docker.m.daocloud.io"]', 'data_root = "/data/docker"',
+        'git_name = "Ada Lovelace"', 'git_email = "ada@example.com"', "",
+    ]
+    sites = {"site-a": "https://mirrors.aliyun.com/docker-ce/linux",
+             "site-b": "https://mirrors.tuna.tsinghua.edu.cn/docker-ce/linux"}
+    for site, mirror in sites.items():
+        lines += [f"[groups.{site}]", 'jump = "bastion"', f'docker_mirror = "{mirror}"',
+                  'docker_users = ["ada", "bob"]', "",
+                  f"[groups.{site}.containers.dev]", 'image = "pytorch/pytorch:1.13.1-cuda11.6-cudnn8-runtime"',
+                  "ssh_port = 2222", 'shm_size = "32g"', 'volumes = ["/data/ada:/workspace", "/data/sets:/sets:ro"]',
+                  'env = { TZ = "Asia/Shanghai" }', "",
+                  f"[groups.{site}.containers.train]", 'image = "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-runtime"',
+                  "ssh_port = 2223", 'volumes = ["/data/train:/workspace"]', 'gpus = "all"', ""]
+    lines += ["[groups.big-disk]", 'data_root = "/scratch/docker"', "",
+              "[groups.big-disk.containers.dev]", 'shm_size = "64g"', "",
+              "[hosts.bastion]", 'address = "bastion.example.com"', ""]
+    for i in range(SYNTH_SERVERS):
+        groups = ["site-a" if i < SYNTH_SERVERS // 2 else "site-b"] + (["big-disk"] if i % 3 == 0 else [])
+        lines += [f"[hosts.host{i:04d}]", f'address = "10.{i // 250}.{(i % 250) // 10}.{i % 10 + 10}"',
+                  "groups = [" + ", ".join(f'"{g}"' for g in groups) + "]"]
+        if i % 7 == 0:
+            lines += ['user = "ada"', "port = 2200"]
+        if i % 11 == 0:
+            lines += ["[hosts.host%04d.containers.dev]" % i, "ssh_port = 2322"]
+        lines.append("")
+    path = d / "hosts.toml"
+    path.write_text("\n".join(lines))
+    aliases = ["bastion"] + [f"host{i:04d}" for i in range(SYNTH_SERVERS)]
+    aliases += [f"host{i:04d}-{c}" for i in range(SYNTH_SERVERS) for c in ("dev", "train")]
+    (d / "known_hosts").write_text("".join(f"{a} ssh-ed25519 {FAKE_KEY}\n" for a in aliases))
+    return path
+
+
+def in_process(fn, reps: int) -> dict:
+    times, value = [], None
+    for _ in range(reps):
+        started = time.perf_counter()
+        value = fn()
+        times.append(time.perf_counter() - started)
+    return {**stats(times), "first": round(times[0], 4)}, value
+
+
+def synthetic(args, runner: Runner, results: dict) -> None:
+    from gpufleet import inventory as inventory_mod
+    from gpufleet import ssh_config
+    from tasks import sshconfig
+
+    tmp = Path(tempfile.mkdtemp(prefix="gpufleet-bench-synth-"))
+    try:
+        path = synthetic_inventory(tmp)
+        cwd = tmp / "cwd"
+        cwd.mkdir()
+        reps = args.synthetic_reps
+        inv = inventory_mod.load(path)
+        n_containers = sum(len(h.containers) for h in inv.hosts.values())
+        out = {"hosts": len(inv.hosts), "servers": SYNTH_SERVERS, "containers": n_containers,
+               "inventory_bytes": path.stat().st_size, "reps": reps, "uptime": uptime_line()}
+        say(f"synthetic inventory: {out['hosts']} hosts ({SYNTH_SERVERS} servers + bastion), "
+            f"{n_containers} containers, {out['inventory_bytes']} bytes")
+
+        # in-process: the cores, imports excluded
+        out["inprocess_load"], _ = in_process(lambda: inventory_mod.load(path), reps)
+        out["inprocess_gen_ssh_config_fresh"], _ = in_process(
+            lambda: ssh_config.update(b"", ssh_config.render_block(sshconfig.entries(inventory_mod.load(path)))), reps)
+        current = ssh_config.update(b"", ssh_config.render_block(sshconfig.entries(inv)))
+        out["inprocess_gen_ssh_config_core"], _ = in_process(
+            lambda: ssh_config.update(current, ssh_config.render_block(sshconfig.entries(inv))), reps)
+        out["inprocess_show_host_core"], _ = in_process(
+            lambda: inventory_mod.describe(inventory_mod.load(path).host("host0500")), reps)
+        out["ssh_config_entries"] = len(sshconfig.entries(inv))
+        out["ssh_config_bytes"] = len(current)
+
+        # whole processes: Python start-up + imports + the work
+        py = sys.executable
+        out["cli_python_startup"] = group([runner.process(f"synth-python-c-pass{i}", [py, "-c", "pass"], cwd)
+                                           for i in range(reps)])
+        out["cli_fab_list"] = group([runner.fab(f"synth-fab-list{i}", ["--list"], cwd, path) for i in range(reps)])
+        # where start-up goes: the heaviest imports, each alone in a fresh interpreter
+        for key, code in (("cli_import_fabric", "import fabric"), ("cli_import_docker", "import docker.errors"),
+                          ("cli_import_fabfile", "import fabfile")):
+            out[key] = group([runner.process(f"synth-{key}{i}", [py, "-c", code], cwd, env={"PYTHONPATH": str(REPO)})
+                              for i in range(reps)])
+        load_code = f"from gpufleet import inventory; inventory.load({str(path)!r})"
+        out["cli_load"] = group([runner.process(f"synth-load{i}", [py, "-c", load_code], cwd,
+                                                env={"PYTHONPATH": str(REPO)}) for i in range(reps)])
+        out["cli_show_host"] = group([runner.fab(f"synth-show-host{i}", ["show-host", "host0500"], cwd, path)
+                                      for i in range(reps)])
+        # the bastion has no containers: the same load and validation, a table without volumes
+        out["cli_show_host_bastion"] = group([runner.fab(f"synth-show-host-bastion{i}", ["show-host", "bastion"],
+                                                         cwd, path) for i in range(reps)])
+        fresh = []
+        for i in range(reps):
+            for leftover in (tmp / "ssh_config", tmp / "ssh_config.gpufleet.bak"):
+                leftover.unlink(missing_ok=True)
+            fresh.append(runner.fab(f"synth-gen-ssh-config-fresh{i}", ["gen-ssh-config"], cwd, path))
+        out["cli_gen_ssh_config_fresh"] = group(fresh)
+        out["cli_gen_ssh_config_unchanged"] = group(
+            [runner.fab(f"synth-gen-ssh-config-unchanged{i}", ["gen-ssh-config"], cwd, path) for i in range(reps)])
+        for key in ("cli_python_startup", "cli_fab_list", "cli_load", "cli_show_host", "cli_show_host_bastion",
+                    "cli_gen_ssh_config_fresh", "cli_gen_ssh_config_unchanged"):
+            bad = [r for r in out[key]["runs"] if r["rc"] != 0]
+            if bad:
+                tail = Path(bad[0]["output"]).read_text(errors="replace").strip().splitlines()[-1:]
+                out.setdefault("errors", []).append(f"{key}: rc={bad[0]['rc']} ({len(bad)} of {len(out[key]['runs'])} "
+                                                    f"runs): {tail[0] if tail else ''} (see {bad[0]['output']})")
+                say(f"  {out['errors'][-1]}", "red")
+        results["synthetic"] = out
+        say("  in-process load %.3fs, gen-ssh-config core %.3fs; CLI show-host %.2fs, gen-ssh-config %.2fs "
+            "(python start-up %.2fs, fab --list %.2fs)" % (
+                out["inprocess_load"]["median"], out["inprocess_gen_ssh_config_fresh"]["median"],
+                out["cli_show_host"]["seconds"]["median"], out["cli_gen_ssh_config_fresh"]["seconds"]["median"],
+                out["cli_python_startup"]["seconds"]["median"], out["cli_fab_list"]["seconds"]["median"]))
+    finally:
+        if not args.keep_synthetic:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            say(f"--keep-synthetic: {tmp}")
+
+
+# --- targets, table, README ---
+
+def fmt(value, spec=".2f", unit=""):
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def targets(results: dict) -> list[dict]:
+    rows = []
+
+    def add(name, measured, target, ok, note=""):
+        rows.append({"target": name, "measured": measured, "target_value": target,
+                     "status": "n/a" if ok is None else ("pass" if ok else "MISS"), "note": note})
+
+    sizes = {s["n"]: s for s in results.get("lab", {}).get("sizes", [])}
+    if sizes:
+        conns = {n: s["bootstrap_rerun"]["max_ssh_connections"] for n, s in sizes.items()}
+        cmds = {n: s["bootstrap_rerun"]["max_remote_commands"] for n, s in sizes.items()}
+        have = all(v is not None for v in [*conns.values(), *cmds.values()])
+        add("converged bootstrap: SSH connections per host",
+            ", ".join(f"N={n}: {v}" for n, v in conns.items()), f"{MAX_CONNECTIONS}",
+            have and all(v <= MAX_CONNECTIONS for v in conns.values()) if have else None,
+            "max over hosts and repetitions, from the --json recap (the bastion's one jump connection is extra)")
+        add("converged bootstrap: remote commands per host",
+            ", ".join(f"N={n}: {v}" for n, v in cmds.items()), f"<= {MAX_COMMANDS}",
+            have and all(v <= MAX_COMMANDS for v in cmds.values()) if have else None,
+            "max over hosts and repetitions, from the --json recap")
+        idem = {n: s["bootstrap_rerun"]["changed"] for n, s in sizes.items()}
+        add("converged bootstrap changes nothing", ", ".join(f"N={n}: {v}" for n, v in idem.items()),
+            "0 changed", all(not any(v) for v in idem.values()), "steps reported `changed`, summed over hosts, per repetition")
+        if 1 in sizes and 8 in sizes:
+            t1 = sizes[1]["bootstrap_rerun"]["seconds"]["median"]
+            t8 = sizes[8]["bootstrap_rerun"]["seconds"]["median"]
+            ratio = t8 / t1 if t1 else None
+            results["scaling_ratio"] = None if ratio is None else round(ratio, 2)
+            add("scaling: converged bootstrap N=8 / N=1 (median)", f"{t8:.2f}s / {t1:.2f}s = {fmt(ratio)}x",
+                f"<= {MAX_SCALING}x", ratio is not None and ratio <= MAX_SCALING)
+        if 8 in sizes:
+            rss = sizes[8]["peak_rss_mb"]
+            add("peak RSS of fab at N=8", f"{fmt(rss['any_fab'], '.0f')} MB (bootstrap re-run "
+                f"{fmt(rss['bootstrap_rerun'], '.0f')} MB, converge {fmt(rss['converge'], '.0f')} MB)",
+                f"< {MAX_RSS_MB} MB", rss["any_fab"] is not None and rss["any_fab"] < MAX_RSS_MB,
+                "max over every fab process at N=8")
+    syn = results.get("synthetic")
+    if syn:
+        start = syn["cli_python_startup"]["seconds"]["median"]
+        fab_list = syn["cli_fab_list"]["seconds"]["median"]
+        label = f"{syn['servers']} servers/{syn['containers']} containers"
+        for name, cli_key, core_key in (
+                ("gen-ssh-config", "cli_gen_ssh_config_fresh", "inprocess_gen_ssh_config_fresh"),
+                ("show-host host0500", "cli_show_host", "inprocess_show_host_core"),
+                ("show-host bastion (no containers)", "cli_show_host_bastion", "inprocess_load")):
+            cli = syn[cli_key]["seconds"]["median"]
+            core = syn[core_key]["median"]
+            failed = [r["rc"] for r in syn[cli_key]["runs"] if r["rc"] != 0]
+            add(f"{name} ({label}), whole fab CLI", f"{cli:.2f}s (incl. Python start-up + imports, "
+                f"fab --list alone {fab_list:.2f}s)" + (f"; EXITED {failed[0]} (crashed)" if failed else ""),
+                f"< {MAX_LOCAL_SECONDS:.0f} s", cli < MAX_LOCAL_SECONDS and not failed)
+            add(f"{name} ({label}), in-process core", f"{core:.3f}s (no start-up)", f"< {MAX_LOCAL_SECONDS:.0f} s",
+                core < MAX_LOCAL_SECONDS)
+        load = syn["cli_load"]["seconds"]["median"]
+        add(f"inventory.load ({label}), whole python process", f"{load:.2f}s (bare `python -c pass` {start:.2f}s)",
+            f"< {MAX_LOCAL_SECONDS:.0f} s", load < MAX_LOCAL_SECONDS)
+    return rows
+
+
+def print_tables(results: dict) -> None:
+    sizes = results.get("lab", {}).get("sizes", [])
+    if sizes:
+        t = Table(title="gpufleet on the lab (seconds: whole fab process, incl. Python start-up)", title_justify="left")
+        for col in ("N", "lab up", "converge", "bootstrap re-run\nmedian / min", "sync-keys\nmedian / min",
+                    "gen-ssh-config\nmedian / min", "conns/host\n(max)", "cmds/host\n(max)",
+                    "sync-keys\ncmds/host", "peak RSS\nMB", "load 1m\nbefore→after"):
+            t.add_column(col, justify="right")
+        for s in sizes:
+            br, sk, gc = s["bootstrap_rerun"], s["sync_keys"], s["gen_ssh_config"]
+            t.add_row(str(s["n"]), fmt(s["lab_up_seconds"], ".0f"),
+                      " + ".join(fmt(c["seconds"], ".1f") for c in s["converge"]) + ("" if s["converged"] else " (failed)"),
+                      f"{fmt(br['seconds']['median'])} / {fmt(br['seconds']['min'])}",
+                      f"{fmt(sk['seconds']['median'])} / {fmt(sk['seconds']['min'])}",
+                      f"{fmt(gc['seconds']['median'])} / {fmt(gc['seconds']['min'])}",
+                      str(br["max_ssh_connections"]), str(br["max_remote_commands"]), str(sk["max_remote_commands"]),
+                      fmt(s["peak_rss_mb"]["any_fab"], ".0f"),
+                      f"{s['load_before'][0]:.2f}→{s['load_after'][0]:.2f}")
+        console.print(t)
+    syn = results.get("synthetic")
+    if syn:
+        t = Table(title=f"synthetic inventory: {syn['hosts']} hosts, {syn['containers']} containers "
+                        f"({syn['ssh_config_entries']} ssh config entries)", title_justify="left")
+        for col in ("measure", "median s", "min s", "peak RSS MB"):
+            t.add_column(col, justify="right" if col != "measure" else "left")
+        for key, name in (("cli_python_startup", "python -c pass (start-up only)"),
+                          ("cli_import_fabric", "python -c 'import fabric'"),
+                          ("cli_import_docker", "python -c 'import docker.errors'"),
+                          ("cli_import_fabfile", "python -c 'import fabfile' (every task module)"),
+                          ("cli_fab_list", "fab --list (start-up + fabfile imports)"),
+                          ("cli_load", "python -c inventory.load (whole process)"),
+                          ("cli_show_host", "fab show-host host0500 (whole process)"),
+                          ("cli_show_host_bastion", "fab show-host bastion (whole process)"),
+                          ("cli_gen_ssh_config_fresh", "fab gen-ssh-config, new file (whole process)"),
+                          ("cli_gen_ssh_config_unchanged", "fab gen-ssh-config, no change (whole process)")):
+            s = syn[key]["seconds"]
+            bad = [r["rc"] for r in syn[key]["runs"] if r["rc"] != 0]
+            t.add_row(name + (f" [red]exit {bad[0]}[/red]" if bad else ""), fmt(s["median"], ".3f"),
+                      fmt(s["min"], ".3f"), fmt(syn[key]["peak_rss_mb"], ".0f"))
+        for key, name in (("inprocess_load", "in-process inventory.load"),
+                          ("inprocess_show_host_core", "in-process load + host + describe (show-host, no render)"),
+                          ("inprocess_gen_ssh_config_fresh", "in-process load + entries + render_block + update"),
+                          ("inprocess_gen_ssh_config_core", "in-process entries + render_block + update")):
+            t.add_row(name, fmt(syn[key]["median"], ".3f"), fmt(syn[key]["min"], ".3f"), "")
+        console.print(t)
+    t = Table(title="targets", title_justify="left")
+    for col in ("target", "measured", "target value", "status"):
+        t.add_column(col)
+    for row in results["targets"]:
+        style = {"pass": "green", "MISS": "bold red"}.get(row["status"], "yellow")
+        t.add_row(Text(row["target"]), Text(row["measured"]), Text(row["target_value"]), Text(row["status"], style=style))
+    console.print(t)
+
+
+def figures_markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [FIGURES_BEGIN, "",
+             f"Measured {m['date']} on {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, {m['python3']} "
+             f"(venv Python {m['venv_python']}), Docker {m['docker']}, commit {m['git_commit']}; "
+             f"{results['reps']} repetitions; whole benchmark {results['wall_seconds'] / 60:.1f} min. "
+             f"Load at start: `{m['uptime_at_start'].split('load average:')[-1].strip()}` "
+             f"(the machine is shared with other test runs).", ""]
+    sizes = results.get("lab", {}).get("sizes", [])
+    if sizes:
+        lines += ["| N | converge (s) | bootstrap re-run median / min (s) | sync-keys median / min (s) | "
+                  "gen-ssh-config median / min (s) | SSH conns / host | cmds / host | peak RSS (MB) | load 1m |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for s in sizes:
+            br, sk, gc = s["bootstrap_rerun"], s["sync_keys"], s["gen_ssh_config"]
+            lines.append(f"| {s['n']} | {' + '.join(fmt(c['seconds'], '.0f') for c in s['converge'])} | "
+                         f"{fmt(br['seconds']['median'])} / {fmt(br['seconds']['min'])} | "
+                         f"{fmt(sk['seconds']['median'])} / {fmt(sk['seconds']['min'])} | "
+                         f"{fmt(gc['seconds']['median'])} / {fmt(gc['seconds']['min'])} | "
+                         f"{br['max_ssh_connections']} | {br['max_remote_commands']} | "
+                         f"{fmt(s['peak_rss_mb']['any_fab'], '.0f')} | "
+                         f"{s['load_before'][0]:.1f} → {s['load_after'][0]:.1f} |")
+        lines.append("")
+    syn = results.get("synthetic")
+    if syn:
+        lines += [f"Synthetic inventory, {syn['hosts']} hosts ({syn['servers']} servers + bastion), "
+                  f"{syn['containers']} containers:", "",
+                  "| measure | median (s) | min (s) |", "|---|---|---|"]
+        for key, name in (("cli_python_startup", "`python -c pass` (interpreter start-up)"),
+                          ("cli_import_fabric", "`python -c 'import fabric'`"),
+                          ("cli_import_docker", "`python -c 'import docker.errors'`"),
+                          ("cli_fab_list", "`fab --list` (start-up + imports of the fabfile)"),
+                          ("cli_gen_ssh_config_fresh", "`fab gen-ssh-config`, whole process"),
+                          ("cli_show_host", "`fab show-host host0500`, whole process"),
+                          ("cli_show_host_bastion", "`fab show-host bastion`, whole process"),
+                          ("cli_load", "`inventory.load`, whole python process")):
+            s = syn[key]["seconds"]
+            bad = [r["rc"] for r in syn[key]["runs"] if r["rc"] != 0]
+            lines.append(f"| {name}{f' (exits {bad[0]}: crashes)' if bad else ''} | "
+                         f"{fmt(s['median'], '.3f')} | {fmt(s['min'], '.3f')} |")
+        for key, name in (("inprocess_gen_ssh_config_fresh", "gen-ssh-config core in-process (load + entries + render + update)"),
+                          ("inprocess_show_host_core", "show-host core in-process (load + host + describe, no render)"),
+                          ("inprocess_load", "`inventory.load` in-process")):
+            lines.append(f"| {name} | {fmt(syn[key]['median'], '.3f')} | {fmt(syn[key]['min'], '.3f')} |")
+        lines.append("")
+    lines += ["| target | measured | target | status |", "|---|---|---|---|"]
+    for row in results["targets"]:
+        lines.append(f"| {row['target']} | {row['measured']} | {row['target_value']} | {row['status']} |")
+    lines += ["", FIGURES_END]
+    return "\n".join(lines)
+
+
+def write_readme(results: dict) -> None:
+    block = figures_markdown(results)
+    text = README.read_text() if README.exists() else "# Benchmark\n\n"
+    if FIGURES_BEGIN in text and FIGURES_END in text:
+        head, rest = text.split(FIGURES_BEGIN, 1)
+        tail = rest.split(FIGURES_END, 1)[1]
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    README.write_text(text)
+    say(f"figures written to {README}")
+
+
+# --- main ---
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="1,4,8", help="lab sizes, in order (default 1,4,8; empty: no lab)")
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "latest.json"), help="JSON results")
+    p.add_argument("--reps", type=int, default=3, help="repetitions of each timed lab command (default 3)")
+    p.add_argument("--synthetic-reps", type=int, default=5, help="repetitions of each synthetic measure (default 5)")
+    p.add_argument("--workdir", type=Path, default=WORKDIR, help=f"scratch dir: lab files, fab cwd, outputs ({WORKDIR})")
+    p.add_argument("--no-synthetic", action="store_true", help="skip the 1,000-host synthetic part")
+    p.add_argument("--keep-lab", action="store_true", help="leave the bench lab up at the end")
+    p.add_argument("--keep-synthetic", action="store_true", help="keep the synthetic inventory's temp dir")
+    p.add_argument("--readme", action="store_true", help="also rewrite the figures block of bench/README.md")
+    p.add_argument("--readme-from", type=Path, metavar="JSON",
+                   help="only rewrite bench/README.md's figures from an earlier results file, and exit")
+    args = p.parse_args(argv)
+    if args.readme_from:
+        write_readme(json.loads(args.readme_from.read_text()))
+        return 0
+    args.sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results: dict = {"command": " ".join([Path(sys.executable).name, "bench/run.py", *(argv or sys.argv[1:])]),
+                     "machine": machine(), "reps": args.reps, "sizes": args.sizes, "workdir": str(args.workdir)}
+    say(f"machine: {results['machine']['nproc']} CPUs, {results['machine']['memory_gib']} GiB, "
+        f"{results['machine']['python3']}; {results['machine']['uptime_at_start']}")
+    runner = Runner(args.workdir, ensure_gnu_time())
+    results["peak_rss_method"] = "GNU time %M" if runner.use_gnu_time else "VmHWM polled every 5 ms"
+    code = 0
+    try:
+        if args.sizes:
+            lab_sizes(args, runner, results)
+        if not args.no_synthetic:
+            synthetic(args, runner, results)
+    except (KeyboardInterrupt, Interrupted) as e:
+        results["interrupted"] = str(e) or "Ctrl-C"
+        say(f"interrupted", "red")
+        code = 130
+    except Exception as e:
+        results["error"] = f"{type(e).__name__}: {e}"
+        say(f"error: {results['error']}", "red")
+        code = 1
+    results["wall_seconds"] = round(time.monotonic() - started, 1)
+    results["uptime_at_end"] = uptime_line()
+    results["targets"] = targets(results)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print_tables(results)
+    say(f"total wall time {results['wall_seconds'] / 60:.1f} min; {results['uptime_at_end']}")
+    say(f"results: {out}; fab outputs: {runner.outputs}; per-host logs: {args.workdir / 'cwd' / '.gpufleet' / 'logs'}")
+    if args.readme and code == 0:
+        write_readme(results)
+    if code == 0 and any(r["status"] == "MISS" for r in results["targets"]):
+        code = 3
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
