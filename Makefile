@@ -17,14 +17,14 @@ setup: $(STAMP)
 docker:
 	bash scripts/ensure-docker.sh
 
-demo: setup docker
+demo: docker setup
 	$(BIN)/fab lab.up
 	FABRIC_INVENTORY=.lab/hosts.toml $(BIN)/fab -H gpu1,gpu2 bootstrap
 	FABRIC_INVENTORY=.lab/hosts.toml $(BIN)/fab gen-ssh-config
 	@echo
 	@echo "Your lab is ready. Try:  ssh -F .lab/ssh_config gpu1-dev"
 
-test: setup docker
+test: docker setup
 	$(BIN)/python -m pytest -q
 
 unit: setup

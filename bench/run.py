@@ -151,6 +151,8 @@ class FabRun:
     output: str                          # file with the process's stdout+stderr
     recap: dict | None = None            # the --json document
     log_dir: str | None = None           # .gpufleet/logs/<run> of this invocation
+    cpu_seconds: float | None = None     # user + system CPU of the fab process (GNU time)
+    cpu: dict | None = None              # CPU seconds spent machine-wide / by the bench lab meanwhile
 
     def hosts(self) -> list[dict]:
         return (self.recap or {}).get("hosts", [])
@@ -172,6 +174,7 @@ class Runner:
         self.outputs.mkdir(parents=True, exist_ok=True)
         self.use_gnu_time = use_gnu_time
         self.count = 0
+        self.meter: CpuMeter | None = None
 
     def process(self, label: str, argv: list[str], cwd: Path, env: dict | None = None,
                 timeout: float = 1800) -> FabRun:
@@ -181,7 +184,8 @@ class Runner:
         rss_path = self.outputs / f"{self.count:03d}-{slug}.rss"
         full_env = dict(os.environ, **(env or {}))
         full_env.setdefault("COLUMNS", "160")
-        wrapped = [GNU_TIME, "-f", "%M", "-o", str(rss_path), *argv] if self.use_gnu_time else argv
+        wrapped = [GNU_TIME, "-f", "%M %U %S", "-o", str(rss_path), *argv] if self.use_gnu_time else argv
+        before = self.meter.snapshot() if self.meter else None
         with open(out_path, "wb") as out:
             started = time.perf_counter()
             proc = subprocess.Popen(wrapped, cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT,
@@ -200,16 +204,21 @@ class Runner:
             seconds = time.perf_counter() - started
             if poller:
                 poller.join()
-        rss_mb = None
+        cpu = self.meter.delta(before, self.meter.snapshot(), seconds) if self.meter else None
+        rss_mb, cpu_seconds = None, None
         if self.use_gnu_time:
             try:
-                lines = [l for l in rss_path.read_text().split() if l.isdigit()]
-                rss_mb = int(lines[-1]) / 1024 if lines else None
+                m = re.search(r"^(\d+) ([0-9.]+) ([0-9.]+)$", rss_path.read_text(), re.MULTILINE)
+                if m:
+                    rss_mb, cpu_seconds = int(m.group(1)) / 1024, float(m.group(2)) + float(m.group(3))
             except OSError:
                 pass
         elif hwm[0]:
             rss_mb = hwm[0] / 1024
-        return FabRun(label, argv, rc, seconds, rss_mb, str(out_path))
+        if cpu is not None and cpu_seconds is not None:
+            cpu["fab"] = round(cpu_seconds, 2)
+            cpu["others"] = round(max(0.0, cpu["machine_busy"] - cpu["bench_lab"] - cpu_seconds), 2)
+        return FabRun(label, argv, rc, seconds, rss_mb, str(out_path), cpu_seconds=cpu_seconds, cpu=cpu)
 
     def fab(self, label: str, args: list[str], cwd: Path, inventory: Path, json_out: bool = False) -> FabRun:
         json_path = None
@@ -237,6 +246,58 @@ def _poll_hwm(proc, hwm):
         except (OSError, ValueError):
             pass
         time.sleep(0.005)
+
+
+class CpuMeter:
+    """CPU seconds used machine-wide (/proc/stat) and by the bench lab's containers (their cgroups,
+    the servers' inner containers included: with cgroupfs their cgroups sit beside the servers')."""
+
+    def __init__(self, container_ids: list[str]):
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self.ncpu = os.cpu_count() or 1
+        self.paths = [p for p in (self._usage_path(i) for i in container_ids) if p]
+        self.missing = len(container_ids) - len(self.paths)
+
+    @staticmethod
+    def _usage_path(cid: str) -> Path | None:
+        for candidate in (Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage"),
+                          Path(f"/sys/fs/cgroup/cpu,cpuacct/docker/{cid}/cpuacct.usage"),
+                          Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat"),
+                          Path(f"/sys/fs/cgroup/docker/{cid}/cpu.stat")):
+            if candidate.exists():
+                return candidate
+        return None
+
+    def snapshot(self) -> dict:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        lab = 0.0
+        for path in self.paths:
+            try:
+                text = path.read_text()
+            except OSError:
+                continue  # a container went away
+            if path.name == "cpuacct.usage":
+                lab += int(text) / 1e9
+            else:
+                lab += int(re.search(r"usage_usec (\d+)", text).group(1)) / 1e6
+        return {"busy": (sum(fields[:8]) - idle) / self.hz, "lab": lab}
+
+    def delta(self, a: dict, b: dict, wall: float) -> dict:
+        return {"machine_busy": round(b["busy"] - a["busy"], 2), "machine_capacity": round(wall * self.ncpu, 2),
+                "bench_lab": round(b["lab"] - a["lab"], 2)}
+
+
+def bench_container_ids(lab) -> list[str]:
+    """Every container of the bench lab, and every container inside its servers."""
+    ids = []
+    for container in lab._containers():
+        ids.append(container.id)
+        if container.labels.get("gpufleet.lab.role", "").startswith("server"):
+            code, out = lab.exec(container.labels.get("gpufleet.lab.name", ""), ["docker", "ps", "-q", "--no-trunc"])
+            if code == 0:
+                ids += out.split()
+    return ids
 
 
 def stats(values: list[float]) -> dict:
@@ -313,29 +374,51 @@ def lab_sizes(args, runner: Runner, results: dict) -> None:
             size["converge"] = [summary(r) for r in converge]
             size["converged"] = converge[-1].rc == 0
 
+            runner.meter = CpuMeter(bench_container_ids(lab))
+            idle = runner.meter.snapshot()
+            time.sleep(args.idle_seconds)
+            size["idle"] = runner.meter.delta(idle, runner.meter.snapshot(), args.idle_seconds)
+            size["idle"]["seconds"] = args.idle_seconds
+            size["cgroups_metered"], size["cgroups_missing"] = len(runner.meter.paths), runner.meter.missing
+            say(f"  idle {args.idle_seconds:.0f}s: machine busy {size['idle']['machine_busy']:.1f} of "
+                f"{size['idle']['machine_capacity']:.0f} CPU-s, bench lab {size['idle']['bench_lab']:.1f} CPU-s "
+                f"({len(runner.meter.paths)} cgroups)")
+
             reruns = []
             for rep in range(args.reps):
                 run = runner.fab(f"N{n}-bootstrap-rerun{rep + 1}", ["-H", hosts, "bootstrap"], cwd, inv, json_out=True)
                 reruns.append(run)
                 say(f"  bootstrap re-run #{rep + 1}: rc={run.rc} {run.seconds:.2f}s, changed={run.sum_of('changed')}, "
                     f"max conns/host={run.max_of('ssh_connections')}, max cmds/host={run.max_of('remote_commands')}, "
-                    f"RSS={fmt(run.peak_rss_mb, '.0f')} MB")
+                    f"RSS={fmt(run.peak_rss_mb, '.0f')} MB; CPU-s: {cpu_line(run)}")
             size["bootstrap_rerun"] = group(reruns)
             size["bootstrap_rerun"]["logs"] = {r.label: log_breakdown(r.log_dir) for r in reruns}
+            size["bootstrap_rerun"]["probe_seconds"] = probe_stats(size["bootstrap_rerun"]["logs"])
+
+            if n == max(args.sizes) and n > 1:
+                # Diagnostic: the same re-run one host at a time ([run] parallel = 1).
+                serial_inv = args.workdir / "hosts-parallel1.toml"
+                serial_inv.write_text(re.sub(r"(?m)^parallel = \d+", "parallel = 1", inv.read_text()))
+                run = runner.fab(f"N{n}-bootstrap-rerun-parallel1", ["-H", hosts, "bootstrap"], cwd, serial_inv,
+                                 json_out=True)
+                size["bootstrap_rerun_parallel1"] = summary(run) | {
+                    "logs": log_breakdown(run.log_dir), "probe_seconds": probe_stats({run.label: log_breakdown(run.log_dir)})}
+                say(f"  diagnostic, parallel=1: rc={run.rc} {run.seconds:.2f}s; probe per host "
+                    f"{size['bootstrap_rerun_parallel1']['probe_seconds']}; CPU-s: {cpu_line(run)}")
 
             syncs = []
             for rep in range(args.reps):
                 run = runner.fab(f"N{n}-sync-keys{rep + 1}", ["sync-keys"], cwd, inv, json_out=True)
                 syncs.append(run)
                 say(f"  sync-keys #{rep + 1}: rc={run.rc} {run.seconds:.2f}s, changed={run.sum_of('changed')}, "
-                    f"max cmds/host={run.max_of('remote_commands')}")
+                    f"max cmds/host={run.max_of('remote_commands')}; CPU-s: {cpu_line(run)}")
             size["sync_keys"] = group(syncs)
 
             first = runner.fab(f"N{n}-gen-ssh-config-write", ["gen-ssh-config"], cwd, inv)
             gens = [runner.fab(f"N{n}-gen-ssh-config{rep + 1}", ["gen-ssh-config"], cwd, inv)
                     for rep in range(args.reps)]
             say(f"  gen-ssh-config: first rc={first.rc} {first.seconds:.2f}s; unchanged median "
-                f"{statistics.median(r.seconds for r in gens):.2f}s")
+                f"{statistics.median(r.seconds for r in gens):.2f}s; CPU-s: {cpu_line(gens[-1])}")
             size["gen_ssh_config_first"] = summary(first)
             size["gen_ssh_config"] = group(gens)
 
@@ -347,6 +430,7 @@ def lab_sizes(args, runner: Runner, results: dict) -> None:
                                    "gen_ssh_config": maxn(r.peak_rss_mb for r in [first] + gens)}
             size["load_after"] = loadavg()
             size["uptime_after"] = uptime_line()
+            runner.meter = None
             say(f"  {size['uptime_after']}")
     finally:
         if args.keep_lab:
@@ -369,7 +453,7 @@ def lab_sizes(args, runner: Runner, results: dict) -> None:
 def summary(run: FabRun) -> dict:
     d = {"label": run.label, "rc": run.rc, "seconds": round(run.seconds, 3),
          "peak_rss_mb": None if run.peak_rss_mb is None else round(run.peak_rss_mb, 1),
-         "output": run.output, "log_dir": run.log_dir}
+         "output": run.output, "log_dir": run.log_dir, "cpu_seconds": run.cpu}
     if run.recap is not None:
         d |= {"changed": run.sum_of("changed"), "failed": run.sum_of("failed"),
               "max_ssh_connections": run.max_of("ssh_connections"), "max_remote_commands": run.max_of("remote_commands"),
@@ -390,8 +474,25 @@ def group(runs: list[FabRun]) -> dict:
         "max_remote_commands": maxn(r.max_of("remote_commands") for r in with_recap),
         "changed": [r.sum_of("changed") for r in with_recap],
         "peak_rss_mb": maxn(r.peak_rss_mb for r in runs),
+        "cpu_seconds_median": {k: round(statistics.median(r.cpu[k] for r in runs), 2)
+                               for k in (runs[0].cpu or {}) if all(r.cpu and k in r.cpu for r in runs)},
         "runs": [summary(r) for r in runs],
     }
+
+
+def cpu_line(run: FabRun) -> str:
+    c = run.cpu or {}
+    if not c:
+        return f"fab {fmt(run.cpu_seconds)}"
+    return (f"fab {fmt(c.get('fab'))}, bench lab {fmt(c.get('bench_lab'))}, others {fmt(c.get('others'))}, "
+            f"machine busy {fmt(c.get('machine_busy'))} of {fmt(c.get('machine_capacity'))}")
+
+
+def probe_stats(logs: dict) -> dict:
+    """Seconds of the servers' remote commands (the facts probe) per host, over the given runs."""
+    per_host = [h["remote_seconds"] for run in logs.values() for name, h in run.items()
+                if not name.endswith(".jump") and h["commands"]]
+    return {"median": round(statistics.median(per_host), 2), "max": round(max(per_host), 2)} if per_host else {}
 
 
 def maxn(values):
@@ -608,7 +709,8 @@ def print_tables(results: dict) -> None:
         t = Table(title="gpufleet on the lab (seconds: whole fab process, incl. Python start-up)", title_justify="left")
         for col in ("N", "lab up", "converge", "bootstrap re-run\nmedian / min", "sync-keys\nmedian / min",
                     "gen-ssh-config\nmedian / min", "conns/host\n(max)", "cmds/host\n(max)",
-                    "sync-keys\ncmds/host", "peak RSS\nMB", "load 1m\nbefore→after"):
+                    "sync-keys\ncmds/host", "peak RSS\nMB", "probe/host s\nmedian / max",
+                    "re-run CPU-s: fab / lab /\nothers (busy of cap.)", "load 1m\nbefore→after"):
             t.add_column(col, justify="right")
         for s in sizes:
             br, sk, gc = s["bootstrap_rerun"], s["sync_keys"], s["gen_ssh_config"]
@@ -618,7 +720,7 @@ def print_tables(results: dict) -> None:
                       f"{fmt(sk['seconds']['median'])} / {fmt(sk['seconds']['min'])}",
                       f"{fmt(gc['seconds']['median'])} / {fmt(gc['seconds']['min'])}",
                       str(br["max_ssh_connections"]), str(br["max_remote_commands"]), str(sk["max_remote_commands"]),
-                      fmt(s["peak_rss_mb"]["any_fab"], ".0f"),
+                      fmt(s["peak_rss_mb"]["any_fab"], ".0f"), probe_cell(br), cpu_cell(br),
                       f"{s['load_before'][0]:.2f}→{s['load_after'][0]:.2f}")
         console.print(t)
     syn = results.get("synthetic")
@@ -656,6 +758,19 @@ def print_tables(results: dict) -> None:
     console.print(t)
 
 
+def probe_cell(block: dict) -> str:
+    p = block.get("probe_seconds") or {}
+    return f"{fmt(p.get('median'))} / {fmt(p.get('max'))}" if p else "-"
+
+
+def cpu_cell(block: dict) -> str:
+    c = block.get("cpu_seconds_median") or {}
+    if "machine_busy" not in c:
+        return "-"
+    return (f"{fmt(c.get('fab'), '.1f')} / {fmt(c.get('bench_lab'), '.1f')} / {fmt(c.get('others'), '.1f')} "
+            f"({c['machine_busy']:.1f} of {c['machine_capacity']:.1f})")
+
+
 def figures_markdown(results: dict) -> str:
     m = results["machine"]
     lines = [FIGURES_BEGIN, "",
@@ -667,8 +782,9 @@ def figures_markdown(results: dict) -> str:
     sizes = results.get("lab", {}).get("sizes", [])
     if sizes:
         lines += ["| N | converge (s) | bootstrap re-run median / min (s) | sync-keys median / min (s) | "
-                  "gen-ssh-config median / min (s) | SSH conns / host | cmds / host | peak RSS (MB) | load 1m |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "gen-ssh-config median / min (s) | SSH conns / host | cmds / host | peak RSS (MB) | "
+                  "probe / host median / max (s) | re-run CPU-s fab / lab / others (busy of capacity) | load 1m |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in sizes:
             br, sk, gc = s["bootstrap_rerun"], s["sync_keys"], s["gen_ssh_config"]
             lines.append(f"| {s['n']} | {' + '.join(fmt(c['seconds'], '.0f') for c in s['converge'])} | "
@@ -676,7 +792,7 @@ def figures_markdown(results: dict) -> str:
                          f"{fmt(sk['seconds']['median'])} / {fmt(sk['seconds']['min'])} | "
                          f"{fmt(gc['seconds']['median'])} / {fmt(gc['seconds']['min'])} | "
                          f"{br['max_ssh_connections']} | {br['max_remote_commands']} | "
-                         f"{fmt(s['peak_rss_mb']['any_fab'], '.0f')} | "
+                         f"{fmt(s['peak_rss_mb']['any_fab'], '.0f')} | {probe_cell(br)} | {cpu_cell(br)} | "
                          f"{s['load_before'][0]:.1f} → {s['load_after'][0]:.1f} |")
         lines.append("")
     syn = results.get("synthetic")
@@ -732,6 +848,7 @@ def main(argv=None) -> int:
     p.add_argument("--synthetic-reps", type=int, default=5, help="repetitions of each synthetic measure (default 5)")
     p.add_argument("--workdir", type=Path, default=WORKDIR, help=f"scratch dir: lab files, fab cwd, outputs ({WORKDIR})")
     p.add_argument("--no-synthetic", action="store_true", help="skip the 1,000-host synthetic part")
+    p.add_argument("--idle-seconds", type=float, default=10, help="idle CPU sample after each converge (default 10)")
     p.add_argument("--keep-lab", action="store_true", help="leave the bench lab up at the end")
     p.add_argument("--keep-synthetic", action="store_true", help="keep the synthetic inventory's temp dir")
     p.add_argument("--readme", action="store_true", help="also rewrite the figures block of bench/README.md")

@@ -77,10 +77,10 @@ def parse_line(line: str) -> tuple[PublicKey | None, str | None]:
     options = ""
     first = text.split(None, 1)[0]
     if first not in KEY_TYPES:
+        if first.startswith("AAAA"):  # every key blob starts so: the type in front of it is missing
+            return None, "a key blob without its key type (like ssh-ed25519) in front"
         options, text = _split_options(text)
         if not text:
-            if options.startswith("AAAA"):
-                return None, "a key blob without its key type (like ssh-ed25519) in front"
             return None, f"no key after {options[:30]!r}"
         second = text.split(None, 1)[0]
         if second not in KEY_TYPES:

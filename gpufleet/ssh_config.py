@@ -1,10 +1,11 @@
 """Pure: the managed block in the workstation's ssh config.
 
 ssh takes the first value it finds for each option, and a Host or Match line
-scopes everything after it.  So the block goes at the top of the file (below a
-leading comment header, such as a vim modeline, that a blank line ends): no
-option or Include the user wrote above it can override our HostName, User or
-host-key pinning.  The block ends with `Host *`, so the user's lines after it
+scopes everything after it.  So the block goes near the top: below the leading
+Include lines (global, and tools like OrbStack need theirs first) or else below
+a leading comment header, and always above the first Host/Match line, so never
+inside one; no option the user wrote further down can override our HostName,
+User or host-key pinning.  The block ends with `Host *`, so the user's lines after it
 apply to every host as before instead of only to our last alias.  Everything
 outside the block is preserved byte for byte (CRLF, tabs, no final newline,
 `key=value`, non-UTF-8 bytes).
@@ -18,6 +19,7 @@ from gpufleet.errors import InputError
 
 BEGIN = "# BEGIN gpufleet managed block -- do not edit; `fab gen-ssh-config` rewrites it"
 END = "# END gpufleet managed block"
+_INCLUDE_LINE = re.compile(rb"^[ \t]*include([ \t]*=|[ \t]+)", re.IGNORECASE)
 RESET = ["# the lines below this block apply to every host again", "Host *"]
 
 
@@ -59,8 +61,9 @@ def render_block(entries: list[SshHostEntry]) -> str:
         if not _WORD.fullmatch(e.alias):
             raise InputError(f"ssh config: alias {e.alias!r} must be one word without wildcards")
         lines += ["", f"Host {e.alias}", f"    HostName {_value(e, 'hostname', e.hostname)}"]
-        if e.port != 22:
-            lines.append(f"    Port {int(e.port)}")
+        # Port, the proxy and ForwardAgent are written even at their defaults: the user's lines after the
+        # block (under `Host *`) would otherwise set them for our aliases
+        lines.append(f"    Port {int(e.port)}")
         if e.user:
             lines.append(f"    User {_value(e, 'user', e.user)}")
         if e.identity_file:
@@ -68,13 +71,14 @@ def render_block(entries: list[SshHostEntry]) -> str:
                       "    IdentitiesOnly yes"]
         if e.proxy_jump:
             lines.append(f"    ProxyJump {_value(e, 'proxy_jump', e.proxy_jump)}")
+        else:  # `ProxyJump none` would not stop a later ProxyCommand; this stops both
+            lines.append("    ProxyCommand none")
         if e.host_key_alias:
             lines.append(f"    HostKeyAlias {_value(e, 'host_key_alias', e.host_key_alias)}")
         if e.known_hosts_file:
             lines += [f"    UserKnownHostsFile {_value(e, 'known_hosts_file', e.known_hosts_file, path=True)}",
                       "    StrictHostKeyChecking yes"]
-        if e.forward_agent:
-            lines.append("    ForwardAgent yes")
+        lines.append(f"    ForwardAgent {'yes' if e.forward_agent else 'no'}")
         for keyword, value in e.extra.items():
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", keyword) or keyword.lower() in ("host", "match", "include"):
                 raise InputError(f"ssh config: {e.alias}: {keyword!r} is not an option keyword")
@@ -102,11 +106,20 @@ def _find_block(lines: list[bytes], path: str) -> tuple[int, int] | None:
 
 
 def _insert_at(lines: list[bytes]) -> int:
-    """After a leading comment header that a blank line ends (modelines, notes about the file), else 0."""
+    """Below the leading Include lines (an Include before any Host is global and often must come
+    first), else below a leading comment header that a blank line ends; always above the first
+    Host/Match, so never inside one."""
+    last_include, i = None, 0
+    while i < len(lines) and (not lines[i].strip() or lines[i].lstrip().startswith(b"#") or _INCLUDE_LINE.match(lines[i])):
+        if _INCLUDE_LINE.match(lines[i]):
+            last_include = i
+        i += 1
+    if last_include is not None and lines[last_include].endswith(b"\n"):
+        return last_include + 1
     i = 0
     while i < len(lines) and lines[i].lstrip().startswith(b"#"):
         i += 1
-    if 0 < i < len(lines) and not lines[i].strip():
+    if 0 < i < len(lines) and not lines[i].strip() and lines[i].endswith(b"\n"):
         return i + 1
     return 0
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import re
 
-_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9]*)\s*(?:=\s*|\s+)(.*?)\s*$")
+# sshd separates words with ASCII blanks only: "PermitRootLogin\u00a0yes" is one (unknown) word to it
+_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9]*)\s*(?:=\s*|\s+)(.*?)\s*$", re.ASCII)
 # keywords whose every occurrence counts (sshd listens on every Port); for all others the first one wins
 ACCUMULATING = frozenset({"port", "listenaddress", "hostkey", "hostcertificate", "acceptenv", "allowusers",
                           "denyusers", "allowgroups", "denygroups", "include"})

@@ -4,7 +4,7 @@
 # and CI on a fresh Debian 12 machine as root; elsewhere it says what to install.
 set -euo pipefail
 
-PACKAGES=(docker.io debootstrap openssh-client)
+PACKAGES=(docker.io debootstrap openssh-client openssh-server python3-venv)
 LOG=/var/log/gpufleet-dockerd.log
 WAIT_S=60
 
@@ -12,9 +12,11 @@ say() { printf 'ensure-docker: %s\n' "$*" >&2; }
 
 missing_tools() {
     local tool
-    for tool in docker debootstrap ssh ssh-keygen tar; do
+    for tool in docker debootstrap ssh ssh-keygen sshd tar; do
         command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || printf '%s ' "$tool"
     done
+    # the tool's own venv: Debian ships ensurepip separately (python3-venv)
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || printf 'python3-venv '
 }
 
 engine_answers() { docker info >/dev/null 2>&1; }

@@ -39,7 +39,8 @@ DOCKER_LOG = ("if [ -d /run/systemd/system ]; then journalctl -u docker --no-pag
 
 def apt_install(packages, update: bool = True) -> Script:
     """Install packages non-interactively, waiting for another apt to finish."""
-    lines = ["set -e", "export DEBIAN_FRONTEND=noninteractive"]
+    # an install cut short (a host that went down mid-run) leaves dpkg half-configured
+    lines = ["set -e", "export DEBIAN_FRONTEND=noninteractive", "dpkg --configure -a"]
     if update:
         lines.append("apt-get -q -o DPkg::Lock::Timeout=300 update")
     lines.append("apt-get -q -y -o DPkg::Lock::Timeout=300 install " + " ".join(shlex.quote(p) for p in packages))

@@ -17,6 +17,7 @@ def release(name: str) -> osinfo.OsRelease:
 RELEASES = [
     ("ubuntu-24.04.os-release", "ubuntu", "ubuntu", "24.04", "noble", "noble", "deb822", None),
     ("ubuntu-22.04.os-release", "ubuntu", "ubuntu", "22.04", "jammy", "jammy", "classic", None),
+    ("ubuntu-18.04.os-release", "ubuntu", "ubuntu", "18.04", "bionic", "bionic", "classic", None),
     ("ubuntu-20.04-crlf-quotes.os-release", "ubuntu", "ubuntu", "20.04", "focal", "focal", "classic", None),
     ("ubuntu-16.04.os-release", "ubuntu", "ubuntu", "16.04", "xenial", "xenial", "classic",
      r"^Ubuntu 16\.04\.7 LTS is not supported \(ubuntu 18\.04, 20\.04, 22\.04, 24\.04 are\)$"),

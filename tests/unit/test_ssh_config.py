@@ -45,11 +45,8 @@ def check_update(original: bytes, block: str = BLOCK) -> bytes:
     assert ssh_config.update(updated, block) == updated
     lines = updated.split(b"\n")
     begin = next(i for i, line in enumerate(lines) if line.rstrip(b"\r") == ssh_config.BEGIN.encode())
-    end = next(i for i, line in enumerate(lines) if line.rstrip(b"\r") == ssh_config.END.encode())
-    first_foreign_section = next((i for i, line in enumerate(lines) if SECTION.match(line) and i > end), None)
     assert not any(SECTION.match(line) for line in lines[:begin])  # the block is never inside a section
-    assert first_foreign_section is None or begin < first_foreign_section
-    assert (b"\r\n" in original) == (b"\r\n" in updated[len(b"".join(lines[:begin])):])  # CRLF files stay CRLF
+    assert (ssh_config.BEGIN.encode() + b"\r\n" in updated) == (b"\r\n" in original)  # CRLF files get CRLF
     return updated
 
 
@@ -105,7 +102,8 @@ def test_render_block_quotes_paths_with_spaces_and_skips_defaults():
     assert '    IdentityFile "/home/ada/My Keys/id_ed25519"\n' in block
     assert '    UserKnownHostsFile "/tmp/k#1"\n' in block
     assert "    ServerAliveInterval 30\n" in block
-    assert "Port" not in block and "User " not in block and "ProxyJump" not in block
+    assert "    Port 22\n" in block and "User " not in block and "ProxyJump" not in block
+    assert "    ProxyCommand none\n" in block and "    ForwardAgent no\n" in block
     assert ssh_config.render_block([]) == "\n".join(
         [ssh_config.BEGIN, "", *ssh_config.RESET, ssh_config.END]) + "\n"
 
@@ -161,10 +159,12 @@ PLACES = [
     (b"", None),
     (b"Host a\n  User x\n", None),
     (b"# vim: ft=sshconfig\n\nHost a\n", b"\n"),  # below a comment header that a blank line ends
-    (b"# Added by OrbStack\nInclude ~/.orbstack/ssh/config\n", None),  # not between a comment and its Include
+    (b"# Added by OrbStack\nInclude ~/.orbstack/ssh/config\n", b"Include ~/.orbstack/ssh/config\n"),  # below leading Includes
     (b"User bob\nHost a\n", None),  # above global options, or they would override our User
-    (b"Include x\nHost a\n", None),
+    (b"Include x\nHost a\n", b"Include x\n"),
+    (b"Include x", None),  # an Include without its line break: the block cannot follow it on that line
     (b"# only a comment", None),
+    (b"#\n ", None),  # a blank line without its line break does not end a header: the block would join it
 ]
 
 

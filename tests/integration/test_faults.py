@@ -1,0 +1,117 @@
+"""Faults on the lab: a dead bastion, a server lost mid-run, Ctrl-C, an sshd_config that fails
+`sshd -t`. The tool must finish the other hosts, never install a bad file, and leave no temp files."""
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gpufleet.connect import Connector
+from gpufleet.errors import ValidationFailed
+from gpufleet.facts import RemoteFile
+from gpufleet.files import FileChange, apply_file
+from gpufleet.inventory import load
+from gpufleet.remote import SshSession
+from tests.integration.helpers import inventory_variant, sh, ssh
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def converged(bootstrapped, fab):
+    assert bootstrapped.returncode == 0, bootstrapped.stdout[-2000:]
+    fab("gen-ssh-config")
+
+
+def no_temp_files(lab, host):
+    return sh(lab, host, "find /etc /var/lib/gpufleet /root /home -name '*gpufleet-tmp-*' 2>/dev/null")[1] == ""
+
+
+def test_bastion_down_fails_every_host_fast_with_one_message(lab, fab, tmp_path):
+    import tomllib
+    from tests.loopback import free_port
+    port = tomllib.loads(lab.inventory_path.read_text())["hosts"]["bastion"]["port"]
+    down = inventory_variant(lab, tmp_path, "down.toml", {f"port = {port}\n": f"port = {free_port()}\n"})
+    started = time.monotonic()
+    result = fab("-H", "gpu1,gpu2", "bootstrap", inventory=down)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    for host in ("gpu1", "gpu2"):
+        assert result.hosts[host]["failed_step"] == "connect"
+        assert result.hosts[host]["error"].startswith("jump host bastion (root@127.0.0.1:"), result.hosts[host]
+    assert elapsed < 20, f"took {elapsed:.0f}s: not fast"
+
+
+def test_sshd_config_failing_sshd_t_is_never_installed_and_sshd_keeps_serving(lab):
+    inventory = load(lab.inventory_path)
+    connector = Connector(inventory)
+    session = SshSession("gpu1", connector.connection("gpu1"))
+    path = "/var/lib/gpufleet/containers/dev/sshd_config"
+    before = sh(lab, "gpu1", f"md5sum {path}")[1]
+    change = FileChange(path, RemoteFile(True, b"x", "0644", "root", "root"),
+                        b"Port 22\nPasswordAuthentication maybe\n",
+                        validate=lambda tmp: ["docker", "exec", "dev", "sh", "-c",
+                                              'mkdir -p /run/sshd && exec /usr/sbin/sshd -t -f "$0"',
+                                              tmp.replace("/var/lib/gpufleet/containers/dev", "/etc/gpufleet")])
+    try:
+        with pytest.raises(ValidationFailed) as err:
+            apply_file(session, change)
+    finally:
+        session.close()
+        connector.close()
+    assert "unsupported option \"maybe\"" in str(err.value) or "maybe" in str(err.value), str(err.value)
+    assert sh(lab, "gpu1", f"md5sum {path}")[1] == before
+    assert no_temp_files(lab, "gpu1")
+    assert ssh(lab, "gpu1-dev", "hostname").stdout.strip() == "gpu1-dev"
+
+
+def test_ctrl_c_closes_connections_and_prints_a_recap(lab, fab):
+    env = dict(__import__("os").environ, FABRIC_INVENTORY=str(lab.inventory_path), PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "fabric", "-r", str(REPO), "-H", "gpu1,gpu2", "ops.exec",
+                             "--container", "dev", "--command", "sleep 40"],
+                            cwd=fab.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and sh(lab, "gpu1", "pgrep -f '^sleep 40'")[0] != 0:
+        time.sleep(0.2)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - started < 10
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in out + err and "Recap" in out
+    for host in ("gpu1", "gpu2"):
+        assert no_temp_files(lab, host)
+        # no SSH session of the tool is left on the host
+        deadline = time.monotonic() + 10
+        while sh(lab, host, "pgrep -f 'sshd: (root|dev)@notty'")[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sh(lab, host, "pgrep -f 'sshd: (root|dev)@notty'")[0] != 0
+
+
+def test_a_server_lost_mid_run_fails_alone_and_a_rerun_of_failed_hosts_completes(lab, fab):
+    lab.up(hosts=3)
+    try:
+        env = dict(__import__("os").environ, FABRIC_INVENTORY=str(lab.inventory_path), PYTHONPATH=str(REPO))
+        proc = subprocess.Popen([sys.executable, "-m", "fabric", "-r", str(REPO), "-H", "gpu1,gpu2,gpu3", "bootstrap",
+                                 "--json", str(fab.cwd / "lost.json")],
+                                cwd=fab.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and sh(lab, "gpu3", "pgrep -x apt-get")[0] != 0:
+            time.sleep(0.3)
+        lab.stop_server("gpu3")
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 1, out[-3000:] + err[-2000:]
+        import json
+        hosts = {h["host"]: h for h in json.loads((fab.cwd / "lost.json").read_text())["hosts"]}
+        assert hosts["gpu1"]["error"] == "" and hosts["gpu2"]["error"] == ""
+        assert hosts["gpu3"]["failed_step"] == "docker.install", hosts["gpu3"]
+        assert "gpu3 failed at docker.install" in out
+        lab.start_server("gpu3")
+        again = fab("-H", "@failed", "bootstrap", inventory=lab.inventory_path)
+        assert again.returncode == 0, again.stdout[-3000:]
+        assert set(again.hosts) == {"gpu3"} and again.hosts["gpu3"]["error"] == ""
+        assert sh(lab, "gpu3", "docker inspect -f '{{.State.Running}}' dev")[1] == "true"
+    finally:
+        lab.up(hosts=2)
