@@ -35,7 +35,7 @@ def plan_apt_mirror(c) -> Plan:
     actions, fine = [], []
     for name, inside in running_containers(c):
         os_release = osinfo.parse_os_release(inside.file("/etc/os-release").text)
-        path, text = apt_sources.render_sources(os_release, c.host.apt_mirror or None)
+        path, text = apt_sources.render_sources(os_release, c.host.apt_mirror or None, arch=c.facts().arch)
         current = inside.file(path)
         if current.exists:
             apt_sources.check_text(current.content, f"{name}:{path}")

@@ -37,9 +37,10 @@ def read_keys(inventory: Inventory, entries: list[str], what: str) -> list:
             text = path.read_text(encoding="utf-8")
         except OSError as e:
             raise InputError(f"{source}: cannot read {path}: {e.strerror}") from None
-        for line in text.splitlines():
-            if line.strip() and not line.startswith("#"):
-                keys.append(authorized_keys.parse_public_key(line.strip(), source=f"{source} ({path})"))
+        found = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        if not found:
+            raise InputError(f"{source}: {path} holds no public key")
+        keys += [authorized_keys.parse_public_key(line, source=f"{source} ({path})") for line in found]
     return keys
 
 

@@ -70,7 +70,7 @@ def gen_ssh_config(c, dry_run=False):
     path = inventory.local.ssh_config
     current = path.read_bytes() if path.exists() else b""
     all_entries = entries(inventory)
-    new = ssh_config.update(current, ssh_config.render_block(all_entries))
+    new = ssh_config.update(current, ssh_config.render_block(all_entries), path=str(path))
     if new == current:
         print(f"{path}: no changes ({len(all_entries)} entries)")
         return
