@@ -7,6 +7,7 @@ connections and commands so that the benchmark can read them from the log.
 from __future__ import annotations
 
 import io
+import re
 import shlex
 import subprocess
 import threading
@@ -35,8 +36,11 @@ def render(command: Command) -> tuple[str, str]:
     """(what runs, what is shown) for an argv list or a Script."""
     if isinstance(command, Script):
         real = shlex.join(["sh", "-c", str(command)])
-        first = command.strip().splitlines()[0] if command.strip() else ""
-        return real, f"sh -c <script: {first[:60]}…>"
+        # name the script by its first line that does something (not set -e, umask, a variable)
+        lines = [l.strip() for l in command.strip().splitlines()]
+        telling = [l for l in lines if l and not re.match(r"^(set -e|umask |export |[a-z]+=|trap |sec\(\)|readfile\(\))", l)]
+        first = (telling or lines or [""])[0]
+        return real, f"sh -c <script: {first[:70]}{'…' if len(first) > 70 or len(lines) > 1 else ''}>"
     real = shlex.join([str(a) for a in command])
     return real, mask(real, [str(a) for a in command if isinstance(a, Secret)])
 

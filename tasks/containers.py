@@ -192,6 +192,18 @@ def recreate_from(c, name: str, image: str) -> None:
         c.run(run_argv(name, doc), sudo=True)
 
 
+def running_containers(c):
+    """(name, ContainerFacts) of every container on this host; a stopped one fails the step."""
+    f = c.facts()
+    for name in c.host.containers:
+        inside = f.inside.get(name)
+        if inside is None:
+            if c.dry_run:
+                continue
+            raise FleetError(f"container {name} is not running")
+        yield name, inside
+
+
 # --- containers.sshd ---
 
 def plan_sshd(c) -> Plan:

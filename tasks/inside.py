@@ -14,21 +14,10 @@ from gpufleet.paths import (CONTAINER_APT_SOURCES, CONTAINER_DEPLOY_KEY as DEPLO
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Script
 from tasks import HOST_TASK_HELP
+from tasks.containers import running_containers
 from tasks.docker import apt_install
 
 GITHUB_KNOWN_HOSTS = (TEMPLATES / "github_known_hosts").read_text()
-
-
-def running_containers(c):
-    """(name, ContainerFacts) of every container on this host; a stopped one fails the step."""
-    f = c.facts()
-    for name in c.host.containers:
-        inside = f.inside.get(name)
-        if inside is None:
-            if c.dry_run:
-                continue
-            raise FleetError(f"container {name} is not running")
-        yield name, inside
 
 
 def plan_apt_mirror(c) -> Plan:

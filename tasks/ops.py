@@ -18,7 +18,7 @@ from gpufleet.files import in_container
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Script
 from tasks import HOST_TASK_HELP
-from tasks.containers import SNAPSHOT_MARKER, SPEC_LABEL, recreate_from, run_argv, snapshot
+from tasks.containers import SNAPSHOT_MARKER, SPEC_LABEL, recreate_from, snapshot
 
 CONTAINER_HELP = {**HOST_TASK_HELP, "container": "container name (default: every managed container on the host)"}
 # files our own entrypoint rewrites at every start: not the user's work

@@ -1,6 +1,5 @@
 """Faults on the lab: a dead bastion, a server lost mid-run, Ctrl-C, an sshd_config that fails
 `sshd -t`. The tool must finish the other hosts, never install a bad file, and leave no temp files."""
-import hashlib
 import signal
 import subprocess
 import sys

@@ -1,6 +1,5 @@
 """The inventory: a table of broken inventories, each with its one-line message."""
 import re
-import textwrap
 
 import pytest
 

@@ -25,7 +25,7 @@ def test_secrets_are_masked_in_what_is_shown():
 
 def test_script_is_run_with_sh_and_shown_by_first_line():
     real, shown = render(Script("set -e\necho hi"))
-    assert real == "sh -c 'set -e\necho hi'" and shown.startswith("sh -c <script: set -e")
+    assert real == "sh -c 'set -e\necho hi'" and shown.startswith("sh -c <script: echo hi")
 
 
 def test_local_session_counts_and_raises_with_stderr_tail(tmp_path):

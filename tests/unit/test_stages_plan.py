@@ -4,7 +4,6 @@ The NVIDIA apt repository and a GPU cannot be reached here, so the toolkit stage
 tested on real captured nvidia-smi outputs, its rendered files and planned actions.
 """
 import json
-from pathlib import Path
 
 import pytest
 
