@@ -100,3 +100,28 @@ def test_templates_are_strict():
     with pytest.raises(InputError, match=r"template apt-proxy.conf.j2: 'proxy' is undefined"):
         render_template("apt-proxy.conf.j2", https=False)
     assert 'Acquire::http::Proxy "http://10.9.0.2:3142";' in render_template("apt-proxy.conf.j2", proxy="http://10.9.0.2:3142", https=False)
+
+
+def test_a_write_killed_halfway_leaves_the_old_file_and_no_temp(tmp_path):
+    """What a dropped SSH connection does to the remote shell: it dies mid-transfer."""
+    import base64
+    import signal
+    import time
+    target = tmp_path / "sshd_config"
+    target.write_bytes(b"old\n")
+    change = FileChange(str(target), state(target), b"new content\n" * 50_000, owner=ME, group=GROUP)
+    script, temp = write_script(change)
+    proc = subprocess.Popen(["sh", "-c", str(script)], stdin=subprocess.PIPE, start_new_session=True)
+    payload = base64.b64encode(change.content)
+    proc.stdin.write(payload[: len(payload) // 2])
+    proc.stdin.flush()
+    deadline = time.monotonic() + 5
+    while not any(p.name.startswith(".sshd_config.gpufleet-tmp-") for p in tmp_path.iterdir()):
+        assert time.monotonic() < deadline, "the temp file never appeared"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGHUP)
+    proc.wait(timeout=5)
+    assert target.read_bytes() == b"old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sshd_config"]
+    apply_file(LocalSession(), change)  # a re-run converges
+    assert target.read_bytes() == change.content

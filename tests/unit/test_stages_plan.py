@@ -125,3 +125,29 @@ def test_spec_differences_field_by_field():
 @pytest.mark.parametrize("mem_mb,size", [(2048, "1g"), (16384, "4g"), (131072, "32g"), (2_000_000, "64g")])
 def test_default_shm_size_is_a_share_of_memory(mem_mb, size):
     assert containers.default_shm_size(mem_mb) == size
+
+
+def test_docker_ce_from_a_mirror_with_a_signed_by_keyring_and_conflicts_removed():
+    text = gpu_probe_output().replace("pciutils\tii \t1:3.10.0-2\n", "containerd\tii \t1.6\nrunc\tii \t1.1\n")
+    inv_text = INVENTORY.replace(
+        '[defaults]\n', '[defaults]\ndocker_source = "docker-ce"\ndocker_mirror = "https://mirrors.aliyun.com/docker-ce/linux"\n')
+    plan = docker.plan_install(context(text, inv_text))
+    summaries = [a.summary for a in plan.actions]
+    assert summaries == [
+        "fetch Docker's signing key from https://mirrors.aliyun.com/docker-ce/linux/ubuntu/gpg to /etc/apt/keyrings/docker.asc",
+        "create /etc/apt/sources.list.d/docker.list",
+        "remove conflicting packages containerd, runc (as Docker's guide says)",
+        "install docker-ce docker-ce-cli containerd.io docker-buildx-plugin docker-compose-plugin from "
+        "https://mirrors.aliyun.com/docker-ce/linux",
+    ]
+    assert ("+deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://mirrors.aliyun.com/docker-ce/linux/ubuntu "
+            "noble stable") in plan.actions[1].diff
+    script = str(docker.fetch_key("https://m/gpg", "/etc/apt/keyrings/docker.asc"))
+    assert "apt-key" not in script and "curl -fsSL --retry 3 https://m/gpg -o /etc/apt/keyrings/docker.asc.new" in script
+
+
+def test_switching_docker_engines_is_refused_not_done():
+    text = gpu_probe_output().replace("pciutils\tii \t1:3.10.0-2\n", "docker.io\tii \t24.0.7\n")
+    inv_text = INVENTORY.replace('[defaults]\n', '[defaults]\ndocker_source = "docker-ce"\n')
+    with pytest.raises(FleetError, match="docker.io is installed but docker_source = 'docker-ce'"):
+        docker.plan_install(context(text, inv_text))
