@@ -178,11 +178,12 @@ def print_doctor(reports) -> int:
     failed = False
     for report in reports:
         if report.failed and not report.data:
-            table.add_row(report.host, "ssh", Text(FAIL, style=STYLE[FAIL]), report.error, "check the address, the jump host and the key")
+            table.add_row(report.host, "ssh", Text(FAIL, style=STYLE[FAIL]), Text(report.error),
+                          "check the address, the jump host and the key")
             failed = True
         for host, name, status, detail, fix in report.data:
             failed |= status == FAIL
-            table.add_row(host, name, Text(status, style=STYLE[status]), detail, fix)
+            table.add_row(Text(host), Text(name), Text(status, style=STYLE[status]), Text(detail), Text(fix))
     make_console().print(table, soft_wrap=False)
     return 1 if failed else 0
 

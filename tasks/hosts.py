@@ -2,6 +2,7 @@
 from invoke import task
 from gpufleet.output import make_console
 from rich.table import Table
+from rich.text import Text
 
 from gpufleet import inventory as inv
 from gpufleet.fleet import load_inventory
@@ -18,5 +19,5 @@ def show_host(c, name):
     for column in ("key", "value", "from"):
         table.add_column(column)
     for key, value, source in inv.describe(host):
-        table.add_row(key, value, source)
+        table.add_row(Text(key), Text(value), Text(source))
     make_console().print(table, soft_wrap=False)

@@ -5,7 +5,6 @@ Local tasks (no hosts). Settings live under `lab` in the Invoke config
 """
 from pathlib import Path
 
-import docker.errors
 from invoke import Collection, task
 from invoke.exceptions import Exit
 from rich.console import Console
@@ -15,6 +14,12 @@ from gpufleet.errors import FleetError
 from gpufleet.lab import DEFAULT_PREFIX, DEFAULT_SUBNET, Lab
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def lab_errors() -> tuple:
+    """What a lab task reports in one line; the Docker SDK is imported only when a lab task fails."""
+    import docker.errors
+    return (FleetError, docker.errors.DockerException)
 
 
 def _console() -> Console:
@@ -43,7 +48,7 @@ def up(c, hosts=2):
     console = _console()
     try:
         info = _lab(c, console).up(hosts=int(hosts))
-    except (FleetError, docker.errors.DockerException) as e:
+    except lab_errors() as e:
         raise Exit(f"lab.up: {e}", code=1) from None
     console.print(f"lab {info.prefix} is up in {info.seconds:.0f}s: bastion on 127.0.0.1:{info.bastion_port}, "
                   f"servers {', '.join(info.servers)}, mirror serving {info.image}")
@@ -59,7 +64,7 @@ def status(c):
     lab = _lab(c)
     try:
         members = lab.status()
-    except (FleetError, docker.errors.DockerException) as e:
+    except lab_errors() as e:
         raise Exit(f"lab.status: {e}", code=1) from None
     if not members:
         _console().print(f"lab {lab.prefix} is down (no containers); `fab lab.up` starts it")
@@ -78,7 +83,7 @@ def down(c, purge=False):
     lab = _lab(c)
     try:
         removed = lab.down(purge=purge)
-    except (FleetError, docker.errors.DockerException) as e:
+    except lab_errors() as e:
         raise Exit(f"lab.down: {e}", code=1) from None
     console = _console()
     for thing in removed:

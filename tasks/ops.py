@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from invoke import Collection, task
 from gpufleet.output import make_console
 from rich.table import Table
+from rich.text import Text
 
 from gpufleet.errors import FleetError, InputError
 from gpufleet.fleet import fleet_task, load_inventory
@@ -78,7 +79,7 @@ def print_ps(reports) -> int | None:
         table.add_column(column)
     for report in reports:
         for row in getattr(report, "data", None) or []:
-            table.add_row(*row)
+            table.add_row(*(Text(str(cell)) for cell in row))
     make_console().print(table, soft_wrap=False)
     return None
 

@@ -160,3 +160,15 @@ def test_inventory_path_prefers_environment(monkeypatch, tmp_path):
     assert inv.inventory_path() == tmp_path / "x.toml"
     monkeypatch.delenv("FABRIC_INVENTORY")
     assert inv.inventory_path(project_dir=tmp_path) == tmp_path / "hosts.toml"
+
+
+def test_show_host_prints_values_with_brackets(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    env = dict(os.environ, FABRIC_INVENTORY=f"{REPO}/hosts.toml")
+    result = subprocess.run([sys.executable, "-m", "fabric", "-r", REPO, "show-host", "gpu1"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "[/data/ada:/workspace]" in result.stdout and "group gpu" in result.stdout
