@@ -18,6 +18,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from gpufleet import gpu, osinfo
+from gpufleet.errors import CommandFailed
 from gpufleet.remote import Script, Session
 
 BEGIN = "@@gpufleet-begin "
@@ -278,6 +279,5 @@ def gather(session: Session, request: ProbeRequest) -> HostFacts:
     """Run the probe on a host (one command) and parse it."""
     result = session.run(probe_script(request), sudo=True, check=False)
     if "@@gpufleet-end os_release" not in result.stdout:
-        from gpufleet.errors import CommandFailed
         raise CommandFailed("fact probe", result.exit_code, result.stderr or result.stdout, session.name)
     return parse_probe(result.stdout, request)

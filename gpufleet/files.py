@@ -17,7 +17,7 @@ from typing import Callable
 
 import jinja2
 
-from gpufleet.errors import FleetError, InputError, ValidationFailed
+from gpufleet.errors import CommandFailed, FleetError, InputError, ValidationFailed
 from gpufleet.facts import RemoteFile
 from gpufleet.plan import Action, Plan
 from gpufleet.remote import Script, Session
@@ -120,7 +120,6 @@ def apply_file(session: Session, change: FileChange, container: str | None = Non
     if result.exit_code == VALIDATION_FAILED:
         raise ValidationFailed(change.path, shlex.join(change.validate("<temp>")) if change.validate else "", result.stderr)
     if result.exit_code != 0:
-        from gpufleet.errors import CommandFailed
         raise CommandFailed(f"write {change.path}", result.exit_code, result.stderr or result.stdout, session.name)
 
 
