@@ -1,4 +1,6 @@
-"""The lab is the topology it claims to be, checked on the real containers.
+"""Runs first (file name): these tests need the servers bare, before the session's `bootstrap`.
+
+The lab is the topology it claims to be, checked on the real containers.
 
 The bastion is the only way in, servers have no route out, Debian packages come
 through the apt proxy, the mirror serves the lab image under its Docker Hub name,
