@@ -1,9 +1,10 @@
 """apt_sources: rendered sources per release (golden files), refusing non-UTF-8 files, finding mirrors."""
-import os
 import re
 from pathlib import Path
 
 import pytest
+
+from tests.goldens import check_golden
 
 from gpufleet import apt_sources, osinfo
 from gpufleet.errors import InputError
@@ -15,13 +16,7 @@ TUNA = {"ubuntu": "https://mirrors.tuna.tsinghua.edu.cn/ubuntu", "debian": "http
 
 
 def assert_golden(name: str, text: str) -> None:
-    """Compare with tests/golden/apt_sources/NAME; GPUFLEET_UPDATE_GOLDEN=1 rewrites it (review the diff)."""
-    path = GOLDEN / name
-    if os.environ.get("GPUFLEET_UPDATE_GOLDEN"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(text.encode())
-    assert path.exists(), f"{path} is missing: run with GPUFLEET_UPDATE_GOLDEN=1 and review it"
-    assert text.encode() == path.read_bytes()
+    check_golden(GOLDEN / name, text.encode())
 
 
 def release(name: str) -> osinfo.OsRelease:

@@ -1,10 +1,11 @@
 """daemon_json: strict parse, merge that keeps foreign keys, key diff, render (golden), schema checks."""
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
+
+from tests.goldens import check_golden
 
 from gpufleet import daemon_json
 from gpufleet.errors import InputError
@@ -17,13 +18,7 @@ WANTED = {"data-root": "/data/docker", "registry-mirrors": ["http://10.0.0.5:500
 
 
 def assert_golden(name: str, text: str) -> None:
-    """Compare with tests/golden/NAME; GPUFLEET_UPDATE_GOLDEN=1 rewrites it (review the diff)."""
-    path = GOLDEN / name
-    if os.environ.get("GPUFLEET_UPDATE_GOLDEN"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(text.encode())
-    assert path.exists(), f"{path} is missing: run with GPUFLEET_UPDATE_GOLDEN=1 and review it"
-    assert text.encode() == path.read_bytes()
+    check_golden(GOLDEN / name, text.encode())
 
 
 def load(name: str) -> dict:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.goldens import check_golden
+
 from gpufleet import ssh_config
 from gpufleet.errors import InputError
 
@@ -29,13 +31,7 @@ SECTION = re.compile(rb"^[ \t]*(host|match)([ \t]*=|[ \t]+)", re.IGNORECASE)
 
 
 def assert_golden(name: str, data: bytes) -> None:
-    """Compare with tests/golden/ssh_config/NAME; GPUFLEET_UPDATE_GOLDEN=1 rewrites it (review the diff)."""
-    path = GOLDEN / name
-    if os.environ.get("GPUFLEET_UPDATE_GOLDEN"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    assert path.exists(), f"{path} is missing: run with GPUFLEET_UPDATE_GOLDEN=1 and review it"
-    assert data == path.read_bytes()
+    check_golden(GOLDEN / name, data)
 
 
 def check_update(original: bytes, block: str = BLOCK) -> bytes:
