@@ -129,15 +129,9 @@ class HostContext:
 
     def run_steps(self, steps: list[Step]) -> HostReport:
         """Run steps in order; the first failure stops this host (others go on)."""
-        started = time.monotonic()
-        try:
-            for step in steps:
-                if not self._run_step(step):
-                    break
-        finally:
-            self.report.seconds += time.monotonic() - started
-            self.report.commands = self.session.commands
-            self.report.connections = self.session.connections
+        for step in steps:
+            if not self._run_step(step):
+                break
         return self.report
 
     def _run_step(self, step: Step) -> bool:

@@ -1,23 +1,20 @@
 """Every file of the real-world corpus (../shared/corpus, see its SOURCES.md) through the matching parser or
 writer.  Generic checks run on every file of a category; the tables hold what SOURCES.md says about each
 file, and a table must name every file so that a new corpus file is not silently half-tested."""
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from gpufleet import apt_sources, authorized_keys, daemon_json, gpu, osinfo, ssh_config, sshd_config
 from gpufleet.errors import InputError
+from tests.openssh import SSH, ssh_resolve
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 if not CORPUS.is_dir():
     pytest.skip("../shared/corpus is not here", allow_module_level=True)
 NEW_KEY = authorized_keys.parse_public_key(
     (Path(__file__).resolve().parents[1] / "fixtures" / "authorized_keys" / "new-ed25519.pub").read_text().strip())
-SSH = shutil.which("ssh")
 
 
 def files(category: str, pattern: str = "*") -> list[str]:
@@ -43,14 +40,6 @@ BLOCK = ssh_config.render_block([JUMP, PROBE])
 SECTION = re.compile(rb"^[ \t]*(host|match)([ \t]*=|[ \t]+)", re.IGNORECASE)
 
 
-def ssh_resolve(config: Path, alias: str) -> tuple[int, dict[str, str], str]:
-    done = subprocess.run([SSH, "-G", "-F", str(config), alias], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=20, env={**os.environ, "LC_ALL": "C"})
-    options: dict[str, str] = {}
-    for line in done.stdout.splitlines():
-        key, _, value = line.partition(" ")
-        options.setdefault(key, value)
-    return done.returncode, options, done.stderr
 
 
 @pytest.mark.parametrize("name", files("ssh_config"))

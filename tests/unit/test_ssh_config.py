@@ -1,8 +1,5 @@
 """ssh_config: the managed block (golden), where update() puts it, and what the real `ssh -G` then resolves."""
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,10 +8,10 @@ from tests.goldens import check_golden
 
 from gpufleet import ssh_config
 from gpufleet.errors import InputError
+from tests.openssh import SSH, ssh_resolve
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ssh_config"
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "ssh_config"
-SSH = shutil.which("ssh")
 KNOWN_HOSTS = "/srv/gpufleet-test/known_hosts"
 IDENTITY = "/srv/gpufleet-test/id_ed25519"
 ENTRIES = [
@@ -46,15 +43,6 @@ def check_update(original: bytes, block: str = BLOCK) -> bytes:
     return updated
 
 
-def ssh_resolve(config: Path, alias: str) -> tuple[int, dict[str, str], str]:
-    """`ssh -G -F config alias`: (exit code, first value of each option, stderr)."""
-    done = subprocess.run([SSH, "-G", "-F", str(config), alias], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=20, env={**os.environ, "LC_ALL": "C"})
-    options: dict[str, str] = {}
-    for line in done.stdout.splitlines():
-        key, _, value = line.partition(" ")
-        options.setdefault(key, value)
-    return done.returncode, options, done.stderr
 
 
 def check_with_ssh(tmp_path: Path, original: bytes, updated: bytes, entries=ENTRIES, foreign=("github.com",)):

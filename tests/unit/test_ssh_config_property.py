@@ -1,17 +1,14 @@
 """ssh_config.update() on generated configs: bytes outside the block kept, idempotent, block before every
 section, and the real `ssh -G` resolves our aliases from the block and every other host as before."""
-import os
 import re
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gpufleet import ssh_config
+from tests.openssh import SSH, ssh_resolve
 
-SSH = shutil.which("ssh")
 OURS = [
     ssh_config.SshHostEntry("bastion", "bastion.example.com", user="ops", host_key_alias="bastion",
                             known_hosts_file="/srv/gpufleet-test/known_hosts"),
@@ -53,14 +50,6 @@ def configs(draw) -> bytes:
     return text.encode()
 
 
-def ssh_resolve(config: Path, alias: str) -> tuple[int, dict[str, str]]:
-    done = subprocess.run([SSH, "-G", "-F", str(config), alias], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=20, env={**os.environ, "LC_ALL": "C"})
-    options: dict[str, str] = {}
-    for out in done.stdout.splitlines():
-        key, _, value = out.partition(" ")
-        options.setdefault(key, value)
-    return done.returncode, options
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -78,10 +67,10 @@ def test_update_on_generated_configs(original, ours, foreign):
         before, after = Path(tmp, "before"), Path(tmp, "after")
         before.write_bytes(original)
         after.write_bytes(updated)
-        rc_before, resolved_before = ssh_resolve(before, foreign)
+        rc_before, resolved_before, _ = ssh_resolve(before, foreign)
         assert rc_before == 0  # the grammar only makes configs ssh accepts
-        assert ssh_resolve(after, foreign) == (0, resolved_before)
-        rc, resolved = ssh_resolve(after, ours.alias)
+        assert ssh_resolve(after, foreign)[:2] == (0, resolved_before)
+        rc, resolved, _ = ssh_resolve(after, ours.alias)
         assert rc == 0
         assert (resolved["hostname"], resolved["port"], resolved["user"], resolved["userknownhostsfile"],
                 resolved["stricthostkeychecking"], resolved["forwardagent"]) == (
