@@ -7,6 +7,7 @@ so it can run beside the demo lab (`fab lab.up`).
 from __future__ import annotations
 
 import atexit
+import os
 import signal
 from pathlib import Path
 
@@ -14,8 +15,8 @@ import pytest
 
 from gpufleet.lab import Lab
 
-TEST_PREFIX = "gpufleet-test"
-TEST_SUBNET = "10.77.20.0/24"
+# GPUFLEET_TEST_LAB="prefix subnet" lets two checkouts run their suites on one engine at once
+TEST_PREFIX, TEST_SUBNET = os.environ.get("GPUFLEET_TEST_LAB", "gpufleet-test 10.77.20.0/24").split()
 HERE = Path(__file__).resolve().parent
 
 _engine: tuple[object, str] | None = None
