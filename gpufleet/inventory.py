@@ -21,6 +21,9 @@ INVENTORY_ENV = "FABRIC_INVENTORY"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SIZE_RE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
 RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
+# The published fingerprints of the keys that sign Docker's and NVIDIA's apt repositories (mirrors serve the same keys)
+DOCKER_KEY_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
+NVIDIA_KEY_FINGERPRINT = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
 
 
 # --- value checkers: each returns the cleaned value or raises ValueError(reason) ---
@@ -84,6 +87,15 @@ def _abs_path(v):
     return v.rstrip("/") or v
 
 
+def _fingerprint(v):
+    """An OpenPGP v4 fingerprint: 40 hex digits, spaces allowed (as `gpg --show-keys` prints it)."""
+    _str(v)
+    compact = v.replace(" ", "").upper()
+    if not re.fullmatch(r"[0-9A-F]{40}", compact):
+        raise ValueError(f"{v!r} is not a key fingerprint (40 hex digits, like {DOCKER_KEY_FINGERPRINT!r})")
+    return compact
+
+
 def _choice(*options):
     def check(v):
         if v not in options:
@@ -127,11 +139,15 @@ HOST_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     "apt_proxy": (_optional_url, "", "apt proxy URL for the host and its containers"),
     "docker_source": (_choice("docker-ce", "distro"), "docker-ce", "docker-ce (Docker's repo or a mirror) or distro (docker.io)"),
     "docker_mirror": (_url, "https://download.docker.com/linux", "base URL of Docker's apt repo or a mirror of it"),
+    "docker_key_fingerprint": (_fingerprint, DOCKER_KEY_FINGERPRINT, "fingerprint of the key that signs docker_mirror"),
     "data_root": (_abs_path, "", "Docker data-root; empty leaves Docker's default"),
     "allow_data_root_migration": (_bool, False, "copy existing images/containers when data_root changes"),
     "registry_mirrors": (_url_list, [], "Docker Hub registry mirrors"),
     "daemon_json": (_table, {}, "extra daemon.json keys to set"),
     "nvidia_mirror": (_url, "https://nvidia.github.io/libnvidia-container", "base URL of NVIDIA's libnvidia-container repo or a mirror"),
+    "nvidia_key_fingerprint": (_fingerprint, NVIDIA_KEY_FINGERPRINT, "fingerprint of the key that signs nvidia_mirror"),
+    "nvidia_toolkit": (_choice("auto", "always", "never"), "auto",
+                       "install the NVIDIA Container Toolkit: auto (where a GPU is visible), always, never"),
     "docker_users": (_str_list, [], "users to add to the docker group"),
     "apt_mirror": (_optional_url, "", "apt mirror base URL used inside containers; empty = official archive"),
     "tools": (_str_list, ["git", "wget", "vim", "openssh-client", "ca-certificates"], "packages installed in containers"),
