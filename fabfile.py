@@ -5,8 +5,10 @@ Host tasks run in parallel (see fabric.yaml and gpufleet/executor.py).
 """
 from invoke import Collection, task
 
-from gpufleet.fleet import fleet_task
+from gpufleet.fleet import exit_on_interrupt, fleet_task
 from tasks import HOST_TASK_HELP, apt, containers, docker, doctor, hosts, inside, keys, lab, nvidia, ops, sshconfig
+
+exit_on_interrupt()
 
 BOOTSTRAP = [
     apt.PROXY, docker.INSTALL, docker.SERVICE, nvidia.TOOLKIT_STEP, docker.CONFIGURE, docker.USERS,

@@ -9,8 +9,10 @@ succeeded), 1 (a host failed) or 2 (bad input, nothing touched).
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime
 from pathlib import Path
 
@@ -29,6 +31,22 @@ from gpufleet.remote import SshSession
 
 STATE_DIR = Path(".gpufleet")
 FAILED_HOSTS_FILE = STATE_DIR / "failed-hosts"
+
+
+def close_within(closers, seconds: float) -> None:
+    """Call the closers in parallel, waiting `seconds` at most; a closer that fails is ignored
+    (a connection through a jump host that is already gone cannot say goodbye)."""
+    def quietly(close):
+        try:
+            close()
+        except Exception:
+            pass
+    threads = [threading.Thread(target=quietly, args=(close,), daemon=True) for close in closers]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def resolve_hosts(inventory: inv.Inventory, names: list[str]) -> list[str]:
@@ -55,12 +73,17 @@ class FleetExecutor(Executor):
     """Invoke/Fabric executor that runs host tasks in parallel with a recap."""
 
     def execute(self, *tasks):
+        # from here on Ctrl-C raises KeyboardInterrupt, so that a run can close its
+        # connections and print what finished (see gpufleet.fleet.exit_on_interrupt)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return self._execute(*tasks)
         except InputError as e:
             raise Exit(f"error: {e}", code=2) from None
         except FleetError as e:
             raise Exit(f"error: {e}", code=1) from None
+        except KeyboardInterrupt:
+            raise Exit("interrupted (Ctrl-C) before any host was contacted", code=130) from None
 
     def _execute(self, *tasks):
         results = {}
@@ -91,83 +114,91 @@ class FleetExecutor(Executor):
         sudo_password = self.config.get("sudo", {}).get("password")
         connector = Connector(inventory, sudo_password=sudo_password)
         run_dir = inventory.run.log_dir / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(inventory.run.log_dir, 0o700)  # logs hold command output: the owner's alone
         display = Display(names, title=f"{call.called_as}{' (dry run: nothing is changed)' if dry_run else ''}",
                           show_diffs=dry_run)
-        reports: dict[str, HostReport] = {}
-        started = time.monotonic()
-
-        unreachable = self.open_jump_hosts(connector, names, run_dir)
-        for name, message in unreachable.items():
-            reports[name] = HostReport(name, [StepResult("connect", FAILED, message)], error=message, failed_step="connect")
-
+        reports: dict[str, HostReport] = {}  # filled by the hosts' threads as they finish
+        contexts: dict[str, HostContext] = {}
         sessions: list[SshSession] = []
+        started = time.monotonic()
+        slots = threading.Semaphore(max(1, inventory.run.parallel))
 
-        def one_host(name: str) -> HostReport:
-            session = SshSession(name, connector.connection(name), run_dir / f"{name}.log", sudo_password)
-            sessions.append(session)
-            ctx = HostContext(inventory.hosts[name], inventory, session, dry_run=dry_run,
-                              known_hosts=connector.known_hosts, on_event=display.event)
-            ctx.probe_request = probe_request
-            try:
-                session.open()
-                call.task.body(ctx, *call.args, **call.kwargs)
-            except FleetError as e:
-                if not ctx.report.error:
-                    ctx.report.steps.append(StepResult("connect", FAILED, str(e)))
-                    ctx.report.error, ctx.report.failed_step = str(e), "connect"
-            except Exception as e:  # never let one host's bug stop the others
-                ctx.report.error = f"unexpected error: {type(e).__name__}: {e}"
-                ctx.report.failed_step = ctx.report.failed_step or "task"
-            finally:
-                ctx.report.commands, ctx.report.connections = session.commands, session.connections
-                session.close()
-            display.event(name, "done", ctx.report)
-            return ctx.report
+        def one_host(name: str) -> None:
+            with slots:
+                host_started = time.monotonic()
+                session = SshSession(name, connector.connection(name), run_dir / f"{name}.log", sudo_password)
+                session.secrets += inventory.hosts[name].secrets  # e.g. in `docker inspect` output
+                sessions.append(session)
+                ctx = HostContext(inventory.hosts[name], inventory, session, dry_run=dry_run,
+                                  known_hosts=connector.known_hosts, on_event=display.event)
+                ctx.probe_request = probe_request
+                contexts[name] = ctx
+                try:
+                    session.open()
+                    call.task.body(ctx, *call.args, **call.kwargs)
+                except FleetError as e:
+                    if not ctx.report.error:
+                        ctx.report.steps.append(StepResult("connect", FAILED, str(e)))
+                        ctx.report.error, ctx.report.failed_step = str(e), "connect"
+                except Exception as e:  # never let one host's bug stop the others
+                    ctx.report.error = f"unexpected error: {type(e).__name__}: {e}"
+                    ctx.report.failed_step = ctx.report.failed_step or "task"
+                finally:
+                    ctx.report.commands, ctx.report.connections = session.commands, session.connections
+                    ctx.report.seconds = time.monotonic() - host_started
+                    session.close()
+                reports[name] = ctx.report
+                display.event(name, "done", ctx.report)
 
-        todo = [n for n in names if n not in reports]
-        pool = ThreadPoolExecutor(max_workers=max(1, min(inventory.run.parallel, len(todo) or 1)))
         interrupted = False
         with display:
-            futures = {pool.submit(self._timed, one_host, n): n for n in todo}
             try:
-                pending = set(futures)
-                while pending:
-                    _, pending = wait(pending, timeout=0.2)
+                for name, message in self.open_jump_hosts(connector, names, run_dir).items():
+                    reports[name] = HostReport(name, [StepResult("connect", FAILED, message)], error=message,
+                                               failed_step="connect")
+                # daemon threads: a host stuck in a read must not keep fab alive after Ctrl-C
+                workers = [threading.Thread(target=one_host, args=(n,), name=f"host-{n}", daemon=True)
+                           for n in names if n not in reports]
+                for worker in workers:
+                    worker.start()
+                for worker in workers:
+                    while worker.is_alive():
+                        worker.join(0.2)
             except KeyboardInterrupt:
                 interrupted = True
-                for f in futures:
-                    f.cancel()
-                for session in sessions:  # the remote shells get SIGHUP and remove their temp files
-                    session.connection.close()
-                connector.close()
-            for future, name in futures.items():
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    reports[name] = future.result()
-                else:
-                    reason = "interrupted (Ctrl-C)" if interrupted else f"{future.exception()}"
-                    reports[name] = reports.get(name) or HostReport(name, error=reason, failed_step="interrupted")
-        pool.shutdown(wait=not interrupted, cancel_futures=True)
-        connector.close()
-        ordered = [reports[n] for n in names]
+                display.closed = True
+                # what each host had finished at the moment of Ctrl-C; closing the connections
+                # makes the steps in flight fail, which is not what the user asked to see
+                final = dict(reports)
+                for name, ctx in list(contexts.items()):
+                    if name not in final:
+                        step = ctx.current_step or "connect"
+                        final[name] = HostReport(name, list(ctx.report.steps), time.monotonic() - started,
+                                                 error="interrupted (Ctrl-C)", failed_step=step)
+                # the remote shells get SIGHUP and remove their temp files; hosts first, then
+                # the jump hosts their connections go through
+                close_within([s.connection.close for s in list(sessions)], seconds=2)
+                close_within([connector.close], seconds=1)
+        if not interrupted:
+            connector.close()
+            final = reports
+        for name in names:
+            if name not in final:  # never started: waiting for a free slot at Ctrl-C
+                final[name] = HostReport(name, error="interrupted (Ctrl-C) before it started",
+                                         failed_step="not started")
+        ordered = [final[n] for n in names]
         after = call.task.body.fleet_after
-        exit_code = after(ordered) if after else None
+        exit_code = after(ordered) if after and not interrupted else None
         display.recap(ordered, time.monotonic() - started, run_dir)
         self.save_outcome(ordered, call.kwargs.get("json"), dry_run, interrupted)
         if interrupted:
-            raise Exit("interrupted: connections closed; the recap above shows what was done", code=130)
+            raise Exit("interrupted (Ctrl-C): connections closed; the recap above shows what finished", code=130)
         if exit_code is None:
             exit_code = 1 if any(r.failed for r in ordered) else 0
         if exit_code:
             raise Exit(code=exit_code)
         return ordered
-
-    @staticmethod
-    def _timed(fn, name):
-        started = time.monotonic()
-        report = fn(name)
-        report.seconds = time.monotonic() - started
-        return report
 
     @staticmethod
     def open_jump_hosts(connector: Connector, names: list[str], run_dir: Path) -> dict[str, str]:

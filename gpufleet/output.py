@@ -29,6 +29,7 @@ class Display:
         self.title = title
         self.current = {h: "waiting" for h in hosts}
         self.lock = threading.Lock()
+        self.closed = False  # after Ctrl-C: hosts still winding down print nothing more
         self.live = Live(self._render(), console=self.console, refresh_per_second=8, transient=True,
                          redirect_stdout=False, redirect_stderr=False) if self.console.is_terminal else None
 
@@ -50,6 +51,8 @@ class Display:
 
     def event(self, host: str, kind: str, value) -> None:
         with self.lock:
+            if self.closed:
+                return
             if kind == "step":
                 self.current[host] = f"{value} …"
             elif kind == "action":

@@ -109,6 +109,7 @@ class HostContext:
         self._facts: facts_mod.HostFacts | None = None
         self._on_event = on_event or (lambda *a: None)
         self.probe_request: Callable[["HostContext"], facts_mod.ProbeRequest] | None = None
+        self.current_step = ""
 
     @property
     def name(self) -> str:
@@ -136,6 +137,7 @@ class HostContext:
 
     def _run_step(self, step: Step) -> bool:
         self._on_event(self.name, "step", step.name)
+        self.current_step = step.name
         started = time.monotonic()
         try:
             plan = step.plan(self)

@@ -66,20 +66,42 @@ def test_sshd_config_failing_sshd_t_is_never_installed_and_sshd_keeps_serving(la
     assert ssh(lab, "gpu1-dev", "hostname").stdout.strip() == "gpu1-dev"
 
 
-def test_ctrl_c_closes_connections_and_prints_a_recap(lab, fab):
-    env = dict(__import__("os").environ, FABRIC_INVENTORY=str(lab.inventory_path), PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "fabric", "-r", str(REPO), "-H", "gpu1,gpu2", "ops.exec",
-                             "--container", "dev", "--command", "sleep 40"],
-                            cwd=fab.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and sh(lab, "gpu1", "pgrep -f '^sleep 40'")[0] != 0:
-        time.sleep(0.2)
+def fab_ignoring_sigint(inventory, cwd, *args):
+    """The real fab CLI started the way a shell starts a background job: SIGINT ignored.
+    Python keeps an ignored SIGINT ignored, so this is the case a plain `kill -INT` never ended."""
+    env = dict(__import__("os").environ, FABRIC_INVENTORY=str(inventory), PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "fabric", "-r", str(REPO), *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+
+
+def interrupt(proc):
+    """SIGINT; fab must be gone within 5 s with exit 130, one line saying so, a recap and no traceback."""
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert time.monotonic() - started < 10
+    try:
+        out, err = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"fab still running 5 s after SIGINT: {out[-1000:]} {err[-1000:]}")
+    assert time.monotonic() - started < 5
     assert proc.returncode == 130, out + err
-    assert "interrupted" in out + err and "Recap" in out
+    assert "Traceback" not in out + err, out + err
+    assert err.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)"), err
+    return out, err
+
+
+def test_ctrl_c_while_a_remote_command_runs_closes_connections_and_prints_a_recap(lab, fab):
+    proc = fab_ignoring_sigint(lab.inventory_path, fab.cwd, "-H", "gpu1,gpu2", "ops.exec",
+                               "--container", "dev", "--command", "sleep 40")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(sh(lab, h, "pgrep -f '^sleep 40'")[0] for h in ("gpu1", "gpu2")):
+        time.sleep(0.2)
+    out, err = interrupt(proc)
+    assert "Recap" in out, out
+    for host in ("gpu1", "gpu2"):
+        assert f"{host} failed at ops.exec: interrupted (Ctrl-C)" in out, out
     for host in ("gpu1", "gpu2"):
         assert no_temp_files(lab, host)
         # no SSH session of the tool is left on the host
@@ -87,6 +109,27 @@ def test_ctrl_c_closes_connections_and_prints_a_recap(lab, fab):
         while sh(lab, host, "pgrep -f 'sshd: (root|dev)@notty'")[0] == 0 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert sh(lab, host, "pgrep -f 'sshd: (root|dev)@notty'")[0] != 0
+
+
+def test_ctrl_c_while_connecting_to_a_silent_bastion(lab, fab, tmp_path):
+    """A bastion that accepts TCP and never sends its banner: fab waits in the SSH handshake."""
+    import socket
+    import tomllib
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = tomllib.loads(lab.inventory_path.read_text())["hosts"]["bastion"]["port"]
+    silent = inventory_variant(lab, tmp_path, "silent.toml",
+                               {f"port = {port}\n": f"port = {listener.getsockname()[1]}\n"})
+    try:
+        proc = fab_ignoring_sigint(silent, fab.cwd, "-H", "gpu1,gpu2", "bootstrap")
+        listener.settimeout(20)
+        accepted, _ = listener.accept()  # fab is now in the handshake
+        out, err = interrupt(proc)
+        accepted.close()
+    finally:
+        listener.close()
+    assert "Recap" in out, out
+    for host in ("gpu1", "gpu2"):
+        assert f"{host} failed at not started: interrupted (Ctrl-C) before it started" in out, out
 
 
 def test_a_server_lost_mid_run_fails_alone_and_a_rerun_of_failed_hosts_completes(lab, fab):
