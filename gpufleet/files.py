@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import difflib
+import hashlib
 import shlex
 import uuid
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ BACKUP_SUFFIX = ".gpufleet.bak"
 ORIGINAL_SUFFIX = ".gpufleet.orig"
 TEMP_MARK = ".gpufleet-tmp-"
 VALIDATION_FAILED = 97
+INCOMPLETE = 98
 
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                           keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
@@ -55,6 +57,9 @@ class FileChange:
     validate: Callable[[str], list[str]] | None = None
     backup: bool = True
     keep_original: bool = False  # also keep the very first version as PATH.gpufleet.orig
+    # a missing parent directory is created with this mode and the file's owner (~/.ssh: 0700);
+    # None: created as root with the umask
+    parent_mode: str | None = None
 
     @property
     def content_changed(self) -> bool:
@@ -85,29 +90,47 @@ def unified_diff(path: str, old: bytes | None, new: bytes | None) -> str:
 
 
 def write_script(change: FileChange) -> tuple[Script, str]:
-    """The single shell script that installs `change`, and the temp path it uses."""
+    """The single shell script that installs `change`, and the temp path it uses.
+
+    The content arrives base64-encoded on stdin.  Without a tty, sshd does not hang up the
+    remote shell when the client goes away: stdin just ends early, and a cut at a base64
+    boundary decodes cleanly.  So the size and SHA-256 are checked before the rename; a temp
+    file left by a shell that was killed outright is removed by the next write of the target."""
     q = shlex.quote
     target = change.path
-    temp = str(Path(target).parent / f".{Path(target).name}{TEMP_MARK}{uuid.uuid4().hex[:12]}")
+    parent = str(Path(target).parent)
+    stale = f"{parent}/.{Path(target).name}{TEMP_MARK}"
+    temp = stale + uuid.uuid4().hex[:12]
+    digest = hashlib.sha256(change.content).hexdigest()
+    if change.parent_mode:
+        make_parent = (f"[ -d {q(parent)} ] || install -d -m {q(change.parent_mode)} "
+                       f"-o {q(change.owner)} -g {q(change.group)} -- {q(parent)}")
+    else:
+        make_parent = f"mkdir -p -- {q(parent)}"
     steps = [
         "set -e",
         "umask 077",
         f"t={q(temp)}",
         "trap 'rm -f \"$t\"' EXIT HUP INT TERM",
-        f"mkdir -p {q(str(Path(target).parent))}",
-        "base64 -d > \"$t\"",  # the content arrives base64-encoded on stdin
-        f"chown {q(change.owner + ':' + change.group)} \"$t\"",
-        f"chmod {q(change.mode)} \"$t\"",
+        make_parent,
+        f"rm -f -- {q(stale)}*",
+        "base64 -d > \"$t\"",
+        f"if [ \"$(wc -c < \"$t\")\" -ne {len(change.content)} ] || "
+        f"[ \"$(sha256sum < \"$t\")\" != {q(digest + '  -')} ]; then "
+        f"echo 'incomplete transfer: {len(change.content)} bytes expected, the file was not installed' >&2; "
+        f"exit {INCOMPLETE}; fi",
+        f"chown -- {q(change.owner + ':' + change.group)} \"$t\"",
+        f"chmod -- {q(change.mode)} \"$t\"",
     ]
     if change.validate:
         argv = shlex.join(change.validate(temp))
         steps.append(f"if ! out=$({argv} 2>&1); then printf '%s\\n' \"$out\" >&2; exit {VALIDATION_FAILED}; fi")
     if change.keep_original:
         steps.append(f"if [ -e {q(target)} ] && [ ! -e {q(target + ORIGINAL_SUFFIX)} ]; then "
-                     f"cp -p {q(target)} {q(target + ORIGINAL_SUFFIX)}; fi")
+                     f"cp -p -- {q(target)} {q(target + ORIGINAL_SUFFIX)}; fi")
     if change.backup:
-        steps.append(f"if [ -e {q(target)} ]; then cp -p {q(target)} {q(target + BACKUP_SUFFIX)}; fi")
-    steps += [f"mv -f \"$t\" {q(target)}", "trap - EXIT HUP INT TERM"]
+        steps.append(f"if [ -e {q(target)} ]; then cp -p -- {q(target)} {q(target + BACKUP_SUFFIX)}; fi")
+    steps += [f"mv -f -- \"$t\" {q(target)}", "trap - EXIT HUP INT TERM"]
     return Script("\n".join(steps)), temp
 
 
@@ -126,7 +149,7 @@ def apply_file(session: Session, change: FileChange, container: str | None = Non
 def in_container(name: str, command) -> list[str]:
     """argv that runs an argv list or a Script inside a running container, as root."""
     argv = ["sh", "-c", str(command)] if isinstance(command, Script) else list(command)
-    return ["docker", "exec", "-i", "-u", "root", name, *argv]
+    return ["docker", "exec", "-i", "-u", "root", "--", name, *argv]
 
 
 def file_action(change: FileChange, container: str | None = None) -> Action:

@@ -69,7 +69,7 @@ def key_change(path: str, current, add, revoke, owner: str, group: str) -> tuple
     result = authorized_keys.sync(text, add, revoke)
     if current.exists and not result.remaining and text.strip():
         raise FleetError(f"{path}: the change would leave no usable key; refusing (you would be locked out)")
-    change = FileChange(path, current, result.text.encode(), mode="0600", owner=owner, group=group)
+    change = FileChange(path, current, result.text.encode(), mode="0600", owner=owner, group=group, parent_mode="0700")
     return (change if change.needed else None), [f"{path} line {p}" for p in result.problems]
 
 
@@ -88,9 +88,14 @@ def plan_keys(c) -> Plan:
         notes += [where + p for p in problems]
         if change:
             actions.append(file_action(change, container=container))
+        directory = path.rsplit("/", 1)[0]
         if ssh_dir.exists and ssh_dir.mode != "0700":
-            argv = ["chmod", "700", path.rsplit("/", 1)[0]]
-            actions.append(Action(f"{where}chmod 700 {argv[-1]} (was {ssh_dir.mode})",
+            argv = ["chmod", "700", "--", directory]
+            actions.append(Action(f"{where}chmod 700 {directory} (was {ssh_dir.mode})",
+                                  lambda c, a=argv, n=container: c.run(in_container(n, a) if n else a, sudo=True)))
+        if ssh_dir.exists and (ssh_dir.owner, ssh_dir.group) != (owner, owner):
+            argv = ["chown", f"{owner}:{owner}", "--", directory]
+            actions.append(Action(f"{where}chown {owner}:{owner} {directory} (was {ssh_dir.owner}:{ssh_dir.group})",
                                   lambda c, a=argv, n=container: c.run(in_container(n, a) if n else a, sudo=True)))
     plan = Plan.change(*actions) if actions else Plan.ok(
         f"authorized_keys hold the {len(add)} key(s) and none of the {len(revoke)} revoked")

@@ -125,3 +125,38 @@ def test_a_write_killed_halfway_leaves_the_old_file_and_no_temp(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sshd_config"]
     apply_file(LocalSession(), change)  # a re-run converges
     assert target.read_bytes() == change.content
+
+
+def test_content_cut_at_a_base64_boundary_is_never_installed(tmp_path):
+    """stdin that ends early but decodes cleanly (what a dropped connection without a tty gives)."""
+    import base64
+    target = tmp_path / "daemon.json"
+    target.write_bytes(b"old\n")
+    change = FileChange(str(target), state(target), b"new content\n" * 1000, owner=ME, group=GROUP)
+    script, _ = write_script(change)
+    payload = base64.b64encode(change.content)
+    cut = payload[: len(payload) // 2 // 4 * 4]  # whole base64 quads: decodes without an error
+    assert base64.b64decode(cut)
+    result = LocalSession().run(script, check=False, stdin=cut.decode())
+    assert result.exit_code == 98 and "incomplete transfer" in result.stderr
+    assert target.read_bytes() == b"old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["daemon.json"]
+
+
+def test_a_temp_file_left_by_a_killed_shell_is_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "sources.list"
+    target.write_bytes(b"old\n")
+    (tmp_path / ".sources.list.gpufleet-tmp-0123456789ab").write_bytes(b"half a fi")
+    (tmp_path / ".other.gpufleet-tmp-0123456789ab").write_bytes(b"another file's")
+    apply_file(LocalSession(), FileChange(str(target), state(target), b"new\n", owner=ME, group=GROUP))
+    assert target.read_bytes() == b"new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".other.gpufleet-tmp-0123456789ab", "sources.list", "sources.list.gpufleet.bak"]
+
+
+def test_a_missing_parent_is_created_with_the_files_owner_and_parent_mode(tmp_path):
+    target = tmp_path / "home" / ".ssh" / "authorized_keys"
+    apply_file(LocalSession(), FileChange(str(target), ABSENT, b"ssh-ed25519 AAAA\n", mode="0600", owner=ME,
+                                          group=GROUP, parent_mode="0700"))
+    ssh_dir = state(target.parent)
+    assert (ssh_dir.mode, ssh_dir.owner, ssh_dir.group) == ("0700", ME, GROUP)
