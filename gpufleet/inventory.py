@@ -16,10 +16,22 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from gpufleet.errors import InventoryError
+from gpufleet.remote import MASK, Secret
 
 INVENTORY_ENV = "FABRIC_INVENTORY"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SIZE_RE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
+# Every value below ends up in a command line, a file or an argv on a host: each pattern is what
+# its target accepts, and none lets a value start with '-' (it would be read as an option).
+USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$")
+ADDRESS_RE = re.compile(r"^([A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9])?|[0-9A-Fa-f]*:[0-9A-Fa-f:.]*)$")
+_IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?"
+IMAGE_RE = re.compile(rf"^(?:{_IMAGE_DOMAIN}/)?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
+                      rf"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{{32,}})?$")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
 # The published fingerprints of the keys that sign Docker's and NVIDIA's apt repositories (mirrors serve the same keys)
 DOCKER_KEY_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
@@ -111,6 +123,49 @@ def _name(v):
     return v
 
 
+def _matching(pattern: re.Pattern, what: str):
+    def check(v):
+        _str(v)
+        if not pattern.match(v):
+            raise ValueError(f"{v!r} is not a valid {what}")
+        return v
+    return check
+
+
+_user = _matching(USER_RE, "user name (letters, digits, '_', '.', '-'; not starting with '-')")
+_image = _matching(IMAGE_RE, "image reference (like pytorch/pytorch:2.3.1-cuda12.1-cudnn8-runtime)")
+_package = _matching(PACKAGE_RE, "package name (like git or python3-pip)")
+
+
+def _user_list(v):
+    return [_user(x) for x in _list(v)]
+
+
+def _package_list(v):
+    return [_package(x) for x in _list(v)]
+
+
+def _env_table(v):
+    """Container environment: KEY = "value", or KEY = { secret = "value" } / { from_env = "NAME" }
+    for tokens and passwords (masked everywhere the tool prints or stores them)."""
+    out = {}
+    for key, value in _table(v).items():
+        if not ENV_KEY_RE.match(key):
+            raise ValueError(f"{key!r} is not a valid environment variable name (letters, digits, '_')")
+        if isinstance(value, str):
+            out[key] = value
+        elif isinstance(value, dict) and list(value) == ["secret"] and isinstance(value["secret"], str):
+            out[key] = Secret(value["secret"])
+        elif isinstance(value, dict) and list(value) == ["from_env"] and isinstance(value["from_env"], str):
+            name = value["from_env"]
+            if name not in os.environ:
+                raise ValueError(f"{key} = {{ from_env = {name!r} }} but {name} is not set in this environment")
+            out[key] = Secret(os.environ[name])
+        else:
+            raise ValueError(f"value of {key!r} must be a string, {{ secret = \"...\" }} or {{ from_env = \"NAME\" }}")
+    return out
+
+
 def _table(v):
     if not isinstance(v, dict):
         raise ValueError(f"expected a table, got {_tname(v)}")
@@ -133,7 +188,7 @@ def _tname(v):
 
 HOST_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     # key: (checker, built-in default, one-line help)
-    "user": (_str, "root", "SSH user"),
+    "user": (_user, "root", "SSH user"),
     "port": (_int_range(1, 65535), 22, "SSH port"),
     "jump": (_name, None, "inventory name of the jump host (bastion) to go through"),
     "apt_proxy": (_optional_url, "", "apt proxy URL for the host and its containers"),
@@ -148,9 +203,9 @@ HOST_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     "nvidia_key_fingerprint": (_fingerprint, NVIDIA_KEY_FINGERPRINT, "fingerprint of the key that signs nvidia_mirror"),
     "nvidia_toolkit": (_choice("auto", "always", "never"), "auto",
                        "install the NVIDIA Container Toolkit: auto (where a GPU is visible), always, never"),
-    "docker_users": (_str_list, [], "users to add to the docker group"),
+    "docker_users": (_user_list, [], "users to add to the docker group"),
     "apt_mirror": (_optional_url, "", "apt mirror base URL used inside containers; empty = official archive"),
-    "tools": (_str_list, ["git", "wget", "vim", "openssh-client", "ca-certificates"], "packages installed in containers"),
+    "tools": (_package_list, ["git", "wget", "vim", "openssh-client", "ca-certificates"], "packages installed in containers"),
     "git_name": (_str, "", "git user.name in containers"),
     "git_email": (_str, "", "git user.email in containers"),
     "github_access": (_choice("agent", "deploy-key"), "agent", "GitHub access from containers"),
@@ -159,12 +214,12 @@ HOST_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
 HOST_ONLY = {"address": _str, "groups": _str_list}
 
 CONTAINER_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
-    "image": (_str, None),
+    "image": (_image, None),
     "ssh_port": (_int_range(1, 65535), None),
     "volumes": (_str_list, []),
     "shm_size": (_str, ""),
     "gpus": (_choice("auto", "all", "none"), "auto"),
-    "env": (_str_table, {}),
+    "env": (_env_table, {}),
     "restart": (_choice(*RESTART_POLICIES), "unless-stopped"),
     "allow_driver_mismatch": (_bool, False),
     "keep_snapshots": (_int_range(0, 1000), 3),
@@ -207,7 +262,7 @@ class ContainerSpec:
     volumes: tuple[Volume, ...] = ()
     shm_size: str = ""
     gpus: str = "auto"
-    env: tuple[tuple[str, str], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # a value that is a remote.Secret is masked everywhere
     restart: str = "unless-stopped"
     allow_driver_mismatch: bool = False
     keep_snapshots: int = 3
@@ -222,6 +277,11 @@ class Host:
     settings: dict[str, Any]
     containers: dict[str, ContainerSpec]
     sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def secrets(self) -> list[str]:
+        """Values marked secret (container env): masked in everything the tool prints or stores."""
+        return [value for spec in self.containers.values() for _, value in spec.env if isinstance(value, Secret)]
 
     def __getattr__(self, key):
         settings = self.__dict__.get("settings", {})
@@ -322,7 +382,7 @@ class _Validator:
         self.lines = text.splitlines()
 
     # Line lookup is best effort: tomllib gives no positions for valid documents.
-    def line_of(self, table: str, key: str | None) -> int | None:
+    def line_of(self, table: str, key: str | None, exact: bool = False) -> int | None:
         header_re = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
         current = ""
         table_line = None
@@ -335,11 +395,18 @@ class _Validator:
                 continue
             if key and current == table and re.match(rf"^\s*\"?{re.escape(key)}\"?\s*=", line):
                 return number
-        return table_line
+        return None if exact else table_line
 
     def fail(self, table: str, key: str | None, message: str):
         dotted = f"{table}.{key}" if key and table else (key or table)
-        raise InventoryError(self.path, dotted, message, self.line_of(table, key))
+        # a key inside a value (an inline table, a list item) is found by the line of its outer key
+        parts = re.sub(r"\[\d+\]$", "", dotted).split(".")
+        line = None
+        for cut in range(len(parts) - 1, 0, -1):
+            line = self.line_of(".".join(parts[:cut]), parts[cut], exact=True)
+            if line:
+                break
+        raise InventoryError(self.path, dotted, message, line or self.line_of(table, key))
 
     def check_keys(self, table: str, data: dict, allowed) -> None:
         for key in data:
@@ -361,7 +428,25 @@ class _Validator:
         except ValueError as e:
             self.fail(table, key, str(e))
 
+    def check_no_control_characters(self, data, table: str = "") -> None:
+        """No string anywhere (keys included) may hold a control character: a line break in a
+        value would start a new line in a config file or a new command in a script."""
+        items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+        for key, value in items:
+            name = str(key)
+            if CONTROL_RE.search(name):
+                self.fail(table, repr(name), "key has a control character")
+            if isinstance(value, str) and CONTROL_RE.search(value):
+                char = CONTROL_RE.search(value).group()
+                if isinstance(key, int):
+                    *head, last = table.rsplit(".", 1)
+                    self.fail(".".join(head), f"{last}[{key}]", f"value has a control character ({char!r})")
+                self.fail(table, name, f"value has a control character ({char!r})")
+            if isinstance(value, (dict, list)):
+                self.check_no_control_characters(value, f"{table}.{name}" if table else name)
+
     def build(self, data: dict) -> Inventory:
+        self.check_no_control_characters(data)
         self.check_keys("", data, TOP_LEVEL)
         run = self.section(data.get("run", {}), "run", RUN_KEYS)
         local = self.section(data.get("local", {}), "local", LOCAL_KEYS)
@@ -393,7 +478,7 @@ class _Validator:
             if "address" not in hdata:
                 self.fail(table, None, "missing required key 'address'")
             address = self.checked(table, "address", _str, hdata["address"])
-            if not address or " " in address:
+            if not ADDRESS_RE.match(address):
                 self.fail(table, "address", f"{address!r} is not a host name or IP address")
             group_names = self.checked(table, "groups", _str_list, hdata.get("groups", []))
             for g in group_names:
@@ -543,7 +628,7 @@ def describe(host: Host) -> list[tuple[str, str, str]]:
             if key == "volumes":
                 value = [str(v) for v in value]
             elif key == "env":
-                value = dict(value)
+                value = {k: MASK if isinstance(v, Secret) else v for k, v in value}
             rows.append((f"containers.{cname}.{key}", _show(value), host.sources.get(f"containers.{cname}.{key}", "built-in default")))
     return rows
 

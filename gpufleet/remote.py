@@ -7,6 +7,7 @@ connections and commands so that the benchmark can read them from the log.
 from __future__ import annotations
 
 import io
+import os
 import re
 import shlex
 import subprocess
@@ -74,7 +75,9 @@ class Session:
         self.connections = 0
         self.secrets: list[str] = []
         self._log_lock = threading.Lock()
-        self._log = open(log_path, "a", encoding="utf-8") if log_path else None
+        # a log holds every command's output: only its owner may read it
+        self._log = open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a",
+                         encoding="utf-8") if log_path else None
 
     def log(self, text: str) -> None:
         if self._log:

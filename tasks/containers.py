@@ -7,6 +7,7 @@ is re-created with the same volumes, after a snapshot if its filesystem changed.
 """
 from __future__ import annotations
 
+import hashlib
 import json as jsonlib
 import shlex
 import time
@@ -21,7 +22,7 @@ from gpufleet.files import FileChange, file_action, in_container, render_templat
 from gpufleet.inventory import ContainerSpec
 from gpufleet.paths import APT_PROXY_CONF, IN_CONTAINER_DIR, container_dir
 from gpufleet.plan import Action, Plan, Step
-from gpufleet.remote import Script
+from gpufleet.remote import Secret, Script
 from tasks import HOST_TASK_HELP
 from tasks.apt import proxy_file
 from tasks.docker import apt_install
@@ -59,10 +60,15 @@ def resolved_spec(c, spec: ContainerSpec) -> dict:
         "volumes": [str(v) for v in spec.volumes],
         "shm_size": spec.shm_size or default_shm_size(c.facts().mem_total_mb),
         "gpus": "all" if gpus else "none",
-        "env": dict(spec.env),
+        # a secret is stored as its hash: the label is readable by everyone in the docker group
+        "env": {key: secret_digest(value) if isinstance(value, Secret) else value for key, value in spec.env},
         "restart": spec.restart,
         "hostname": c.inventory.container_alias(c.host.name, spec.name),
     }
+
+
+def secret_digest(value: str) -> str:
+    return "secret:sha256:" + hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
 def run_argv(name: str, doc: dict) -> list[str]:
@@ -75,11 +81,25 @@ def run_argv(name: str, doc: dict) -> list[str]:
     for volume in doc["volumes"]:
         argv += ["-v", volume]
     for key, value in sorted(doc["env"].items()):
-        argv += ["-e", f"{key}={value}"]
+        # a secret's value comes from docker's own environment (see docker_run), never the command line
+        argv += ["-e", key if value.startswith("secret:sha256:") else f"{key}={value}"]
     if doc["gpus"] == "all":
         argv += ["--gpus", "all"]
-    argv += ["--entrypoint", f"{IN_CONTAINER_DIR}/entrypoint.sh", doc.get("restored_from") or doc["image"]]
+    argv += ["--entrypoint", f"{IN_CONTAINER_DIR}/entrypoint.sh", "--", doc.get("restored_from") or doc["image"]]
     return argv
+
+
+def docker_run(c, name: str, doc: dict, check: bool = True):
+    """Run the container; secret env values travel on stdin into docker's environment, so they are
+    on no command line (the host's process list, our log) and in no file."""
+    argv = run_argv(name, doc)
+    secrets = [(key, value) for key, value in c.host.containers[name].env if isinstance(value, Secret)]
+    if not secrets:
+        return c.run(argv, sudo=True, check=check)
+    reads = " && ".join(f"IFS= read -r s{i}" for i in range(len(secrets)))
+    assigns = " ".join(f'{key}="$s{i}"' for i, (key, _) in enumerate(secrets))
+    script = Script(f"{reads} && exec env {assigns} {shlex.join(argv)}")
+    return c.run(script, sudo=True, check=check, stdin="".join(f"{value}\n" for _, value in secrets))
 
 
 def spec_differences(old: dict, new: dict) -> list[str]:
@@ -124,14 +144,14 @@ def plan_run(c) -> Plan:
             actions.append(file_action(entry))
         warning = cuda_check(c, spec)
         if spec.image not in f.images:
-            actions.append(Action(f"pull {spec.image}", lambda c, i=spec.image: c.run(["docker", "pull", i], sudo=True),
+            actions.append(Action(f"pull {spec.image}", lambda c, i=spec.image: c.run(["docker", "pull", "--", i], sudo=True),
                                   warning=warning))
         doc = resolved_spec(c, spec)
         current = f.containers.get(name)
         if current is None:
             _, why = use_gpus(c, spec)
             actions.append(Action(f"run container {name} ({why}, shm {doc['shm_size']}, ssh port {spec.ssh_port})",
-                                  lambda c, n=name, d=doc: c.run(run_argv(n, d), sudo=True)))
+                                  lambda c, n=name, d=doc: docker_run(c, n, d)))
             continue
         old_doc = jsonlib.loads(((current.get("Config") or {}).get("Labels") or {}).get(SPEC_LABEL) or "{}")
         differences = spec_differences(old_doc, doc)
@@ -175,7 +195,7 @@ def recreate(c, name: str, doc: dict) -> None:
     old = f"{name}-replaced-{int(time.time())}"
     c.run(["docker", "stop", name], sudo=True)
     c.run(["docker", "rename", name, old], sudo=True)
-    result = c.run(run_argv(name, doc), sudo=True, check=False)
+    result = docker_run(c, name, doc, check=False)
     if result.exit_code != 0:
         c.run(Script(f"docker rm -f {shlex.quote(name)} 2>/dev/null; docker rename {shlex.quote(old)} "
                      f"{shlex.quote(name)} && docker start {shlex.quote(name)}"), sudo=True, check=False)
@@ -189,7 +209,7 @@ def recreate_from(c, name: str, image: str) -> None:
     if name in c.facts().containers:
         recreate(c, name, doc)
     else:
-        c.run(run_argv(name, doc), sudo=True)
+        docker_run(c, name, doc)
 
 
 def running_containers(c):

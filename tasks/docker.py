@@ -233,8 +233,8 @@ def verify_docker_info(c, config: dict) -> None:
 def migrate_data_root(c, change: FileChange, old_root: str, new_root: str) -> None:
     """Stop Docker, copy the data root (owners, hard links, xattrs kept), switch, check the images."""
     q = shlex.quote
-    c.run(Script(f"if [ -d {q(new_root)} ] && [ -n \"$(ls -A {q(new_root)})\" ]; then "
-                 f"echo '{new_root} is not empty; not copying over it' >&2; exit 1; fi"), sudo=True)
+    c.run(Script(f"if [ -d {q(new_root)} ] && [ -n \"$(ls -A -- {q(new_root)})\" ]; then "
+                 f"echo {q(new_root + ' is not empty; not copying over it')} >&2; exit 1; fi"), sudo=True)
     before = c.run(["docker", "image", "ls", "-q", "--no-trunc"], sudo=True).stdout.split()
     copied = c.run(Script("\n".join(["set -e", SERVICE_STOP, f"mkdir -p {q(new_root)}",
                                       f"cp -a {q(old_root)}/. {q(new_root)}/"])), sudo=True, check=False)
@@ -267,7 +267,7 @@ def plan_users(c) -> Plan:
 
 
 def add_to_docker_group(c, user: str) -> None:
-    c.run(["usermod", "-aG", "docker", user], sudo=True)
+    c.run(["usermod", "-aG", "docker", "--", user], sudo=True)
     if user == c.host.user:
         c.session.reconnect()  # group membership is read at login
 

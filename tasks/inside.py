@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import configparser
+import shlex
 
 from invoke import Collection, task
 
@@ -88,7 +89,7 @@ def plan_git(c) -> Plan:
                     raise FleetError(f"git is not installed in {name}: add it to tools")
                 actions.append(Action(f"git config --global {key} {value!r} in {name}",
                                       lambda c, n=name, k=key, v=value: c.run(
-                                          in_container(n, ["git", "config", "--global", k, v]), sudo=True)))
+                                          in_container(n, ["git", "config", "--global", "--", k, v]), sudo=True)))
         current = inside.file(CONTAINER_KNOWN_HOSTS)
         new = known_hosts_with_github(current.text if current.exists else "")
         change = FileChange(CONTAINER_KNOWN_HOSTS, current, new.encode(), mode="0644")
@@ -112,7 +113,7 @@ def ensure_deploy_key(c, name: str) -> str:
     """Generate a per-container ed25519 key inside the container (never copied from the workstation)."""
     script = Script(
         f"set -e; mkdir -p -m 700 /root/.ssh; [ -f {DEPLOY_KEY} ] || ssh-keygen -q -t ed25519 -N '' "
-        f"-C gpufleet-deploy-{name} -f {DEPLOY_KEY}; "
+        f"-C {shlex.quote('gpufleet-deploy-' + name)} -f {DEPLOY_KEY}; "
         f"grep -q 'IdentityFile {DEPLOY_KEY}' /root/.ssh/config 2>/dev/null || "
         f"printf 'Host github.com\\n    IdentityFile {DEPLOY_KEY}\\n' >> /root/.ssh/config; cat {DEPLOY_KEY}.pub")
     public = c.run(in_container(name, script), sudo=True).stdout.strip()

@@ -98,6 +98,9 @@ RUN_ARGV = [
     ("gpu", {"image": "pytorch/pytorch:x", "ssh_port": 2222, "volumes": ["/d:/w"], "shm_size": "16g", "gpus": "all",
              "env": {"TZ": "UTC"}, "restart": "unless-stopped", "hostname": "gpu1-dev"},
      ["--gpus", "all"], ["-v", "/d:/w"]),
+    ("secret env", {"image": "img", "ssh_port": 2200, "volumes": [], "shm_size": "1g", "gpus": "none",
+                    "env": {"HF_TOKEN": "secret:sha256:0123456789abcdef", "TZ": "UTC"}, "restart": "always",
+                    "hostname": "h-c"}, ["-e", "HF_TOKEN", "-e", "TZ=UTC"], ["--restart", "always"]),
     ("cpu", {"image": "img", "ssh_port": 2200, "volumes": [], "shm_size": "1g", "gpus": "none", "env": {},
              "restart": "always", "hostname": "h-c"}, ["--restart", "always"], ["-p", "127.0.0.1:2200:22"]),
 ]
@@ -110,7 +113,7 @@ def test_docker_run_argv(doc, has1, has2):
     assert argv[:6] == ["docker", "run", "-d", "--name", "dev", "--hostname"]
     assert " ".join(has1) in joined and " ".join(has2) in joined
     assert ("--gpus" in argv) == (doc["gpus"] == "all")
-    assert argv[-1] == doc["image"] and argv[-2] == "/etc/gpufleet/entrypoint.sh"
+    assert argv[-3:] == ["/etc/gpufleet/entrypoint.sh", "--", doc["image"]]
     label = argv[argv.index("--label", argv.index("--label") + 1) + 1]
     assert json.loads(label.split("=", 1)[1]) == doc
 
