@@ -8,7 +8,7 @@ from gpufleet import facts
 from gpufleet.remote import LocalSession
 from tests.conftest import REPO
 
-GPU_FIXTURES = Path(REPO).parent / "shared" / "fixtures" / "gpu" / "h200-driver580"
+GPU_FIXTURES = Path(REPO) / "tests" / "fixtures" / "gpu" / "h200-driver580"  # captured on a real H200
 HERE = Path(__file__).resolve().parent.parent / "fixtures"
 
 
@@ -50,16 +50,14 @@ def test_parse_df():
 
 
 def gpu_probe_output():
-    if not GPU_FIXTURES.exists():
-        pytest.skip("../shared/fixtures/gpu is not here")
     csv = (GPU_FIXTURES / "query-gpu.csv").read_text()
     table = "\n".join((GPU_FIXTURES / "nvidia-smi.txt").read_text().splitlines()[:5])
-    os_release = (GPU_FIXTURES / "env.txt").read_text().split("Linux vm")[0]
-    return (section("os_release", os_release) + section("uname", "Linux vm 6.18.44 #1 SMP x86_64 GNU/Linux")
+    return (section("os_release", (GPU_FIXTURES / "os-release").read_text())
+            + section("uname", (GPU_FIXTURES / "uname.txt").read_text())
             + section("arch", "amd64") + section("systemd", "", 0)
             + section("packages", "pciutils\tii \t1:3.10.0-2\n") + section("docker_info", "command not found", 127)
             + section("nvidia_smi", csv) + section("nvidia_smi_table", table)
-            + section("meminfo", "MemTotal:       131891212 kB"))
+            + section("meminfo", (GPU_FIXTURES / "meminfo.txt").read_text()))
 
 
 def test_h200_host_facts_from_real_nvidia_smi_output():
@@ -67,7 +65,7 @@ def test_h200_host_facts_from_real_nvidia_smi_output():
     assert f.os.id == "ubuntu" and f.os.codename == "noble"
     assert f.has_gpu and len(f.gpus) == 1 and f.gpus[0].name == "NVIDIA H200"
     assert f.gpu_driver == "580.159.04" and f.gpu_cuda == "13.0" and f.gpu_source == "nvidia-smi"
-    assert f.systemd and not f.docker_running and f.mem_total_mb == 128800
+    assert f.systemd and not f.docker_running and f.mem_total_mb == 128868
 
 
 def test_probe_runs_on_this_machine(tmp_path):

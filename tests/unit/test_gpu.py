@@ -7,7 +7,7 @@ import pytest
 from gpufleet import gpu
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gpu"
-H200 = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "gpu" / "h200-driver580"
+H200 = FIXTURES / "h200-driver580"  # captured on a real H200 host: see its README.md
 
 
 def fixture(name: str) -> str:
@@ -15,8 +15,6 @@ def fixture(name: str) -> str:
 
 
 def h200(name: str) -> str:
-    if not H200.is_dir():
-        pytest.skip("../shared/fixtures/gpu/h200-driver580 is not here")
     return (H200 / name).read_text(encoding="utf-8")
 
 
@@ -27,20 +25,24 @@ def test_h200_default_table():
     assert gpu.classify_smi_failure(h200("nvidia-smi.txt")) is None
 
 
-def test_h200_query_gpu_csv_with_header_and_an_extra_column():
-    # this capture asked for memory.used as well: fields are found by the header, not by position
-    [h] = gpu.parse_query_gpu(h200("query-gpu.csv"))
-    assert h == gpu.Gpu(0, "NVIDIA H200", "GPU-6fb37310-dec1-0ecf-ade2-60cdd666406a", "580.159.04", 143771,
-                        "9.0", "00000000:00:06.0")
+UUID = "GPU-de2bd871-34b9-9b62-fb4a-85bede93097e"
+
+
+@pytest.mark.parametrize("name", ["query-gpu.csv", "query-gpu-header.csv"])
+def test_h200_query_gpu_csv_with_and_without_header(name):
+    [h] = gpu.parse_query_gpu(h200(name))
+    assert h == gpu.Gpu(0, "NVIDIA H200", UUID, "580.159.04", 143771, "9.0", "00000000:00:06.0")
 
 
 def test_h200_list_and_xml():
-    assert gpu.parse_smi_list(h200("nvidia-smi-L.txt")) == [
-        "GPU 0: NVIDIA H200 (UUID: GPU-6fb37310-dec1-0ecf-ade2-60cdd666406a)"]
-    xml = gpu.parse_smi_xml(h200("nvidia-smi-q.xml"))
+    assert gpu.parse_smi_list(h200("list-L.txt")) == [f"GPU 0: NVIDIA H200 (UUID: {UUID})"]
+    xml = gpu.parse_smi_xml(h200("q-x.xml"))
     assert (xml["driver"], xml["cuda"]) == ("580.159.04", "13.0")
-    assert xml["gpus"] == [{"name": "NVIDIA H200", "uuid": "GPU-6fb37310-dec1-0ecf-ade2-60cdd666406a",
-                            "mig": "Disabled"}]
+    assert xml["gpus"] == [{"name": "NVIDIA H200", "uuid": UUID, "mig": "Disabled"}]
+
+
+def test_h200_table_with_a_process_still_parses():
+    assert gpu.parse_smi_table_cuda(h200("nvidia-smi-busy.txt")) == ("580.159.04", "13.0")
 
 
 def test_h200_driver_supports_images():
