@@ -257,9 +257,7 @@ def plan_sshd(c) -> Plan:
                                                                  sudo=True)))
         config = FileChange(f"{container_dir(name)}/sshd_config", f.file(f"{container_dir(name)}/sshd_config"),
                             render_template("sshd_config.j2", name=name, config_dir=IN_CONTAINER_DIR).encode(),
-                            validate=lambda tmp, n=name: ["docker", "exec", n, "sh", "-c",
-                                                          'mkdir -p /run/sshd && exec /usr/sbin/sshd -t -f "$0"',
-                                                          tmp.replace(container_dir(n), IN_CONTAINER_DIR)])
+                            validate=sshd_validator(name))
         if config.needed:
             actions.append(file_action(config))
         if not inside.sshd_running or config.content_changed:
@@ -277,6 +275,14 @@ def plan_sshd(c) -> Plan:
     if not actions:
         return Plan.ok(f"sshd running with the managed config in {', '.join(fine)}")
     return Plan.change(*actions)
+
+
+def sshd_validator(name: str):
+    """`sshd -t` of a new sshd_config by the container's own sshd (the file is on the host, mounted in it)."""
+    def argv(temp: str) -> list[str]:
+        return ["docker", "exec", "--", name, "sh", "-c", 'mkdir -p /run/sshd && exec /usr/sbin/sshd -t -f "$0"',
+                temp.replace(container_dir(name), IN_CONTAINER_DIR)]
+    return argv
 
 
 def start_sshd(c, name: str) -> None:

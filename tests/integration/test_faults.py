@@ -13,6 +13,7 @@ from gpufleet.facts import RemoteFile
 from gpufleet.files import FileChange, apply_file
 from gpufleet.inventory import load
 from gpufleet.remote import SshSession
+from tasks.containers import sshd_validator
 from tests.integration.helpers import inventory_variant, sh, ssh
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -50,10 +51,7 @@ def test_sshd_config_failing_sshd_t_is_never_installed_and_sshd_keeps_serving(la
     path = "/var/lib/gpufleet/containers/dev/sshd_config"
     before = sh(lab, "gpu1", f"md5sum {path}")[1]
     change = FileChange(path, RemoteFile(True, b"x", "0644", "root", "root"),
-                        b"Port 22\nPasswordAuthentication maybe\n",
-                        validate=lambda tmp: ["docker", "exec", "dev", "sh", "-c",
-                                              'mkdir -p /run/sshd && exec /usr/sbin/sshd -t -f "$0"',
-                                              tmp.replace("/var/lib/gpufleet/containers/dev", "/etc/gpufleet")])
+                        b"Port 22\nPasswordAuthentication maybe\n", validate=sshd_validator("dev"))
     try:
         with pytest.raises(ValidationFailed) as err:
             apply_file(session, change)
