@@ -111,7 +111,9 @@ def write_script(change: FileChange) -> tuple[Script, str]:
         "set -e",
         "umask 077",
         f"t={q(temp)}",
-        "trap 'rm -f \"$t\"' EXIT HUP INT TERM",
+        "trap 'rm -f \"$t\"' EXIT",
+        # a dropped connection: stderr is a broken pipe (SIGPIPE), or the session is hung up
+        "trap 'exit 129' HUP INT TERM PIPE",
         make_parent,
         f"rm -f -- {q(stale)}*",
         "base64 -d > \"$t\"",
@@ -130,7 +132,7 @@ def write_script(change: FileChange) -> tuple[Script, str]:
                      f"cp -p -- {q(target)} {q(target + ORIGINAL_SUFFIX)}; fi")
     if change.backup:
         steps.append(f"if [ -e {q(target)} ]; then cp -p -- {q(target)} {q(target + BACKUP_SUFFIX)}; fi")
-    steps += [f"mv -f -- \"$t\" {q(target)}", "trap - EXIT HUP INT TERM"]
+    steps += [f"mv -f -- \"$t\" {q(target)}", "trap - EXIT HUP INT TERM PIPE"]
     return Script("\n".join(steps)), temp
 
 
