@@ -32,6 +32,12 @@ sec() { n=$1; shift; echo "@@gpufleet-begin $n@@"; "$@" 2>&1; r=$?; echo; echo "
 readfile() { if [ -e "$1" ]; then stat -c '%a %U %G' "$1" && { [ ! -f "$1" ] || base64 -w0 "$1"; }; else echo absent; fi; }
 """
 
+# What the stages read of each managed container; not its Env, which holds secrets in clear
+# (everything a command prints goes to the command log)
+CONTAINER_FORMAT = ('{"Name":{{json .Name}},"Id":{{json .Id}},"Image":{{json .Image}},"State":{{json .State}},'
+                    '"Config":{"Image":{{json .Config.Image}},"Labels":{{json .Config.Labels}}},'
+                    '"HostConfig":{"PortBindings":{{json .HostConfig.PortBindings}}}}')
+
 HOST_PACKAGES = ("docker.io", "docker-ce", "docker-ce-cli", "containerd.io", "containerd", "runc",
                  "docker-compose-plugin", "docker-buildx-plugin", "podman-docker", "docker-doc",
                  "nvidia-container-toolkit", "pciutils")
@@ -134,7 +140,8 @@ def probe_script(request: ProbeRequest) -> Script:
     for i, user in enumerate(request.users):
         lines.append(f"sec user:{i} id -nG {q(user)}")
     lines.append("sec df df -Pm /var/lib/docker /data /")
-    list_containers = f'ids=$(docker ps -aq --filter label={MANAGED_LABEL}) || exit 1; [ -z "$ids" ] || docker inspect $ids'
+    list_containers = (f'ids=$(docker ps -aq --filter label={MANAGED_LABEL}) || exit 1; '
+                       f'[ -z "$ids" ] || docker inspect --format {q(CONTAINER_FORMAT)} $ids')
     lines.append(f"sec containers sh -c {q(list_containers)}")
     lines.append(f"sec snapshots docker image ls --filter label={SNAPSHOT_LABEL} --format '{{{{json .}}}}'")
     inner_pkgs = " ".join(q(p) for p in request.container_packages) or "openssh-server"
@@ -231,9 +238,11 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
             except (ValueError, IndexError):
                 pass
     containers = {}
-    if rc("containers") == 0 and body("containers").lstrip().startswith("["):
-        for item in json.loads(body("containers")):
-            containers[item["Name"].lstrip("/")] = item
+    if rc("containers") == 0:
+        for line in body("containers").splitlines():
+            if line.startswith("{"):
+                item = json.loads(line)
+                containers[item["Name"].lstrip("/")] = item
     inside = {}
     for i, (name, files) in enumerate(request.containers.items()):
         if rc(f"inside:{i}") not in (0, 1) or f"inside:{i}" not in s:

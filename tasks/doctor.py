@@ -128,7 +128,7 @@ def container_checks(c, name: str) -> list[Check]:
     want = size_mb(spec.shm_size or default_shm_size(f.mem_total_mb))
     checks.append(Check(label + "/dev/shm", PASS if have >= want * 0.95 else WARN, f"{have} MiB (wanted {want} MiB)",
                         "" if have >= want * 0.95 else f"fab -H {c.name} containers.up re-creates it"))
-    env = (info.get("Config") or {}).get("Env") or []
+    env = ((f.images.get(spec.image) or {}).get("Config") or {}).get("Env") or []
     needed = gpu.parse_cuda_requirement(env, info["Config"]["Image"])
     if not f.has_gpu:
         checks.append(Check(label + "gpu", SKIP, "no NVIDIA GPU on the host"))

@@ -1,5 +1,6 @@
 """Facts: the probe's sections, parsed from real outputs; the probe itself run on this machine."""
 import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,13 @@ def test_probe_runs_on_this_machine(tmp_path):
     assert not f.file(str(tmp_path / "missing")).exists
     assert "root" in f.users["root"] and f.users["nobody-here-x"] is None
     assert f.mem_total_mb > 0 and "/" in f.disk_free_mb
+
+
+def test_managed_containers_from_the_probes_inspect_format_carry_no_env():
+    """Captured with `docker inspect --format CONTAINER_FORMAT dev` on a lab server (Docker 20.10)."""
+    body = (Path(REPO) / "tests" / "fixtures" / "docker" / "inspect-format-dev.txt").read_text()
+    f = facts.parse_probe(section("os_release", "ID=debian\n") + section("containers", body), facts.ProbeRequest())
+    dev = f.containers["dev"]
+    assert dev["State"]["Running"] is True and dev["Config"]["Labels"]["gpufleet.container"] == "dev"
+    assert dev["HostConfig"]["PortBindings"]["22/tcp"][0]["HostIp"] == "127.0.0.1"
+    assert "Env" not in json.dumps(dev)
