@@ -12,7 +12,7 @@ exit_on_interrupt()
 
 BOOTSTRAP = [
     apt.PROXY, docker.INSTALL, docker.SERVICE, nvidia.TOOLKIT_STEP, docker.CONFIGURE, docker.USERS,
-    containers.RUN, containers.SSHD, keys.KEYS, inside.APT_MIRROR, inside.TOOLS, inside.GIT,
+    *containers.UP, keys.KEYS, inside.GIT,
 ]
 
 

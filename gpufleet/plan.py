@@ -128,6 +128,17 @@ class HostContext:
     def invalidate(self) -> None:
         self._facts = None
 
+    def running_containers(self):
+        """(name, ContainerFacts) of each of the host's containers; one that is not running fails the
+        step, except in a dry run (an earlier step would have started it)."""
+        for name in self.host.containers:
+            inside = self.facts().inside.get(name)
+            if inside is None:
+                if self.dry_run:
+                    continue
+                raise FleetError(f"container {name} is not running (docker logs {name} says why)")
+            yield name, inside
+
     def run_steps(self, steps: list[Step]) -> HostReport:
         """Run steps in order; the first failure stops this host (others go on)."""
         for step in steps:

@@ -20,12 +20,10 @@ from gpufleet.fleet import fleet_task
 from gpufleet.facts import MANAGED_LABEL, SNAPSHOT_LABEL
 from gpufleet.files import FileChange, file_action, in_container, render_template
 from gpufleet.inventory import ContainerSpec
-from gpufleet.paths import APT_PROXY_CONF, IN_CONTAINER_DIR, container_dir
+from gpufleet.paths import IN_CONTAINER_DIR, container_dir
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Secret, Script
-from tasks import HOST_TASK_HELP
-from tasks.apt import proxy_file
-from tasks.docker import apt_install
+from tasks import HOST_TASK_HELP, inside
 
 SPEC_LABEL = "gpufleet.spec"
 SNAPSHOT_MARKER = "/var/lib/gpufleet-last-snapshot"
@@ -212,18 +210,6 @@ def recreate_from(c, name: str, image: str) -> None:
         docker_run(c, name, doc)
 
 
-def running_containers(c):
-    """(name, ContainerFacts) of every container on this host; a stopped one fails the step."""
-    f = c.facts()
-    for name in c.host.containers:
-        inside = f.inside.get(name)
-        if inside is None:
-            if c.dry_run:
-                continue
-            raise FleetError(f"container {name} is not running")
-        yield name, inside
-
-
 # --- containers.sshd ---
 
 def plan_sshd(c) -> Plan:
@@ -240,14 +226,11 @@ def plan_sshd(c) -> Plan:
                 actions.append(Action(f"set up sshd in {name} once it runs", lambda c: None))
                 continue
             raise FleetError(f"container {name} is not running (docker logs {name} says why)")
-        proxy = c.host.apt_proxy
-        if proxy:
-            change = FileChange(APT_PROXY_CONF, inside.file(APT_PROXY_CONF), proxy_file(proxy))
-            if change.needed:
-                actions.append(file_action(change, container=name))
         if not inside.sshd_installed:
-            actions.append(Action(f"install openssh-server in {name}",
-                                  lambda c, n=name: c.run(in_container(n, apt_install(["openssh-server"])), sudo=True)))
+            if not c.dry_run:
+                raise FleetError(f"openssh-server is not installed in {name} (inside.tools installs it)")
+            actions.append(Action(f"set up sshd in {name} once openssh-server is installed", lambda c: None))
+            continue
         key_pub = f.file(f"{container_dir(name)}/ssh_host_ed25519_key.pub")
         if not key_pub.exists:
             key = f"{IN_CONTAINER_DIR}/ssh_host_ed25519_key"
@@ -301,13 +284,16 @@ def pin_container_key(c, name: str, alias: str) -> None:
 
 RUN = Step("containers.run", plan_run)
 SSHD = Step("containers.sshd", plan_sshd)
+# apt's mirror and proxy come before the first apt run in a container, and everything it needs
+# (openssh-server and the tools) is one apt transaction
+UP = [RUN, inside.APT_MIRROR, inside.TOOLS, SSHD]
 
 
 @task(help=HOST_TASK_HELP)
 @fleet_task()
 def up(c, dry_run=False, json=None):
-    """Pull the images and run the inventory's containers with sshd inside."""
-    c.run_steps([RUN, SSHD])
+    """Pull the images and run the inventory's containers with sshd, the apt mirror and the tools inside."""
+    c.run_steps(UP)
 
 
 ns = Collection("containers", up)

@@ -10,12 +10,12 @@ from gpufleet import apt_sources, osinfo
 from gpufleet.errors import FleetError
 from gpufleet.fleet import fleet_task
 from gpufleet.files import TEMPLATES, FileChange, file_action, in_container
-from gpufleet.paths import (CONTAINER_APT_SOURCES, CONTAINER_DEPLOY_KEY as DEPLOY_KEY, CONTAINER_GITCONFIG,
+from gpufleet.paths import (APT_PROXY_CONF, CONTAINER_APT_SOURCES, CONTAINER_DEPLOY_KEY as DEPLOY_KEY, CONTAINER_GITCONFIG,
                             CONTAINER_KNOWN_HOSTS)
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Script
 from tasks import HOST_TASK_HELP
-from tasks.containers import running_containers
+from tasks.apt import proxy_file
 from tasks.docker import apt_install
 
 GITHUB_KNOWN_HOSTS = (TEMPLATES / "github_known_hosts").read_text()
@@ -23,14 +23,18 @@ GITHUB_KNOWN_HOSTS = (TEMPLATES / "github_known_hosts").read_text()
 
 def plan_apt_mirror(c) -> Plan:
     actions, fine = [], []
-    for name, inside in running_containers(c):
+    for name, inside in c.running_containers():
+        before = len(actions)
+        if c.host.apt_proxy:
+            proxy = FileChange(APT_PROXY_CONF, inside.file(APT_PROXY_CONF), proxy_file(c.host.apt_proxy))
+            if proxy.needed:
+                actions.append(file_action(proxy, container=name))
         os_release = osinfo.parse_os_release(inside.file("/etc/os-release").text)
         path, text = apt_sources.render_sources(os_release, c.host.apt_mirror or None, arch=c.facts().arch)
         current = inside.file(path)
         if current.exists:
             apt_sources.check_text(current.content, f"{name}:{path}")
         change = FileChange(path, current, text.encode(), keep_original=True)
-        before = len(actions)
         if change.needed:
             actions.append(file_action(change, container=name))
         for other in CONTAINER_APT_SOURCES:
@@ -41,13 +45,17 @@ def plan_apt_mirror(c) -> Plan:
         if len(actions) == before:
             fine.append(f"{name} ({os_release.pretty_name or os_release.id})")
     where = c.host.apt_mirror or "the official archive"
-    return Plan.change(*actions) if actions else Plan.ok(f"apt in {', '.join(fine) or 'no container'} uses {where}")
+    proxy = f" through {c.host.apt_proxy}" if c.host.apt_proxy else ""
+    return Plan.change(*actions) if actions else Plan.ok(
+        f"apt in {', '.join(fine) or 'no container'} uses {where}{proxy}")
 
 
 def plan_tools(c) -> Plan:
+    """openssh-server and the inventory's tools: the missing ones, in one apt transaction per container."""
     actions, fine = [], []
-    for name, inside in running_containers(c):
-        missing = [p for p in c.host.tools if p not in inside.packages]
+    for name, inside in c.running_containers():
+        wanted = ["openssh-server", *(t for t in c.host.tools if t != "openssh-server")]
+        missing = [p for p in wanted if p not in inside.packages]
         if missing:
             actions.append(Action(f"install {' '.join(missing)} in {name}",
                                   lambda c, n=name, m=missing: c.run(in_container(n, apt_install(m)), sudo=True)))
@@ -81,7 +89,7 @@ def known_hosts_with_github(text: str) -> str:
 def plan_git(c) -> Plan:
     actions, notes = [], []
     wanted = {k: v for k, v in (("user.name", c.host.git_name), ("user.email", c.host.git_email)) if v}
-    for name, inside in running_containers(c):
+    for name, inside in c.running_containers():
         have = git_identity(inside.file(CONTAINER_GITCONFIG).text)
         for key, value in wanted.items():
             if have.get(key) != value:

@@ -20,7 +20,6 @@ from gpufleet.inventory import Inventory
 from gpufleet.paths import CONTAINER_AUTHORIZED_KEYS, authorized_keys_of, home_of
 from gpufleet.plan import Action, Plan, Step
 from tasks import HOST_TASK_HELP
-from tasks.containers import running_containers
 
 KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-")
 
@@ -78,7 +77,7 @@ def plan_keys(c) -> Plan:
     add, revoke = wanted_keys(c.inventory)
     user = c.host.user
     targets = [(None, authorized_keys_of(user), f.file(authorized_keys_of(user)), f.file(f"{home_of(user)}/.ssh"), user)]
-    for name, inside in running_containers(c):
+    for name, inside in c.running_containers():
         targets.append((name, CONTAINER_AUTHORIZED_KEYS, inside.file(CONTAINER_AUTHORIZED_KEYS),
                         inside.file("/root/.ssh"), "root"))
     actions, notes = [], []

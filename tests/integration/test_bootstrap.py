@@ -2,6 +2,7 @@
 real state (not our report) is what the user asked for; then the generated ssh config
 is proven with the real OpenSSH client."""
 import json
+import shlex
 import subprocess
 
 import pytest
@@ -56,6 +57,24 @@ def test_hosts_real_state_after_bootstrap(lab, first_run):
         assert code == 0 and "700\n600" in out, out
         code, out = sh(lab, host, "docker exec dev cat /etc/apt/apt.conf.d/90gpufleet-proxy")
         assert _inventory_value(lab, "apt_proxy") in out
+
+
+def test_apt_in_each_container_ran_once_after_its_mirror_and_proxy_were_in_place(lab, first_run):
+    """One apt transaction for openssh-server and the tools, and nothing from the image's own sources first."""
+    for host in SERVERS:
+        code, history = sh(lab, host, "docker exec dev cat /var/log/apt/history.log")
+        assert code == 0, history
+        starts = [line.split(": ", 1)[1] for line in history.splitlines() if line.startswith("Start-Date: ")]
+        installs = [line for line in history.splitlines() if line.startswith("Commandline: ")]
+        assert len(starts) == 1 and len(installs) == 1, history
+        assert all(p in installs[0] for p in ("openssh-server", "git", "wget", "vim")), installs
+        # both files are older than that transaction (mtimes and apt's Start-Date are in the container's UTC)
+        script = (f"date -u -d {shlex.quote(starts[0].replace('  ', ' '))} +%s; "
+                  "stat -c %Y /etc/apt/sources.list.d/debian.sources /etc/apt/apt.conf.d/90gpufleet-proxy")
+        code, out = sh(lab, host, f"docker exec dev sh -c {shlex.quote(script)}")
+        assert code == 0, out
+        started, *written = (int(x) for x in out.split())
+        assert all(w <= started for w in written), (started, written)
 
 
 def _inventory_value(lab, key):
