@@ -208,7 +208,8 @@ HOST_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     "tools": (_package_list, ["git", "wget", "vim", "openssh-client", "ca-certificates"], "packages installed in containers"),
     "git_name": (_str, "", "git user.name in containers"),
     "git_email": (_str, "", "git user.email in containers"),
-    "github_access": (_choice("agent", "deploy-key"), "agent", "GitHub access from containers"),
+    "github_access": (_choice("agent", "deploy-key", "none"), "agent", "GitHub access from containers"),
+    "forward_agent": (_bool, True, "forward your ssh agent into this host's containers (root there can use it)"),
     "containers": (_table, {}, "containers to run, by name"),
 }
 HOST_ONLY = {"address": _str, "groups": _str_list}
@@ -582,6 +583,11 @@ class _Validator:
                 allow_driver_mismatch=cdata.get("allow_driver_mismatch", False),
                 keep_snapshots=cdata.get("keep_snapshots", 3),
             )
+        if settings["github_access"] == "agent" and not settings["forward_agent"]:
+            where = sources["forward_agent"] if sources["forward_agent"] != "built-in default" else sources["github_access"]
+            table = "defaults" if where == "defaults" else f"groups.{where[6:]}" if where.startswith("group ") else table
+            self.fail(table, "forward_agent", "github_access = 'agent' reaches GitHub through the forwarded agent; "
+                      "set forward_agent = true, or github_access = 'deploy-key' or 'none'")
         return Host(hname, address, groups, settings, specs, sources)
 
     def volume(self, table, text) -> Volume:

@@ -110,7 +110,7 @@ def plan_git(c) -> Plan:
             else:
                 actions.append(Action(f"generate a GitHub deploy key in {name}",
                                       lambda c, n=name: ensure_deploy_key(c, n)))
-        else:
+        elif c.host.github_access == "agent":
             notes.append(f"{name}: GitHub through agent forwarding (ForwardAgent in the generated ssh config)")
     if actions:
         return Plan.change(*actions)

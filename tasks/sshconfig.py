@@ -35,7 +35,7 @@ def entries(inventory: Inventory) -> list[ssh_config.SshHostEntry]:
                 alias=inventory.container_alias(host.name, spec.name), hostname="127.0.0.1", port=spec.ssh_port,
                 user="root", identity_file=identity, proxy_jump=host.name,
                 host_key_alias=inventory.container_alias(host.name, spec.name), known_hosts_file=known,
-                forward_agent=host.github_access == "agent"))
+                forward_agent=host.forward_agent))
     return out
 
 

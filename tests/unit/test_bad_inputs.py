@@ -61,6 +61,8 @@ INVENTORIES = {
                                       r"\{ secret = \"\.\.\.\" \} or \{ from_env = \"NAME\" \}",
     "inv-git-name-escape.toml": r":2: defaults\.git_name: value has a control character \('\\x1b'\)",
     "inv-daemon-json-crlf.toml": r":2: defaults\.daemon_json\.log-opts\.max-size: value has a control character",
+    "inv-agent-without-forwarding.toml": r":3: defaults\.forward_agent: github_access = 'agent' reaches GitHub through "
+                                         r"the forwarded agent; set forward_agent = true",
 }
 PUBLIC_KEYS = {
     "key-truncated.pub": r"key blob is not valid base64$",

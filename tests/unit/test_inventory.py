@@ -172,3 +172,16 @@ def test_show_host_prints_values_with_brackets(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "[/data/ada:/workspace]" in result.stdout and "group gpu" in result.stdout
+
+
+@pytest.mark.parametrize("settings,forwarded", [("", True), ('github_access = "deploy-key"\nforward_agent = false\n', False),
+                                                ('github_access = "none"\nforward_agent = false\n', False)])
+def test_agent_forwarding_into_containers_is_a_setting(settings, forwarded):
+    from gpufleet import ssh_config
+    from tasks import sshconfig
+    loaded = inv.loads(f"[defaults]\n{settings}[hosts.gpu1]\naddress = \"10.0.0.1\"\n"
+                          "[hosts.gpu1.containers.dev]\nimage = \"pytorch/pytorch\"\nssh_port = 2222\n")
+    server, container = sshconfig.entries(loaded)
+    assert not server.forward_agent and container.forward_agent is forwarded
+    block = ssh_config.render_block([server, container])
+    assert block.split("Host gpu1-dev\n")[1].count(f"ForwardAgent {'yes' if forwarded else 'no'}") == 1
