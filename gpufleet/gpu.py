@@ -132,3 +132,87 @@ def parse_cuda_requirement(env, image_ref: str) -> str | None:
     if m:
         return f"{m.group(1)}.{m.group(2) or '0'}"
     return None
+
+
+# --- GPU processes of a container, seen from its host ---
+
+COMPUTE_APPS = ("nvidia-smi", "--query-compute-apps=pid,process_name,used_gpu_memory", "--format=csv,noheader,nounits")
+
+
+@dataclass(frozen=True)
+class ComputeApp:
+    """A process using a GPU as the host's nvidia-smi lists it: a host PID (one row per GPU it uses)."""
+    pid: int
+    name: str
+    used_mib: int | None = None  # None where the driver reports [N/A] (WSL, MIG, some vGPUs)
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} {self.name}" + (f" ({self.used_mib} MiB)" if self.used_mib is not None else "")
+
+
+def parse_compute_apps(text: str) -> list[ComputeApp]:
+    """Pure: `nvidia-smi --query-compute-apps=pid,process_name,used_gpu_memory --format=csv,noheader,nounits`.
+
+    No process gives no output.  A header (`--format=csv`) or unit (`10240 MiB`) is tolerated; a process name
+    with ", " in it is kept whole (the fields are not quoted: the first is the pid, the last the memory)."""
+    apps = []
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.split(",")]
+        if len(cells) < 3 or not cells[0].isdigit():
+            continue  # a header, a blank line, or a message such as "No running processes found"
+        memory = re.match(r"(\d+)", cells[-1])
+        apps.append(ComputeApp(int(cells[0]), ", ".join(cells[1:-1]), int(memory.group(1)) if memory else None))
+    return apps
+
+
+def parse_top_pids(text: str) -> set[int] | None:
+    """Pure: the PID column of `docker top NAME [ps options]` (host PIDs of every process in the container),
+    found by its header; None when the output has no PID column (not docker top's table)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines or "PID" not in lines[0].split():
+        return None
+    column = lines[0].split().index("PID")
+    return {int(cells[column]) for cells in (line.split() for line in lines[1:])
+            if len(cells) > column and cells[column].isdigit()}
+
+
+def container_gpu_processes(apps: list[ComputeApp], container_pids: set[int]) -> list[ComputeApp]:
+    """Pure: the GPU processes that belong to the container, one per PID (memory summed over its GPUs)."""
+    rows: dict[int, list[ComputeApp]] = {}
+    for app in apps:
+        if app.pid in container_pids:
+            rows.setdefault(app.pid, []).append(app)
+    merged = []
+    for pid, same in sorted(rows.items()):
+        known = [app.used_mib for app in same if app.used_mib is not None]
+        merged.append(ComputeApp(pid, same[0].name, sum(known) if known else None))
+    return merged
+
+
+def gpu_work_verdict(smi: tuple[int, str] | None, top: tuple[int, str]) -> str:
+    """Pure: why removing a running container would kill GPU work, or "" when it would not.
+
+    `smi` is (exit code, output) of COMPUTE_APPS run on the host, None where the host has no nvidia-smi (no
+    driver: no GPU process can run).  `top` is (exit code, output) of `docker top NAME -eo pid` on the host.
+    An nvidia-smi that fails (other than "no devices") or a docker top that cannot be read means we cannot
+    tell, which refuses too."""
+    if smi is None:
+        return ""
+    rc, output = smi
+    if rc != 0:
+        reason = classify_smi_failure(output)
+        if reason == "the driver is loaded but found no GPU":
+            return ""
+        last = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), f"exit {rc}")
+        return f"cannot tell whether GPU processes run in it: nvidia-smi failed on the host ({reason or last})"
+    apps = parse_compute_apps(output)
+    if not apps:
+        return ""
+    pids = parse_top_pids(top[1]) if top[0] == 0 else None
+    if pids is None:
+        last = next((line.strip() for line in reversed(top[1].splitlines()) if line.strip()), f"exit {top[0]}")
+        return f"cannot tell whether GPU processes run in it: docker top failed ({last})"
+    mine = container_gpu_processes(apps, pids)
+    if not mine:
+        return ""
+    return f"GPU processes are running in it ({', '.join(str(app) for app in mine)})"

@@ -13,7 +13,9 @@ from gpufleet.output import make_console
 from rich.table import Table
 from rich.text import Text
 
+from gpufleet import gpu
 from gpufleet.errors import FleetError, InputError
+from gpufleet.facts import PROBE_FUNCTIONS, split_sections
 from gpufleet.fleet import fleet_task, load_inventory
 from gpufleet.files import in_container
 from gpufleet.plan import Action, Plan, Step
@@ -22,9 +24,10 @@ from tasks import HOST_TASK_HELP
 from tasks.containers import SNAPSHOT_MARKER, SPEC_LABEL, recreate_from, snapshot
 
 CONTAINER_HELP = {**HOST_TASK_HELP, "container": "container name (default: every managed container on the host)"}
-# files our own entrypoint rewrites at every start: not the user's work
+# files our own entrypoint rewrites at every start, and those Docker makes for every new container (a
+# container re-created from a snapshot has them newer than the snapshot's marker): not the user's work
 OWN_FILES = ("/etc/environment", "/etc/profile.d/00-gpufleet-env.sh", "/root/.ssh/environment", "/run", "/proc",
-             "/sys", "/dev", "/tmp")
+             "/sys", "/dev", "/tmp", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts", "/etc/mtab", "/.dockerenv")
 
 
 def chosen(c, container: str | None) -> list[str]:
@@ -52,10 +55,16 @@ def uptime(state: dict) -> str:
 
 # --- ps ---
 
+def orphans(c) -> list[str]:
+    """Containers on this host that carry our label but that the inventory no longer names (never removed
+    unless the user names them)."""
+    return sorted(name for name in c.facts().containers if name not in c.host.containers)
+
+
 def plan_ps(c) -> Plan:
     f = c.facts()
     rows = []
-    for name in c.host.containers:
+    for name in [*c.host.containers, *orphans(c)]:
         info = f.containers.get(name)
         snaps = snapshots_of(f, name)
         last = f"{snaps[-1]['Repository']}:{snaps[-1]['Tag']}" if snaps else "-"
@@ -67,10 +76,14 @@ def plan_ps(c) -> Plan:
                           (info["HostConfig"].get("PortBindings") or {}).items() if b)
         sshd = f.inside.get(name)
         status = info["State"]["Status"] + (", sshd up" if sshd and sshd.sshd_running else "")
+        if name not in c.host.containers:
+            status = f"orphan ({status})"
         rows.append([c.name, name, info["Config"]["Image"], status, ports, spec.get("gpus", "?"),
                      uptime(info["State"]), last])
     c.report.data = rows
-    return Plan.ok(f"{len(rows)} container(s)")
+    found = orphans(c)
+    return Plan.ok(f"{len(rows)} container(s)" + (f", {len(found)} orphan(s) not in the inventory: "
+                                                   f"{', '.join(found)}" if found else ""))
 
 
 def print_ps(reports) -> int | None:
@@ -81,6 +94,9 @@ def print_ps(reports) -> int | None:
         for row in getattr(report, "data", None) or []:
             table.add_row(*(Text(str(cell)) for cell in row))
     make_console().print(table, soft_wrap=False)
+    if any("orphan" in str(row[3]) for report in reports for row in getattr(report, "data", None) or []):
+        print("orphan: labelled by gpufleet but no longer in the inventory; kept until you name it: "
+              "fab -H HOST ops.rm --container NAME")
     return None
 
 
@@ -142,10 +158,15 @@ def rm_step(container: str | None, force: bool) -> Step:
     def plan(c) -> Plan:
         f = c.facts()
         actions = []
-        for name in chosen(c, container):
+        # an orphan (labelled, no longer in the inventory) only when named; never in "every container"
+        names = [container] if container and container in orphans(c) else chosen(c, container)
+        for name in names:
             if name not in f.containers:
                 continue
             if not force:
+                busy = gpu_work(c, name) if f.containers[name]["State"]["Running"] else ""
+                if busy:
+                    raise FleetError(f"not removing {name}: {busy}; stop them first, or pass --force")
                 reasons = unsaved_work(c, name)
                 if reasons:
                     raise FleetError(f"not removing {name}: {reasons}; run ops.snapshot first, or pass --force")
@@ -155,14 +176,31 @@ def rm_step(container: str | None, force: bool) -> Step:
     return Step("ops.rm", plan)
 
 
+def gpu_check(name: str) -> Script:
+    """One remote command: is there an nvidia-smi on the host, its compute processes (host PIDs), and the
+    host PIDs of the container's processes."""
+    top = shlex.join(["docker", "top", name, "-eo", "pid"])
+    return Script(PROBE_FUNCTIONS + "\n".join([
+        "sec smi_path sh -c 'command -v nvidia-smi'",
+        f"sec smi {shlex.join(gpu.COMPUTE_APPS)}",
+        f"sec top {top}"]) + "\n")
+
+
+def gpu_work(c, name: str) -> str:
+    """Why removing the running container `name` would kill GPU work, or "": asked of the host's nvidia-smi
+    (inside a container it often lists no process) and mapped by host PID (see gpu.gpu_work_verdict)."""
+    result = c.run(gpu_check(name), sudo=True, check=False)
+    sections = split_sections(result.stdout)
+    if "smi_path" not in sections:
+        return f"cannot tell whether GPU processes run in it: the check gave no answer ({result.stderr.strip()[-200:]})"
+    smi = sections.get("smi", (1, "no output from nvidia-smi"))
+    return gpu.gpu_work_verdict(smi if sections["smi_path"][0] == 0 else None,
+                                sections.get("top", (1, "no output from docker top")))
+
+
 def unsaved_work(c, name: str) -> str:
-    """Why removing `name` would lose work: unsaved filesystem changes or GPU processes."""
+    """Why removing `name` would lose files: changes since its last snapshot, or changes and no snapshot."""
     if c.facts().containers[name]["State"]["Running"]:
-        gpu = c.run(in_container(name, Script("command -v nvidia-smi >/dev/null && "
-                                              "nvidia-smi --query-compute-apps=pid --format=csv,noheader")),
-                    sudo=True, check=False).stdout.strip()
-        if gpu:
-            return f"GPU processes are running in it (pids {', '.join(gpu.split())})"
         prune = " -o ".join(f"-path {shlex.quote(p)}" for p in OWN_FILES)
         script = Script(UNSAVED.replace("{marker}", SNAPSHOT_MARKER).replace("{prune}", prune))
         changed = c.run(in_container(name, script), sudo=True).stdout.split()

@@ -2,7 +2,9 @@
 
 The bastion, each server through its jump chain (ProxyJump), and each container
 through its server at 127.0.0.1:PORT, with host keys pinned by HostKeyAlias in
-the tool's known_hosts file.  Everything outside the block stays byte for byte.
+the tool's known_hosts file.  The block goes first in the file, so its values win
+for our aliases; everything outside it stays byte for byte, and Host/Match lines
+of the user's that also match an alias are reported as warnings.
 """
 from __future__ import annotations
 
@@ -65,12 +67,14 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 @task(name="gen-ssh-config", help={"dry-run": "print the unified diff and write nothing"})
 def gen_ssh_config(c, dry_run=False):
-    """Write the managed block for every host and container into [local] ssh_config."""
+    """Write the managed block for every host and container at the top of [local] ssh_config."""
     inventory = load_inventory()
     path = inventory.local.ssh_config
     current = path.read_bytes() if path.exists() else b""
     all_entries = entries(inventory)
     new = ssh_config.update(current, ssh_config.render_block(all_entries), path=str(path))
+    for warning in ssh_config.overlapping_sections(new, all_entries, str(path)):
+        print(f"warning: {warning}", file=sys.stderr)
     if new == current:
         print(f"{path}: no changes ({len(all_entries)} entries)")
         return

@@ -163,3 +163,74 @@ def test_driver_supports_cuda(driver, required, ok):
 ])
 def test_parse_cuda_requirement(env, image, expected):
     assert gpu.parse_cuda_requirement(env, image) == expected
+
+
+# --- GPU processes of a container, seen from its host (fixtures: see tests/fixtures/gpu/HANDMADE.md) ---
+
+APPS = [gpu.ComputeApp(48213, "/opt/conda/bin/python", 40960), gpu.ComputeApp(48213, "/opt/conda/bin/python", 40958),
+        gpu.ComputeApp(51002, "/usr/bin/python3", 10240), gpu.ComputeApp(60111, "./train", None)]
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("handmade-compute-apps-noheader-nounits.csv", APPS),  # exactly what ops.rm asks for
+    ("handmade-compute-apps-header-units.csv", [gpu.ComputeApp(48213, "/opt/conda/bin/python", 40960),
+                                                gpu.ComputeApp(51002, "/usr/bin/python3", 10240)]),
+    ("handmade-compute-apps-none.csv", []),
+    ("fail-driver-not-loaded.txt", []),
+    ("query-no-devices.txt", []),
+])
+def test_parse_compute_apps(name, expected):
+    assert gpu.parse_compute_apps(fixture(name)) == expected
+
+
+def test_parse_compute_apps_keeps_a_name_with_a_comma():
+    assert gpu.parse_compute_apps("77, python train.py --a=1, b, 512\n") == [
+        gpu.ComputeApp(77, "python train.py --a=1, b", 512)]
+
+
+@pytest.mark.parametrize("name", ["docker-top-eo-pid.txt", "docker-top-eo-pid-comm.txt", "docker-top-default.txt"])
+def test_parse_top_pids_real_docker_top(name):
+    # the real captures: the container's sh and its two sleeps, host PIDs, whatever columns ps was asked for
+    assert gpu.parse_top_pids(fixture(name)) == {27608, 27636, 27637}
+
+
+@pytest.mark.parametrize("text", ["", "Error response from daemon: Container abc is not running\n",
+                                  "UID CMD\nroot sleep\n"])
+def test_parse_top_pids_without_a_pid_column(text):
+    assert gpu.parse_top_pids(text) is None
+
+
+def test_container_gpu_processes_maps_host_pids_and_merges_gpus():
+    assert gpu.container_gpu_processes(APPS, {48213, 60111, 1}) == [
+        gpu.ComputeApp(48213, "/opt/conda/bin/python", 81918), gpu.ComputeApp(60111, "./train", None)]
+    assert gpu.container_gpu_processes(APPS, {27608}) == []
+    assert gpu.container_gpu_processes([], {48213}) == []
+
+
+TOP = (0, "PID\n48213\n48299\n")
+VERDICTS = [  # (nvidia-smi on the host: None = absent, else (rc, output); docker top; the verdict)
+    (None, TOP, ""),  # no nvidia-smi on the host: no driver, no GPU process
+    ((0, fixture("handmade-compute-apps-none.csv")), TOP, ""),
+    ((0, fixture("handmade-compute-apps-noheader-nounits.csv")), TOP,
+     "GPU processes are running in it (pid 48213 /opt/conda/bin/python (81918 MiB))"),
+    ((0, fixture("handmade-compute-apps-noheader-nounits.csv")), (0, "PID\n60111\n51002\n"),
+     "GPU processes are running in it (pid 51002 /usr/bin/python3 (10240 MiB), pid 60111 ./train)"),
+    ((0, fixture("handmade-compute-apps-noheader-nounits.csv")), (0, "PID\n1\n"), ""),  # others' processes
+    ((0, fixture("handmade-compute-apps-noheader-nounits.csv")), (1, "Error: No such container: dev\n"),
+     "cannot tell whether GPU processes run in it: docker top failed (Error: No such container: dev)"),
+    ((0, fixture("handmade-compute-apps-none.csv")), (1, "Error\n"), ""),  # nothing on any GPU: no need
+    ((9, fixture("fail-driver-not-loaded.txt")), TOP, "cannot tell whether GPU processes run in it: nvidia-smi "
+     "failed on the host (nvidia-smi cannot talk to the NVIDIA driver (not loaded, or a version mismatch))"),
+    ((18, fixture("fail-nvml-version-mismatch.txt")), TOP, "cannot tell whether GPU processes run in it: "
+     "nvidia-smi failed on the host (the loaded NVIDIA kernel module and the driver libraries differ (reboot "
+     "after a driver upgrade))"),
+    ((6, fixture("query-no-devices.txt")), TOP, ""),  # the driver answers: no GPU at all
+    ((4, "Insufficient Permissions\n"), TOP,
+     "cannot tell whether GPU processes run in it: nvidia-smi failed on the host (Insufficient Permissions)"),
+    ((3, ""), TOP, "cannot tell whether GPU processes run in it: nvidia-smi failed on the host (exit 3)"),
+]
+
+
+@pytest.mark.parametrize("smi,top,verdict", VERDICTS)
+def test_gpu_work_verdict(smi, top, verdict):
+    assert gpu.gpu_work_verdict(smi, top) == verdict
