@@ -176,6 +176,9 @@ APPS = [gpu.ComputeApp(48213, "/opt/conda/bin/python", 40960), gpu.ComputeApp(48
     ("handmade-compute-apps-header-units.csv", [gpu.ComputeApp(48213, "/opt/conda/bin/python", 40960),
                                                 gpu.ComputeApp(51002, "/usr/bin/python3", 10240)]),
     ("handmade-compute-apps-none.csv", []),
+    ("h200-driver580/compute-apps-busy.csv", [gpu.ComputeApp(444, "python3", 1634)]),  # real captures
+    ("h200-driver580/compute-apps-busy-header.csv", [gpu.ComputeApp(444, "python3", 1634)]),
+    ("h200-driver580/compute-apps-idle.csv", []),
     ("fail-driver-not-loaded.txt", []),
     ("query-no-devices.txt", []),
 ])
@@ -211,6 +214,9 @@ TOP = (0, "PID\n48213\n48299\n")
 VERDICTS = [  # (nvidia-smi on the host: None = absent, else (rc, output); docker top; the verdict)
     (None, TOP, ""),  # no nvidia-smi on the host: no driver, no GPU process
     ((0, fixture("handmade-compute-apps-none.csv")), TOP, ""),
+    ((0, fixture("h200-driver580/compute-apps-busy.csv")), (0, "PID\n431\n444\n"),  # a real H200's torch process
+     "GPU processes are running in it (pid 444 python3 (1634 MiB))"),
+    ((0, fixture("h200-driver580/compute-apps-idle.csv")), (0, "PID\n431\n444\n"), ""),
     ((0, fixture("handmade-compute-apps-noheader-nounits.csv")), TOP,
      "GPU processes are running in it (pid 48213 /opt/conda/bin/python (81918 MiB))"),
     ((0, fixture("handmade-compute-apps-noheader-nounits.csv")), (0, "PID\n60111\n51002\n"),

@@ -117,11 +117,15 @@ def toml(value) -> str:
 
 
 free_text = st.text(st.characters(blacklist_categories=["Cc", "Cs"], blacklist_characters=":"), max_size=8)
-names = st.from_regex(inventory.NAME_RE, fullmatch=True).filter(lambda s: len(s) < 20)
+# names in their own syntaxes (each also matches the inventory's pattern; bounded, so nothing is filtered)
+names = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,15}\Z")
 users = st.from_regex(inventory.USER_RE, fullmatch=True)
-packages = st.from_regex(inventory.PACKAGE_RE, fullmatch=True).filter(lambda s: len(s) < 30)
-images = st.from_regex(inventory.IMAGE_RE, fullmatch=True).filter(lambda s: len(s) < 60)
-env_keys = st.from_regex(inventory.ENV_KEY_RE, fullmatch=True).filter(lambda s: len(s) < 20)
+packages = st.from_regex(r"\A[a-z0-9][a-z0-9+.-]{1,20}(:[a-z0-9-]{1,6})?(=[A-Za-z0-9.+~:-]{1,10})?\Z")
+env_keys = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_]{0,15}\Z")
+images = st.builds(lambda registry, parts, tag: registry + "/".join(parts) + tag,
+                   st.sampled_from(["", "registry.local:5000/", "nvcr.io/"]),
+                   st.lists(st.from_regex(r"\A[a-z0-9]{1,6}([._-][a-z0-9]{1,4})?\Z"), min_size=1, max_size=3),
+                   st.from_regex(r"\A(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,20})?\Z"))
 
 
 @st.composite
