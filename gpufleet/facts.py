@@ -34,7 +34,7 @@ readfile() { if [ -e "$1" ]; then stat -c '%a %U %G' "$1" && { [ ! -f "$1" ] || 
 
 HOST_PACKAGES = ("docker.io", "docker-ce", "docker-ce-cli", "containerd.io", "containerd", "runc",
                  "docker-compose-plugin", "docker-buildx-plugin", "podman-docker", "docker-doc",
-                 "nvidia-container-toolkit", "pciutils")
+                 "nvidia-container-toolkit", "pciutils", "curl", "ca-certificates")
 
 
 @dataclass(frozen=True)
