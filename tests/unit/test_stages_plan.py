@@ -99,8 +99,8 @@ def test_old_driver_refuses_a_newer_cuda_image():
 
 RUN_ARGV = [
     ("gpu", {"image": "pytorch/pytorch:x", "ssh_port": 2222, "volumes": ["/d:/w"], "shm_size": "16g", "gpus": "all",
-             "env": {"TZ": "UTC"}, "restart": "unless-stopped", "hostname": "gpu1-dev"},
-     ["--gpus", "all"], ["-v", "/d:/w"]),
+             "env": {"TZ": "UTC"}, "restart": "unless-stopped", "hostname": "gpu1-dev", "runtime": "nvidia"},
+     ["--runtime", "nvidia", "--gpus", "all"], ["-v", "/d:/w"]),
     ("cpu", {"image": "img", "ssh_port": 2200, "volumes": [], "shm_size": "1g", "gpus": "none", "env": {},
              "restart": "always", "hostname": "h-c"}, ["--restart", "always"], ["-p", "127.0.0.1:2200:22"]),
 ]
@@ -112,7 +112,7 @@ def test_docker_run_argv(doc, has1, has2):
     joined = " ".join(argv)
     assert argv[:6] == ["docker", "run", "-d", "--name", "dev", "--hostname"]
     assert " ".join(has1) in joined and " ".join(has2) in joined
-    assert ("--gpus" in argv) == (doc["gpus"] == "all")
+    assert ("--gpus" in argv) == (doc["gpus"] == "all") == ("--runtime" in argv)
     assert argv[-1] == doc["image"] and argv[-2] == "/etc/gpufleet/entrypoint.sh"
     label = argv[argv.index("--label", argv.index("--label") + 1) + 1]
     assert json.loads(label.split("=", 1)[1]) == doc
