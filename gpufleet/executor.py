@@ -25,7 +25,7 @@ from gpufleet.errors import ConnectError, FleetError, InputError
 from gpufleet.output import Display
 from gpufleet.paths import probe_request
 from gpufleet.plan import FAILED, HostContext, HostReport, StepResult
-from gpufleet.remote import SshSession
+from gpufleet.remote import LocalSession, Session, SshSession
 
 STATE_DIR = Path(".gpufleet")
 FAILED_HOSTS_FILE = STATE_DIR / "failed-hosts"
@@ -49,6 +49,14 @@ def resolve_hosts(inventory: inv.Inventory, names: list[str]) -> list[str]:
             expanded = [name]
         out += [n for n in expanded if n not in out]
     return out
+
+
+def open_session(connector: Connector, name: str, log_path: Path, sudo_password: str | None) -> Session:
+    """A local session for a host with `address = "local"`, else one SSH connection through its jump chain."""
+    host = connector.inventory.hosts[name]
+    if host.is_local:
+        return LocalSession(name, log_path, sudo_password, user=host.user)
+    return SshSession(name, connector.connection(name), log_path, sudo_password)
 
 
 class FleetExecutor(Executor):
@@ -101,10 +109,10 @@ class FleetExecutor(Executor):
         for name, message in unreachable.items():
             reports[name] = HostReport(name, [StepResult("connect", FAILED, message)], error=message, failed_step="connect")
 
-        sessions: list[SshSession] = []
+        sessions: list[Session] = []
 
         def one_host(name: str) -> HostReport:
-            session = SshSession(name, connector.connection(name), run_dir / f"{name}.log", sudo_password)
+            session = open_session(connector, name, run_dir / f"{name}.log", sudo_password)
             sessions.append(session)
             ctx = HostContext(inventory.hosts[name], inventory, session, dry_run=dry_run,
                               known_hosts=connector.known_hosts, on_event=display.event)
@@ -138,8 +146,8 @@ class FleetExecutor(Executor):
                 interrupted = True
                 for f in futures:
                     f.cancel()
-                for session in sessions:  # the remote shells get SIGHUP and remove their temp files
-                    session.connection.close()
+                for session in sessions:  # remote shells get SIGHUP, local ones SIGTERM: traps remove temp files
+                    session.abort()
                 connector.close()
             for future, name in futures.items():
                 if future.done() and not future.cancelled() and future.exception() is None:

@@ -2,7 +2,8 @@
 
 The bastion, each server through its jump chain (ProxyJump), and each container
 through its server at 127.0.0.1:PORT, with host keys pinned by HostKeyAlias in
-the tool's known_hosts file.  Everything outside the block stays byte for byte.
+the tool's known_hosts file.  A local host (`address = "local"`) gets no entry;
+its containers are reached at 127.0.0.1:PORT directly.  Everything outside the block stays byte for byte.
 """
 from __future__ import annotations
 
@@ -27,13 +28,15 @@ def entries(inventory: Inventory) -> list[ssh_config.SshHostEntry]:
     known = str(inventory.local.known_hosts)
     out = []
     for host in inventory.hosts.values():
-        out.append(ssh_config.SshHostEntry(
-            alias=host.name, hostname=host.address, port=host.port, user=host.user, identity_file=identity,
-            proxy_jump=host.jump, host_key_alias=host.name, known_hosts_file=known, forward_agent=False))
+        # this machine needs no entry; its containers are on its own loopback
+        if not host.is_local:
+            out.append(ssh_config.SshHostEntry(
+                alias=host.name, hostname=host.address, port=host.port, user=host.user, identity_file=identity,
+                proxy_jump=host.jump, host_key_alias=host.name, known_hosts_file=known, forward_agent=False))
         for spec in host.containers.values():
             out.append(ssh_config.SshHostEntry(
                 alias=inventory.container_alias(host.name, spec.name), hostname="127.0.0.1", port=spec.ssh_port,
-                user="root", identity_file=identity, proxy_jump=host.name,
+                user="root", identity_file=identity, proxy_jump=None if host.is_local else host.name,
                 host_key_alias=inventory.container_alias(host.name, spec.name), known_hosts_file=known,
                 forward_agent=host.github_access == "agent"))
     return out

@@ -47,6 +47,13 @@ INVENTORIES = {
     "inv-volume-relative-container-path.toml": r":6: hosts\.gpu1\.containers\.dev\.volumes: '/data/w:workspace': container path 'workspace' must be absolute",
     "inv-data-root-relative.toml": r":2: defaults\.data_root: 'data/docker' is not an absolute path",
     "inv-not-utf8.toml": r": not UTF-8 \(byte 40\)",
+    "inv-local-with-jump.toml": r":6: hosts\.ws\.jump: a local host \(address = \"local\"\) cannot have a jump host, "
+                                r"but jump = 'bastion'$",
+    "inv-local-jump-from-group.toml": r":7: hosts\.ws\.jump: a local host .* but jump = 'bastion' \(from group servers: "
+                                      r"take the host out of it\)$",
+    "inv-local-is-jump.toml": r":6: hosts\.gpu1\.jump: 'ws' is this machine \(address = \"local\"\) and cannot be a "
+                              r"jump host; leave jump out to connect from here directly$",
+    "inv-local-twice.toml": r":5: hosts\.box\.address: \"local\" is already host 'ws': only one host can be this machine$",
 }
 PUBLIC_KEYS = {
     "key-truncated.pub": r"key blob is not valid base64$",
@@ -178,7 +185,7 @@ def test_inventory_value_that_would_inject_into_the_ssh_config(tmp_path):
 
 # one of each kind (a syntax error, a wrong type, a cross-reference, bytes): each run starts Python and Fabric
 CLI_SAMPLE = ["inv-toml-unterminated-string.toml", "inv-port-is-string.toml", "inv-jump-cycle.toml",
-              "inv-not-utf8.toml"]
+              "inv-not-utf8.toml", "inv-local-is-jump.toml"]
 
 
 def snapshot(*dirs: Path) -> dict:
