@@ -140,7 +140,7 @@ class LocalSession(Session):
         if sudo_password:
             self.secrets.append(sudo_password)
         self._sudo_asks_password: bool | None = None
-        self._running: set[subprocess.Popen] = set()
+        self._running: dict[subprocess.Popen, bool] = {}  # running command -> run through sudo
         self._lock = threading.Lock()
         self._aborted = False
         self._opened = False
@@ -177,26 +177,30 @@ class LocalSession(Session):
                                         start_new_session=True)
             except OSError as e:  # no sudo on this machine
                 return 127, "", f"{argv[0]}: {e.strerror}"
-            self._running.add(proc)
+            self._running[proc] = sudo
         try:
             out, err = proc.communicate(prefix + (stdin or ""), timeout=timeout)
         except subprocess.TimeoutExpired:
-            self._stop(proc)
+            self._stop(proc, sudo)
             out, err = self._rest(proc)
             return 124, out, f"{err}timed out after {timeout}s"
         finally:
             with self._lock:
-                self._running.discard(proc)
+                self._running.pop(proc, None)
         return proc.returncode, out, err
 
-    @staticmethod
-    def _stop(proc: subprocess.Popen) -> None:
+    def _stop(self, proc: subprocess.Popen, sudo: bool) -> None:
         """SIGTERM to the command's process group (traps run), SIGKILL if it is still there after 5 s."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
+            except ProcessLookupError:
                 return
+            except PermissionError:
+                pass
+            if sudo and not self.is_root:  # the root part of the group is beyond this user's signals
+                argv, prefix = self._sudo(shlex.join(["kill", "-s", sig.name[3:], "--", f"-{proc.pid}"]))
+                subprocess.run(argv, input=prefix, capture_output=True, text=True, timeout=60)
             try:
                 proc.wait(timeout=5)
                 return
@@ -216,9 +220,9 @@ class LocalSession(Session):
         """Stop the running commands (Ctrl-C); later ones are not started."""
         with self._lock:
             self._aborted = True
-            running = list(self._running)
-        for proc in running:
-            self._stop(proc)
+            running = list(self._running.items())
+        for proc, sudo in running:
+            self._stop(proc, sudo)
 
 
 class SshSession(Session):

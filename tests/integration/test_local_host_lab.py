@@ -159,6 +159,35 @@ def test_nvidia_toolkit_auto_and_always_on_a_machine_without_a_gpu(local_lab, fi
     assert sh(local_lab, SERVER, f"test -e {NVIDIA_KEYRING} || echo absent")[1] == "absent"
 
 
+def test_ctrl_c_stops_the_local_commands_and_prints_a_recap(local_lab, first_run):
+    """SIGINT to fab while a command runs: that command's whole process group is stopped, a recap is
+    printed and fab exits 130."""
+    marker = "/tmp/gpufleet-ctrl-c-started"
+    # a driver in Python: a shell's background job would start fab with SIGINT ignored
+    driver = f"""
+import os, signal, subprocess, sys, time
+env = dict(os.environ, PYTHONPATH="{local_lab.pythonpath}", FABRIC_INVENTORY="{WORK}/hosts.toml")
+fab = subprocess.Popen(["python3", "-m", "fabric", "-r", "/opt/gpufleet", "-H", "ws", "ops.exec", "--container", "dev",
+                        "--command", "touch {marker}; sleep 120"], cwd="{WORK}", env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+for _ in range(600):
+    if subprocess.run(["sudo", "-n", "docker", "exec", "dev", "test", "-e", "{marker}"]).returncode == 0:
+        break
+    time.sleep(0.1)
+fab.send_signal(signal.SIGINT)
+out, _ = fab.communicate(timeout=60)
+print(f"rc={{fab.returncode}}")
+print(out)
+"""
+    code, out = local_lab.exec(SERVER, ["python3", "-c", driver], user="dev")
+    assert code == 0 and out.startswith("rc=130\n"), out
+    assert "interrupted" in out and "Recap" in out, out
+    # sudo, its shell and the docker exec client are gone (the process inside the container is Docker's)
+    code, left = sh(local_lab, SERVER, "pgrep -af 'docker exec -i -u root dev sh -c' | grep -v pgrep || true")
+    assert left == "", left
+    sh(local_lab, SERVER, f"docker exec dev sh -c 'pkill sleep; rm -f {marker}'")
+
+
 def test_a_local_host_whose_user_is_not_the_one_running_fab_fails_in_one_line(local_lab, first_run):
     code, out, recap = fab(local_lab, "-H", "ws", "apt.proxy", user="root", cwd="/root/work")
     assert code == 1
