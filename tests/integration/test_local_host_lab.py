@@ -143,6 +143,14 @@ def test_generated_ssh_config_reaches_the_container_on_loopback_without_a_jump(l
     assert code == 0 and out.splitlines()[-2:] == ["ws-dev", "root"], out
 
 
+def test_doctor_checks_the_local_host_and_its_container_without_ssh(local_lab, first_run):
+    code, out, recap = fab(local_lab, "doctor")
+    assert code == 0, out[-3000:]  # no check failed
+    assert "this machine, as dev, through a local session (no SSH)" in out
+    assert "running, config valid, key-only, port 2222" in out
+    assert recap["hosts"][0]["ssh_connections"] == 0
+
+
 def test_nvidia_toolkit_auto_and_always_on_a_machine_without_a_gpu(local_lab, first_run):
     for setting, expected in (("auto", ("skipped", "no NVIDIA GPU (nvidia_toolkit = auto)")),
                               ("always", ("changed", "would fetch NVIDIA's signing key from "
