@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import shlex
+import sys
 import tomllib
 
 import pytest
@@ -28,6 +29,10 @@ def _own_subnet() -> str:
 @pytest.fixture(scope="module")
 def local_lab(tmp_path_factory, request):
     lab = start_lab(tmp_path_factory.mktemp("local-lab"), f"{TEST_PREFIX}-local", _own_subnet(), 1, request)
+    code, version = sh(lab, SERVER, "python3 -c 'import sys; print(*sys.version_info[:2])'")
+    if version.split() != [str(n) for n in sys.version_info[:2]]:
+        pytest.skip(f"this venv's Python {sys.version_info[0]}.{sys.version_info[1]} is not the lab server's "
+                    f"({version}): its compiled wheels would not load there")
     client, _ = docker_engine()
     pythonpath = install_fab(client.containers.get(lab.container_name(SERVER)), REPO)
     lab_inventory = tomllib.loads(lab.inventory_path.read_text())
