@@ -159,8 +159,11 @@ class LocalSession(Session):
     def _sudo(self, command: str) -> tuple[list[str], str]:
         """(argv, what goes on stdin before the payload) to run `command` as root."""
         if self.sudo_password and self._sudo_asks_password is None:
-            check = subprocess.run(["sudo", "-n", "true"], capture_output=True, stdin=subprocess.DEVNULL)
-            self._sudo_asks_password = check.returncode != 0
+            try:
+                check = subprocess.run(["sudo", "-n", "true"], capture_output=True, stdin=subprocess.DEVNULL)
+                self._sudo_asks_password = check.returncode != 0
+            except OSError:  # no sudo: the command itself then fails and says so
+                self._sudo_asks_password = False
         if self._sudo_asks_password:
             # -k: always ask, so that the password line is always read by sudo, never by the command
             return ["sudo", "-S", "-k", "-p", "", "--", "sh", "-c", command], self.sudo_password + "\n"
