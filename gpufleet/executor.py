@@ -27,7 +27,7 @@ from gpufleet.errors import ConnectError, FleetError, InputError
 from gpufleet.output import Display
 from gpufleet.paths import probe_request
 from gpufleet.plan import FAILED, HostContext, HostReport, StepResult
-from gpufleet.remote import SshSession
+from gpufleet.remote import LocalSession, Session, SshSession
 
 STATE_DIR = Path(".gpufleet")
 FAILED_HOSTS_FILE = STATE_DIR / "failed-hosts"
@@ -69,6 +69,14 @@ def resolve_hosts(inventory: inv.Inventory, names: list[str]) -> list[str]:
     return out
 
 
+def open_session(connector: Connector, name: str, log_path: Path, sudo_password: str | None) -> Session:
+    """A local session for a host with `address = "local"`, else one SSH connection through its jump chain."""
+    host = connector.inventory.hosts[name]
+    if host.is_local:
+        return LocalSession(name, log_path, sudo_password, user=host.user)
+    return SshSession(name, connector.connection(name), log_path, sudo_password)
+
+
 class FleetExecutor(Executor):
     """Invoke/Fabric executor that runs host tasks in parallel with a recap."""
 
@@ -89,6 +97,7 @@ class FleetExecutor(Executor):
         results = {}
         for call in self.normalize(tasks):
             self.config.load_collection(self.collection.configuration(call.called_as))
+            self.config.load_shell_env()  # FABRIC_SUDO_PASSWORD and the like, as Invoke's own executor does
             body = call.task.body
             if getattr(body, "fleet", False):
                 results[call.task] = self.run_on_hosts(call)
@@ -120,14 +129,14 @@ class FleetExecutor(Executor):
                           show_diffs=dry_run)
         reports: dict[str, HostReport] = {}  # filled by the hosts' threads as they finish
         contexts: dict[str, HostContext] = {}
-        sessions: list[SshSession] = []
+        sessions: list[Session] = []
         started = time.monotonic()
         slots = threading.Semaphore(max(1, inventory.run.parallel))
 
         def one_host(name: str) -> None:
             with slots:
                 host_started = time.monotonic()
-                session = SshSession(name, connector.connection(name), run_dir / f"{name}.log", sudo_password)
+                session = open_session(connector, name, run_dir / f"{name}.log", sudo_password)
                 session.secrets += inventory.hosts[name].secrets  # e.g. in `docker inspect` output
                 sessions.append(session)
                 ctx = HostContext(inventory.hosts[name], inventory, session, dry_run=dry_run,
@@ -176,9 +185,9 @@ class FleetExecutor(Executor):
                         step = ctx.current_step or "connect"
                         final[name] = HostReport(name, list(ctx.report.steps), time.monotonic() - started,
                                                  error="interrupted (Ctrl-C)", failed_step=step)
-                # the remote shells get SIGHUP and remove their temp files; hosts first, then
-                # the jump hosts their connections go through
-                close_within([s.connection.close for s in list(sessions)], seconds=2)
+                # remote shells get SIGHUP, local ones SIGTERM (their traps remove temp files);
+                # hosts first, then the jump hosts their connections go through
+                close_within([s.abort for s in list(sessions)], seconds=2)
                 close_within([connector.close], seconds=1)
         if not interrupted:
             connector.close()

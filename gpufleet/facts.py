@@ -40,7 +40,7 @@ CONTAINER_FORMAT = ('{"Name":{{json .Name}},"Id":{{json .Id}},"Image":{{json .Im
 
 HOST_PACKAGES = ("docker.io", "docker-ce", "docker-ce-cli", "containerd.io", "containerd", "runc",
                  "docker-compose-plugin", "docker-buildx-plugin", "podman-docker", "docker-doc",
-                 "nvidia-container-toolkit", "pciutils")
+                 "nvidia-container-toolkit", "pciutils", "curl", "ca-certificates")
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ def write_script(change: FileChange) -> tuple[Script, str]:
         make_parent = (f"[ -d {q(parent)} ] || install -d -m {q(change.parent_mode)} "
                        f"-o {q(change.owner)} -g {q(change.group)} -- {q(parent)}")
     else:
-        make_parent = f"mkdir -p -- {q(parent)}"
+        make_parent = f"(umask 022; mkdir -p -- {q(parent)})"  # not 0700 like the temp file: apt reads keyrings
     steps = [
         "set -e",
         "umask 077",

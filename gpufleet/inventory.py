@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import pwd
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ IMAGE_RE = re.compile(rf"^(?:{_IMAGE_DOMAIN}/)?{_IMAGE_COMPONENT}(?:/{_IMAGE_COM
                       rf"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{{32,}})?$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
+# a host with this address is the machine fab runs on: its tasks run through a local session, not SSH
+LOCAL_ADDRESS = "local"
 # The published fingerprints of the keys that sign Docker's and NVIDIA's apt repositories (mirrors serve the same keys)
 DOCKER_KEY_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
 NVIDIA_KEY_FINGERPRINT = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
@@ -284,6 +287,11 @@ class Host:
         """Values marked secret (container env): masked in everything the tool prints or stores."""
         return [value for spec in self.containers.values() for _, value in spec.env if isinstance(value, Secret)]
 
+    @property
+    def is_local(self) -> bool:
+        """`address = "local"`: this machine, reached without SSH."""
+        return self.address == LOCAL_ADDRESS
+
     def __getattr__(self, key):
         settings = self.__dict__.get("settings", {})
         if key in settings:
@@ -489,6 +497,7 @@ class _Validator:
             hosts[hname] = self.merge(hname, address, tuple(group_names), layers)
 
         for host in hosts.values():
+            self.check_local(host, hosts)
             self.check_jump(host, hosts)
         return Inventory(
             path=self.path,
@@ -553,6 +562,9 @@ class _Validator:
                 else:
                     settings[key] = value
                     sources[key] = label
+        if address == LOCAL_ADDRESS and sources["user"] == "built-in default":
+            settings["user"] = pwd.getpwuid(os.geteuid()).pw_name
+            sources["user"] = 'this machine (address = "local")'
         settings["containers"] = {}
         table = f"hosts.{hname}"
         specs = {}
@@ -602,6 +614,23 @@ class _Validator:
         if mode not in ("rw", "ro"):
             self.fail(table, "volumes", f"{text!r}: mode must be 'ro' or 'rw'")
         return Volume(parts[0], parts[1], mode)
+
+    def check_local(self, host: Host, hosts: dict[str, Host]) -> None:
+        """A local host is reached without SSH: it has no jump host, is no one's jump host, and is one of a kind."""
+        table = f"hosts.{host.name}"
+        if host.is_local:
+            others = [h.name for h in hosts.values() if h.is_local and h.name != host.name]
+            if others and list(hosts).index(others[0]) < list(hosts).index(host.name):
+                self.fail(table, "address", f'"local" is already host {others[0]!r}: only one host can be this machine')
+            if host.jump:
+                where = host.sources.get("jump", "")
+                hint = "" if where.startswith("host") else f" (from {where}: take the host out of it)"
+                self.fail(table, "jump", f"a local host (address = \"local\") cannot have a jump host, "
+                                         f"but jump = {host.jump!r}{hint}")
+        jump = hosts.get(host.jump) if host.jump else None
+        if jump is not None and jump.is_local:
+            self.fail(table, "jump", f"{jump.name!r} is this machine (address = \"local\") and cannot be a jump host; "
+                                     "leave jump out to connect from here directly")
 
     def check_jump(self, host: Host, hosts: dict[str, Host]) -> None:
         seen = [host.name]

@@ -4,10 +4,11 @@ from __future__ import annotations
 from gpufleet.facts import ProbeRequest
 
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/90gpufleet-proxy"
-DOCKER_KEYRING = "/etc/apt/keyrings/docker.asc"
+APT_KEYRINGS = "/etc/apt/keyrings"
+DOCKER_KEYRING = f"{APT_KEYRINGS}/docker.asc"
 DOCKER_SOURCES = "/etc/apt/sources.list.d/docker.list"
 DAEMON_JSON = "/etc/docker/daemon.json"
-NVIDIA_KEYRING = "/etc/apt/keyrings/nvidia-container-toolkit.asc"
+NVIDIA_KEYRING = f"{APT_KEYRINGS}/nvidia-container-toolkit.asc"
 NVIDIA_SOURCES = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
 CONTAINER_DIR = "/var/lib/gpufleet/containers"
 # where the per-container host directory is mounted inside the container
@@ -42,7 +43,7 @@ def container_host_files(name: str) -> list[str]:
 def probe_request(ctx) -> ProbeRequest:
     """Everything any stage may need to read on this host, in one probe."""
     host = ctx.host
-    files = [APT_PROXY_CONF, DOCKER_KEYRING, DOCKER_SOURCES, DAEMON_JSON, NVIDIA_KEYRING, NVIDIA_SOURCES,
+    files = [APT_PROXY_CONF, APT_KEYRINGS, DOCKER_KEYRING, DOCKER_SOURCES, DAEMON_JSON, NVIDIA_KEYRING, NVIDIA_SOURCES,
              authorized_keys_of(host.user), f"{home_of(host.user)}/.ssh"]
     for name in host.containers:
         files += container_host_files(name)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
 import re
 import select
 import shlex
+import signal
+import socket
 import subprocess
 import threading
 import time
@@ -105,6 +108,12 @@ class Session:
     def _exec(self, command: str, *, sudo: bool, timeout: float | None, stdin: str | None) -> tuple[int, str, str]:
         raise NotImplementedError
 
+    def open(self) -> None:
+        """Connect (or check that commands can run) before the first step."""
+
+    def abort(self) -> None:
+        """Stop what runs now, from another thread (Ctrl-C)."""
+
     def reconnect(self) -> None:
         """Start a new login session, so that group changes take effect."""
 
@@ -115,22 +124,111 @@ class Session:
 
 
 class LocalSession(Session):
-    """Runs on this machine (a GPU box without sshd, or the workstation)."""
+    """Runs on this machine: a host with `address = "local"` (a GPU workstation, a box without sshd).
 
-    def __init__(self, name: str = "local", log_path: Path | None = None):
+    Each command runs in its own process group, so that a timeout or an interrupt stops
+    all of it (a script's trap then removes its temp files).  A non-root user gets `sudo`:
+    without a password when sudoers allows it, else with the `--prompt-for-sudo-password`
+    password fed on stdin ahead of the payload.
+    """
+
+    def __init__(self, name: str = "local", log_path: Path | None = None, sudo_password: str | None = None,
+                 user: str | None = None):
         super().__init__(log_path)
         self.name = name
-        import os
+        self.user = pwd.getpwuid(os.geteuid()).pw_name
+        self.expected_user = user
         self.is_root = os.geteuid() == 0
+        self.sudo_password = sudo_password
+        if sudo_password:
+            self.secrets.append(sudo_password)
+        self._sudo_asks_password: bool | None = None
+        self._running: dict[subprocess.Popen, bool] = {}  # running command -> run through sudo
+        self._lock = threading.Lock()
+        self._aborted = False
+        self._opened = False
+
+    def open(self) -> None:
+        """Check that this machine's user is the inventory's (a local host runs as whoever runs fab)."""
+        if self._opened:
+            return
+        if self.expected_user and self.expected_user != self.user:
+            raise ConnectError(f"{self.name} (this machine): the inventory says user = {self.expected_user!r} but fab "
+                               f"runs as {self.user!r}; a local host runs as the user who runs fab (leave user out, "
+                               f"or run fab as {self.expected_user})")
+        self._opened = True
+        self.log(f"# local session on {socket.gethostname()} as {self.user}")
+
+    def _sudo(self, command: str) -> tuple[list[str], str]:
+        """(argv, what goes on stdin before the payload) to run `command` as root."""
+        if self.sudo_password and self._sudo_asks_password is None:
+            try:
+                check = subprocess.run(["sudo", "-n", "true"], capture_output=True, stdin=subprocess.DEVNULL)
+                self._sudo_asks_password = check.returncode != 0
+            except OSError:  # no sudo: the command itself then fails and says so
+                self._sudo_asks_password = False
+        if self._sudo_asks_password:
+            # -k: always ask, so that the password line is always read by sudo, never by the command
+            return ["sudo", "-S", "-k", "-p", "", "--", "sh", "-c", command], self.sudo_password + "\n"
+        return ["sudo", "-n", "--", "sh", "-c", command], ""
 
     def _exec(self, command, *, sudo, timeout, stdin):
-        argv = ["sudo", "-n", "sh", "-c", command] if sudo else ["sh", "-c", command]
+        argv, prefix = self._sudo(command) if sudo else (["sh", "-c", command], "")
+        with self._lock:
+            if self._aborted:
+                return 130, "", "interrupted"
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, encoding="utf-8", errors="replace",
+                                        start_new_session=True)
+            except OSError as e:  # no sudo on this machine
+                return 127, "", f"{argv[0]}: {e.strerror}"
+            self._running[proc] = sudo
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, errors="replace",
-                                  input=stdin if stdin is not None else "")
+            out, err = proc.communicate(prefix + (stdin or ""), timeout=timeout)
         except subprocess.TimeoutExpired:
-            return 124, "", f"timed out after {timeout}s"
-        return proc.returncode, proc.stdout, proc.stderr
+            self._stop(proc, sudo)
+            out, err = self._rest(proc)
+            return 124, out, f"{err}timed out after {timeout}s"
+        finally:
+            with self._lock:
+                self._running.pop(proc, None)
+        return proc.returncode, out, err
+
+    def _stop(self, proc: subprocess.Popen, sudo: bool) -> None:
+        """SIGTERM to the command's process group (traps run), SIGKILL if it is still there after 5 s."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                pass
+            if sudo and not self.is_root:  # the root part of the group is beyond this user's signals
+                argv, prefix = self._sudo(shlex.join(["kill", "-s", sig.name[3:], "--", f"-{proc.pid}"]))
+                subprocess.run(argv, input=prefix, capture_output=True, text=True, timeout=60)
+            try:
+                proc.wait(timeout=5)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    @staticmethod
+    def _rest(proc: subprocess.Popen) -> tuple[str, str]:
+        try:
+            return proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # something that left the group still holds the pipes
+            for pipe in (proc.stdout, proc.stderr):
+                pipe.close()
+            return "", ""
+
+    def abort(self) -> None:
+        """Stop the running commands (Ctrl-C); later ones are not started."""
+        with self._lock:
+            self._aborted = True
+            running = list(self._running.items())
+        for proc, sudo in running:
+            self._stop(proc, sudo)
 
 
 class SshSession(Session):
@@ -212,6 +310,9 @@ class SshSession(Session):
                 return 124, "", f"timed out after {timeout}s"
             raise ConnectError(f"{self.name}: connection lost while running a command: {e}") from None
         return result.exited, result.stdout, result.stderr
+
+    def abort(self) -> None:
+        self.connection.close()  # the remote shells get SIGHUP and remove their temp files
 
     def reconnect(self) -> None:
         self.connection.close()

@@ -38,7 +38,7 @@ def default_shm_size(mem_total_mb: int) -> str:
 
 
 def use_gpus(c, spec: ContainerSpec) -> tuple[bool, str]:
-    """(pass --gpus all?, why) from the spec and what the host has."""
+    """(pass --gpus all with the nvidia runtime?, why) from the spec and what the host has."""
     f = c.facts()
     ready = f.has_gpu and "nvidia" in ((f.docker_info or {}).get("Runtimes") or {})
     if spec.gpus == "none":
@@ -52,6 +52,8 @@ def use_gpus(c, spec: ContainerSpec) -> tuple[bool, str]:
 def resolved_spec(c, spec: ContainerSpec) -> dict:
     """The spec as it will be run on this host; stored in the container's label."""
     gpus, _ = use_gpus(c, spec)
+    # Docker's own --gpus hook needs libnvidia-container's CLI; the nvidia runtime works with or without it
+    runtime = {"runtime": "nvidia"} if gpus else {}
     return {
         "image": spec.image,
         "ssh_port": spec.ssh_port,
@@ -62,6 +64,7 @@ def resolved_spec(c, spec: ContainerSpec) -> dict:
         "env": {key: secret_digest(value) if isinstance(value, Secret) else value for key, value in spec.env},
         "restart": spec.restart,
         "hostname": c.inventory.container_alias(c.host.name, spec.name),
+        **runtime,
     }
 
 
@@ -81,6 +84,8 @@ def run_argv(name: str, doc: dict) -> list[str]:
     for key, value in sorted(doc["env"].items()):
         # a secret's value comes from docker's own environment (see docker_run), never the command line
         argv += ["-e", key if value.startswith("secret:sha256:") else f"{key}={value}"]
+    if doc.get("runtime"):
+        argv += ["--runtime", doc["runtime"]]
     if doc["gpus"] == "all":
         argv += ["--gpus", "all"]
     argv += ["--entrypoint", f"{IN_CONTAINER_DIR}/entrypoint.sh", "--", doc.get("restored_from") or doc["image"]]

@@ -6,11 +6,12 @@ import shlex
 
 from invoke import Collection, task
 
-from gpufleet import daemon_json, osinfo
+from gpufleet import apt_repo, daemon_json, osinfo
+from gpufleet.apt_repo import apt_install
 from gpufleet.errors import FleetError
 from gpufleet.fleet import fleet_task
-from gpufleet.files import FileChange, apply_file, file_action, render_template
-from gpufleet.paths import DAEMON_JSON, DOCKER_KEYRING, DOCKER_SOURCES
+from gpufleet.files import FileChange, apply_file
+from gpufleet.paths import DAEMON_JSON
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Script
 from tasks import HOST_TASK_HELP
@@ -37,31 +38,6 @@ DOCKER_LOG = ("if [ -d /run/systemd/system ]; then journalctl -u docker --no-pag
               "else tail -n 40 /var/log/docker.log; fi")
 
 
-def apt_install(packages, update: bool = True) -> Script:
-    """Install packages non-interactively, waiting for another apt to finish."""
-    # an install cut short (a host that went down mid-run) leaves dpkg half-configured
-    lines = ["set -e", "export DEBIAN_FRONTEND=noninteractive", "dpkg --configure -a"]
-    if update:
-        lines.append("apt-get -q -o DPkg::Lock::Timeout=300 update")
-    lines.append("apt-get -q -y -o DPkg::Lock::Timeout=300 install " + " ".join(shlex.quote(p) for p in packages))
-    return Script("\n".join(lines))
-
-
-def fetch_key(url: str, keyring: str) -> Script:
-    """Download an ASCII-armoured apt key to a keyring used with signed-by (never apt-key)."""
-    q = shlex.quote
-    return Script("\n".join([
-        "set -e",
-        "command -v curl >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get -q update; "
-        "apt-get -q -y install curl ca-certificates; }",
-        f"install -m 0755 -d {q(keyring.rsplit('/', 1)[0])}",
-        f"curl -fsSL --retry 3 {q(url)} -o {q(keyring + '.new')}",
-        f"grep -q 'BEGIN PGP PUBLIC KEY BLOCK' {q(keyring + '.new')}",
-        f"chmod 0644 {q(keyring + '.new')}",
-        f"mv -f {q(keyring + '.new')} {q(keyring)}",
-    ]))
-
-
 def check_os(facts) -> None:
     reason = osinfo.check_supported(facts.os)
     if reason:
@@ -86,26 +62,9 @@ def plan_install(c) -> Plan:
     if "docker.io" in installed:
         raise FleetError("docker.io is installed but docker_source = 'docker-ce'; switching engines would "
                          "restart every container: set docker_source = 'distro' or remove docker.io yourself")
-    family = f.os.family
-    actions = []
-    if not f.file(DOCKER_KEYRING).exists:
-        url = f"{c.host.docker_mirror}/{family}/gpg"
-        actions.append(Action(f"fetch Docker's signing key from {url} to {DOCKER_KEYRING}",
-                              lambda c: c.run(fetch_key(url, DOCKER_KEYRING), sudo=True)))
-    sources = render_template("docker.list.j2", arch=f.arch, keyring=DOCKER_KEYRING, mirror=c.host.docker_mirror,
-                              family=family, codename=f.os.base_codename)
-    change = FileChange(DOCKER_SOURCES, f.file(DOCKER_SOURCES), sources.encode())
-    if change.needed:
-        actions.append(file_action(change))
-    missing = [p for p in CE_PACKAGES if p not in installed]
-    if missing or change.needed:
-        conflicts = [p for p in CE_CONFLICTS if p in installed]
-        if conflicts:
-            actions.append(Action(f"remove conflicting packages {', '.join(conflicts)} (as Docker's guide says)",
-                                  lambda c: c.run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-y",
-                                                   "remove", *conflicts], sudo=True)))
-        actions.append(Action(f"install {' '.join(missing or CE_PACKAGES)} from {c.host.docker_mirror}",
-                              lambda c: c.run(apt_install(missing or CE_PACKAGES), sudo=True)))
+    repo = apt_repo.docker_ce_repo(c.host.docker_mirror, c.host.docker_key_fingerprint, f.os.family,
+                                   f.os.base_codename, f.arch)
+    actions = apt_repo.plan_repo_packages(repo, f, CE_PACKAGES, conflicts=CE_CONFLICTS)
     if not actions:
         return Plan.ok(f"docker-ce {installed['docker-ce']} is installed from {c.host.docker_mirror}")
     return Plan.change(*actions)
@@ -141,7 +100,7 @@ def wanted_daemon_keys(c) -> dict:
         wanted["data-root"] = c.host.data_root
     if c.host.registry_mirrors:
         wanted["registry-mirrors"] = list(c.host.registry_mirrors)
-    if f.has_gpu and "nvidia-container-toolkit" in f.packages:
+    if "nvidia-container-toolkit" in f.packages:  # also without a visible GPU (nvidia_toolkit = "always")
         wanted["runtimes"] = NVIDIA_RUNTIME
     return wanted
 

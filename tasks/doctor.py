@@ -51,8 +51,11 @@ def size_mb(text: str) -> int:
 def host_checks(c) -> list[Check]:
     f = c.facts()
     checks = []
-    hops = " -> ".join(h.name for h in c.inventory.jump_chain(c.name)) if c.name in c.inventory.hosts else ""
-    checks.append(Check("ssh", PASS, f"reached as {c.host.user}" + (f" via {hops}" if hops else "")))
+    if c.host.is_local:
+        checks.append(Check("local", PASS, f"this machine, as {c.host.user}, through a local session (no SSH)"))
+    else:
+        hops = " -> ".join(h.name for h in c.inventory.jump_chain(c.name)) if c.name in c.inventory.hosts else ""
+        checks.append(Check("ssh", PASS, f"reached as {c.host.user}" + (f" via {hops}" if hops else "")))
     if not f.docker_running:
         checks.append(Check("docker", FAIL, f.docker_error or "docker info does not answer",
                             f"fab -H {c.name} docker.install"))
@@ -190,11 +193,10 @@ def print_doctor(reports) -> int:
 
 def local_checks() -> list[Check]:
     """The host and GPU checks on this machine, through a local session (no SSH)."""
-    inventory = inv.loads('[hosts.local]\naddress = "localhost"\n', "<local>")
+    inventory = inv.loads('[hosts.local]\naddress = "local"\n', "<local>")
     ctx = HostContext(inventory.host("local"), inventory, LocalSession("local"))
     ctx.probe_request = probe_request
     checks = host_checks(ctx)
-    checks[0] = Check("local", PASS, "checked through a local session (no SSH)")
     checks.append(torch_check(ctx, ["python3", "-c", TORCH_CHECK]))
     return checks
 

@@ -14,8 +14,9 @@ def show_host(c, name):
     inventory = load_inventory()
     host = inventory.host(name)
     chain = " -> ".join(h.name for h in inventory.jump_chain(name)) or "direct"
-    table = Table(title=f"{name}  ({host.user}@{host.address}:{host.port}, via {chain})  from {inventory.path}",
-                  title_justify="left")
+    where = (f"this machine, as {host.user}, no SSH" if host.is_local
+             else f"{host.user}@{host.address}:{host.port}, via {chain}")
+    table = Table(title=f"{name}  ({where})  from {inventory.path}", title_justify="left")
     for column in ("key", "value", "from"):
         table.add_column(column)
     for key, value, source in inv.describe(host):

@@ -4,7 +4,8 @@ The bastion, each server through its jump chain (ProxyJump), and each container
 through its server at 127.0.0.1:PORT, with host keys pinned by HostKeyAlias in
 the tool's known_hosts file.  The block goes first in the file, so its values win
 for our aliases; everything outside it stays byte for byte, and Host/Match lines
-of the user's that also match an alias are reported as warnings.
+of the user's that also match an alias are reported as warnings.  A local host
+(`address = "local"`) gets no entry; its containers are reached at 127.0.0.1:PORT directly.
 """
 from __future__ import annotations
 
@@ -29,13 +30,15 @@ def entries(inventory: Inventory) -> list[ssh_config.SshHostEntry]:
     known = str(inventory.local.known_hosts)
     out = []
     for host in inventory.hosts.values():
-        out.append(ssh_config.SshHostEntry(
-            alias=host.name, hostname=host.address, port=host.port, user=host.user, identity_file=identity,
-            proxy_jump=host.jump, host_key_alias=host.name, known_hosts_file=known, forward_agent=False))
+        # this machine needs no entry; its containers are on its own loopback
+        if not host.is_local:
+            out.append(ssh_config.SshHostEntry(
+                alias=host.name, hostname=host.address, port=host.port, user=host.user, identity_file=identity,
+                proxy_jump=host.jump, host_key_alias=host.name, known_hosts_file=known, forward_agent=False))
         for spec in host.containers.values():
             out.append(ssh_config.SshHostEntry(
                 alias=inventory.container_alias(host.name, spec.name), hostname="127.0.0.1", port=spec.ssh_port,
-                user="root", identity_file=identity, proxy_jump=host.name,
+                user="root", identity_file=identity, proxy_jump=None if host.is_local else host.name,
                 host_key_alias=inventory.container_alias(host.name, spec.name), known_hosts_file=known,
                 forward_agent=host.forward_agent))
     return out

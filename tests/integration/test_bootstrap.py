@@ -23,7 +23,7 @@ def test_first_bootstrap_changes_both_hosts(first_run):
         report = first_run.hosts[host]
         assert report["error"] == "" and report["changed"] >= 8, report
         steps = {s["step"]: s for s in report["steps"]}
-        assert steps["nvidia.toolkit"]["status"] == "skipped" and steps["nvidia.toolkit"]["message"] == "no NVIDIA GPU"
+        assert steps["nvidia.toolkit"]["status"] == "skipped" and steps["nvidia.toolkit"]["message"] == "no NVIDIA GPU (nvidia_toolkit = auto)"
     gpu1 = {s["step"]: s["message"] for s in first_run.hosts["gpu1"]["steps"]}
     gpu2 = {s["step"]: s["message"] for s in first_run.hosts["gpu2"]["steps"]}
     assert "systemd" in gpu1["docker.service"] and "no systemd" not in gpu1["docker.service"]

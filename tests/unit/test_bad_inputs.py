@@ -63,6 +63,13 @@ INVENTORIES = {
     "inv-daemon-json-crlf.toml": r":2: defaults\.daemon_json\.log-opts\.max-size: value has a control character",
     "inv-agent-without-forwarding.toml": r":3: defaults\.forward_agent: github_access = 'agent' reaches GitHub through "
                                          r"the forwarded agent; set forward_agent = true",
+    "inv-local-with-jump.toml": r":6: hosts\.ws\.jump: a local host \(address = \"local\"\) cannot have a jump host, "
+                                r"but jump = 'bastion'$",
+    "inv-local-jump-from-group.toml": r":7: hosts\.ws\.jump: a local host .* but jump = 'bastion' \(from group servers: "
+                                      r"take the host out of it\)$",
+    "inv-local-is-jump.toml": r":6: hosts\.gpu1\.jump: 'ws' is this machine \(address = \"local\"\) and cannot be a "
+                              r"jump host; leave jump out to connect from here directly$",
+    "inv-local-twice.toml": r":5: hosts\.box\.address: \"local\" is already host 'ws': only one host can be this machine$",
 }
 PUBLIC_KEYS = {
     "key-truncated.pub": r"key blob is not valid base64$",
@@ -191,7 +198,7 @@ def test_a_line_break_that_would_inject_into_the_ssh_config_is_refused_by_the_wr
 
 # one of each kind (a syntax error, a wrong type, a cross-reference, bytes): each run starts Python and Fabric
 CLI_SAMPLE = ["inv-toml-unterminated-string.toml", "inv-port-is-string.toml", "inv-jump-cycle.toml",
-              "inv-not-utf8.toml"]
+              "inv-not-utf8.toml", "inv-local-is-jump.toml"]
 
 
 def snapshot(*dirs: Path) -> dict:

@@ -160,3 +160,10 @@ def test_a_missing_parent_is_created_with_the_files_owner_and_parent_mode(tmp_pa
                                           group=GROUP, parent_mode="0700"))
     ssh_dir = state(target.parent)
     assert (ssh_dir.mode, ssh_dir.owner, ssh_dir.group) == ("0700", ME, GROUP)
+
+
+def test_a_missing_parent_without_parent_mode_is_world_readable(tmp_path):
+    # /etc/apt/keyrings: apt reads keyrings as its own user; the temp file's umask 077 must not leak to the folder
+    target = tmp_path / "keyrings" / "docker.asc"
+    apply_file(LocalSession(), FileChange(str(target), ABSENT, b"key\n", owner=ME, group=GROUP))
+    assert state(target.parent).mode == "0755"

@@ -68,11 +68,24 @@ def test_describe_lists_every_setting_with_its_source():
     assert rows["containers.dev.restart"] == ("unless-stopped", "built-in default")
 
 
+def test_key_pins_default_to_the_published_fingerprints_and_may_be_written_spaced():
+    host = inv.loads(H).host("a")
+    assert host.docker_key_fingerprint == "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
+    assert host.nvidia_key_fingerprint == "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
+    assert host.nvidia_toolkit == "auto"
+    spaced = inv.loads(H + "docker_key_fingerprint = '0d81 6186 420a 7329 c0c6  1e8c 1179 7716 aacd 5550'\n").host("a")
+    assert spaced.docker_key_fingerprint == "0D816186420A7329C0C61E8C11797716AACD5550"
+
+
 def test_example_inventory_in_repo_is_valid():
     from tests.conftest import REPO
     inventory = inv.load(f"{REPO}/hosts.toml")
     assert {"jump", "gpu1", "gpu2"} <= set(inventory.hosts)
     assert all(len(inventory.hosts[h].containers) == 1 for h in ("gpu1", "gpu2"))
+    text = open(f"{REPO}/hosts.toml").read()
+    commented = text[text.index("# [hosts.ws]"):]
+    local = inv.loads(text.replace(commented, re.sub(r"(?m)^# ", "", commented)))
+    assert local.hosts["ws"].is_local and local.hosts["ws"].containers["dev"].ssh_port == 2223
 
 
 H = '[hosts.a]\naddress = "10.0.0.1"\n'
@@ -129,6 +142,11 @@ BROKEN = [
     ("parallel-zero", "[run]\nparallel = 0\n" + H, r"run\.parallel: 0 is out of range"),
     ("public-keys-not-list", "[local]\npublic_keys = 'k.pub'\n" + H, r"local\.public_keys: expected a list"),
     ("hosts-not-table", "hosts = 3\n", r"hosts: expected a table"),
+    ("fingerprint-short", "[defaults]\ndocker_key_fingerprint = '0EBFCD88'\n" + H,
+     r"defaults\.docker_key_fingerprint: '0EBFCD88' is not a key fingerprint \(40 hex digits"),
+    ("fingerprint-not-hex", "[defaults]\nnvidia_key_fingerprint = '" + "G" * 40 + "'\n" + H,
+     r"defaults\.nvidia_key_fingerprint: 'G+' is not a key fingerprint"),
+    ("nvidia-toolkit", H + "nvidia_toolkit = 'yes'\n", r"hosts\.a\.nvidia_toolkit: 'yes' is not one of auto, always, never"),
 ]
 
 

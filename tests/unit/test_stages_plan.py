@@ -47,18 +47,21 @@ def test_toolkit_planned_on_a_gpu_host_with_mirror_repo_file():
     ctx = context(gpu_probe_output())
     plan = nvidia.plan_toolkit(ctx)
     summaries = [a.summary for a in plan.actions]
-    assert summaries[0] == ("fetch NVIDIA's signing key from https://mirrors.ustc.edu.cn/libnvidia-container/gpgkey "
-                            "to /etc/apt/keyrings/nvidia-container-toolkit.asc")
-    assert summaries[1] == "create /etc/apt/sources.list.d/nvidia-container-toolkit.list"
-    assert summaries[2] == "install nvidia-container-toolkit from https://mirrors.ustc.edu.cn/libnvidia-container"
+    assert summaries == [
+        "install curl ca-certificates (to fetch signing keys)",
+        "fetch NVIDIA's signing key from https://mirrors.ustc.edu.cn/libnvidia-container/gpgkey, check it is "
+        "C95B321B61E88C1809C4F759DDCAE044F796ECB0 (nvidia_key_fingerprint), write "
+        "/etc/apt/keyrings/nvidia-container-toolkit.asc",
+        "create /etc/apt/sources.list.d/nvidia-container-toolkit.list",
+        "install nvidia-container-toolkit from https://mirrors.ustc.edu.cn/libnvidia-container"]
     assert ("+deb [signed-by=/etc/apt/keyrings/nvidia-container-toolkit.asc] "
-            "https://mirrors.ustc.edu.cn/libnvidia-container/stable/deb/$(ARCH) /") in plan.actions[1].diff
+            "https://mirrors.ustc.edu.cn/libnvidia-container/stable/deb/$(ARCH) /") in plan.actions[2].diff
 
 
 def test_toolkit_skipped_without_gpu():
     text = gpu_probe_output().replace("@@gpufleet-end nvidia_smi rc=0@@", "@@gpufleet-end nvidia_smi rc=127@@")
     plan = nvidia.plan_toolkit(context(text))
-    assert plan.skip == "no NVIDIA GPU"
+    assert plan.skip == "no NVIDIA GPU (nvidia_toolkit = auto)"
 
 
 def test_toolkit_refuses_gpu_without_driver():
@@ -81,7 +84,7 @@ def test_daemon_json_gets_the_nvidia_runtime_once_the_toolkit_is_installed():
     plan = docker.plan_configure(ctx)
     assert "update /etc/docker/daemon.json" in plan.actions[0].summary
     assert "runtimes" in plan.actions[0].diff and "data-root" in plan.actions[0].diff
-    assert nvidia.plan_toolkit(ctx).actions[0].summary.startswith("fetch NVIDIA's signing key")
+    assert nvidia.plan_toolkit(ctx).actions[1].summary.startswith("fetch NVIDIA's signing key")
 
 
 def test_old_driver_refuses_a_newer_cuda_image():
@@ -96,8 +99,8 @@ def test_old_driver_refuses_a_newer_cuda_image():
 
 RUN_ARGV = [
     ("gpu", {"image": "pytorch/pytorch:x", "ssh_port": 2222, "volumes": ["/d:/w"], "shm_size": "16g", "gpus": "all",
-             "env": {"TZ": "UTC"}, "restart": "unless-stopped", "hostname": "gpu1-dev"},
-     ["--gpus", "all"], ["-v", "/d:/w"]),
+             "env": {"TZ": "UTC"}, "restart": "unless-stopped", "hostname": "gpu1-dev", "runtime": "nvidia"},
+     ["--runtime", "nvidia", "--gpus", "all"], ["-v", "/d:/w"]),
     ("secret env", {"image": "img", "ssh_port": 2200, "volumes": [], "shm_size": "1g", "gpus": "none",
                     "env": {"HF_TOKEN": "secret:sha256:0123456789abcdef", "TZ": "UTC"}, "restart": "always",
                     "hostname": "h-c"}, ["-e", "HF_TOKEN", "-e", "TZ=UTC"], ["--restart", "always"]),
@@ -112,7 +115,7 @@ def test_docker_run_argv(doc, has1, has2):
     joined = " ".join(argv)
     assert argv[:6] == ["docker", "run", "-d", "--name", "dev", "--hostname"]
     assert " ".join(has1) in joined and " ".join(has2) in joined
-    assert ("--gpus" in argv) == (doc["gpus"] == "all")
+    assert ("--gpus" in argv) == (doc["gpus"] == "all") == ("--runtime" in argv)
     assert argv[-3:] == ["/etc/gpufleet/entrypoint.sh", "--", doc["image"]]
     label = argv[argv.index("--label", argv.index("--label") + 1) + 1]
     assert json.loads(label.split("=", 1)[1]) == doc
@@ -137,16 +140,16 @@ def test_docker_ce_from_a_mirror_with_a_signed_by_keyring_and_conflicts_removed(
     plan = docker.plan_install(context(text, inv_text))
     summaries = [a.summary for a in plan.actions]
     assert summaries == [
-        "fetch Docker's signing key from https://mirrors.aliyun.com/docker-ce/linux/ubuntu/gpg to /etc/apt/keyrings/docker.asc",
+        "install curl ca-certificates (to fetch signing keys)",
+        "fetch Docker's signing key from https://mirrors.aliyun.com/docker-ce/linux/ubuntu/gpg, check it is "
+        "9DC858229FC7DD38854AE2D88D81803C0EBFCD88 (docker_key_fingerprint), write /etc/apt/keyrings/docker.asc",
         "create /etc/apt/sources.list.d/docker.list",
-        "remove conflicting packages containerd, runc (as Docker's guide says)",
+        "remove containerd, runc, which conflict with docker-ce",
         "install docker-ce docker-ce-cli containerd.io docker-buildx-plugin docker-compose-plugin from "
         "https://mirrors.aliyun.com/docker-ce/linux",
     ]
     assert ("+deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://mirrors.aliyun.com/docker-ce/linux/ubuntu "
-            "noble stable") in plan.actions[1].diff
-    script = str(docker.fetch_key("https://m/gpg", "/etc/apt/keyrings/docker.asc"))
-    assert "apt-key" not in script and "curl -fsSL --retry 3 https://m/gpg -o /etc/apt/keyrings/docker.asc.new" in script
+            "noble stable") in plan.actions[2].diff
 
 
 def test_switching_docker_engines_is_refused_not_done():
