@@ -54,7 +54,8 @@ def plan_tools(c) -> Plan:
     """openssh-server and the inventory's tools: the missing ones, in one apt transaction per container."""
     actions, fine = [], []
     for name, inside in c.running_containers():
-        wanted = ["openssh-server", *(t for t in c.host.tools if t != "openssh-server")]
+        # an image may ship sshd without dpkg knowing (built from source, copied in): then it needs no package
+        wanted = ([] if inside.sshd_installed else ["openssh-server"]) + [t for t in c.host.tools if t != "openssh-server"]
         missing = [p for p in wanted if p not in inside.packages]
         if missing:
             actions.append(Action(f"install {' '.join(missing)} in {name}",
