@@ -149,11 +149,12 @@ def install_key(c, repo: SignedRepo, current: RemoteFile, make_dir: bool) -> Non
     apply_file(c.session, FileChange(repo.keyring, current, data, mode="0644"))
 
 
-def apt_install(packages, update: bool = True) -> Script:
+def apt_install(packages, update: bool = True, recommends: bool = True) -> Script:
     """Install packages non-interactively, waiting for another apt to finish."""
     # an install cut short (a host that went down mid-run) leaves dpkg half-configured
     lines = ["set -e", "export DEBIAN_FRONTEND=noninteractive", "dpkg --configure -a"]
     if update:
         lines.append("apt-get -q -o DPkg::Lock::Timeout=300 update")
-    lines.append("apt-get -q -y -o DPkg::Lock::Timeout=300 install " + " ".join(shlex.quote(p) for p in packages))
+    lines.append("apt-get -q -y -o DPkg::Lock::Timeout=300 install " + ("" if recommends else "--no-install-recommends ")
+                 + "-- " + " ".join(shlex.quote(p) for p in packages))
     return Script("\n".join(lines))

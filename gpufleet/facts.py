@@ -140,9 +140,10 @@ def probe_script(request: ProbeRequest) -> Script:
     for i, user in enumerate(request.users):
         lines.append(f"sec user:{i} id -nG {q(user)}")
     lines.append("sec df df -Pm /var/lib/docker /data /")
-    list_containers = (f'ids=$(docker ps -aq --filter label={MANAGED_LABEL}) || exit 1; '
-                       f'[ -z "$ids" ] || docker inspect --format {q(CONTAINER_FORMAT)} $ids')
-    lines.append(f"sec containers sh -c {q(list_containers)}")
+    lines.append(f"listed() {{ ids=$(docker ps -aq --filter label={MANAGED_LABEL}) || return 1; "
+                 f"[ -z \"$ids\" ] || docker inspect --format {q(CONTAINER_FORMAT)} $ids; }}")
+    lines.append('CONTAINERS=$(listed 2>&1); listed_rc=$?; export CONTAINERS')
+    lines.append('sec containers sh -c \'printf "%s\\n" "$1"; exit "$2"\' sh "$CONTAINERS" "$listed_rc"')
     lines.append(f"sec snapshots docker image ls --filter label={SNAPSHOT_LABEL} --format '{{{{json .}}}}'")
     inner_pkgs = " ".join(q(p) for p in request.container_packages) or "openssh-server"
     for i, (name, files) in enumerate(request.containers.items()):
@@ -151,7 +152,9 @@ def probe_script(request: ProbeRequest) -> Script:
                  "sec sshd_run sh -c 'test -s /run/sshd.pid && kill -0 $(cat /run/sshd.pid)'",
                  f"sec pkgs dpkg-query -W -f '${{Package}}\\t${{db:Status-Abbrev}}\\t${{Version}}\\n' {inner_pkgs}"]
         inner += [f"sec ifile:{j} readfile {q(p)}" for j, p in enumerate(files)]
-        running = f"[ \"$(docker inspect -f '{{{{.State.Running}}}}' {q(name)} 2>/dev/null)\" = true ]"
+        # running? from the listing above, not one more docker call per container
+        listed_as = '{"Name":"/' + name + '",'
+        running = f"printf '%s\\n' \"$CONTAINERS\" | grep -F {q(listed_as)} | grep -qF '\"Running\":true'"
         inside = f"{running} && docker exec {q(name)} sh -c {q(chr(10).join(inner))}"
         lines.append(f"sec inside:{i} sh -c {q(inside)}")
     return Script("\n".join(lines) + "\n")

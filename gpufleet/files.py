@@ -157,7 +157,12 @@ def in_container(name: str, command) -> list[str]:
 def file_action(change: FileChange, container: str | None = None) -> Action:
     """An Action that installs `change` (its diff shown in plans and dry runs)."""
     where = f" in container {container}" if container else ""
-    return Action(change.summary() + where, lambda ctx: apply_file(ctx.session, change, container), diff=change.diff())
+    written = RemoteFile(True, change.content, change.mode, change.owner, change.group)
+
+    def known_result(facts) -> None:
+        (facts.inside[container].files if container else facts.files)[change.path] = written
+    return Action(change.summary() + where, lambda ctx: apply_file(ctx.session, change, container),
+                  diff=change.diff(), known_result=known_result)
 
 
 def file_plan(change: FileChange, ok_reason: str, container: str | None = None) -> Plan:

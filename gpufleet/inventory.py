@@ -208,7 +208,7 @@ HOST_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
                        "install the NVIDIA Container Toolkit: auto (where a GPU is visible), always, never"),
     "docker_users": (_user_list, [], "users to add to the docker group"),
     "apt_mirror": (_optional_url, "", "apt mirror base URL used inside containers; empty = official archive"),
-    "tools": (_package_list, ["git", "wget", "vim", "openssh-client", "ca-certificates"], "packages installed in containers"),
+    "tools": (_package_list, ["git", "wget", "vim", "less", "openssh-client", "ca-certificates"], "packages installed in containers"),
     "git_name": (_str, "", "git user.name in containers"),
     "git_email": (_str, "", "git user.email in containers"),
     "github_access": (_choice("agent", "deploy-key", "none"), "agent", "GitHub access from containers"),

@@ -27,6 +27,9 @@ class Action:
     apply: Callable[["HostContext"], str | None]
     diff: str = ""
     warning: str = ""
+    # what the action did to the facts, when that is all it did and exactly known (a file written):
+    # the facts are updated in place instead of probed again
+    known_result: Callable[["facts_mod.HostFacts"], None] | None = None
 
 
 @dataclass
@@ -164,7 +167,10 @@ class HostContext:
                     for action in plan.actions:
                         self._on_event(self.name, "action", action.summary)
                         note = action.apply(self)
-                        self.invalidate()
+                        if action.known_result and self._facts is not None:
+                            action.known_result(self._facts)
+                        else:
+                            self.invalidate()
                         if isinstance(note, str) and note:
                             summary += f"; {note}"
                 result = StepResult(step.name, CHANGED, ("would " if self.dry_run else "") + summary, diff, warnings)

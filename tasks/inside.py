@@ -51,7 +51,8 @@ def plan_apt_mirror(c) -> Plan:
 
 
 def plan_tools(c) -> Plan:
-    """openssh-server and the inventory's tools: the missing ones, in one apt transaction per container."""
+    """openssh-server and the inventory's tools: the missing ones, in one apt transaction per container,
+    without recommended packages (as images are built: openssh-server's would bring systemd and dbus)."""
     actions, fine = [], []
     for name, inside in c.running_containers():
         # an image may ship sshd without dpkg knowing (built from source, copied in): then it needs no package
@@ -59,7 +60,7 @@ def plan_tools(c) -> Plan:
         missing = [p for p in wanted if p not in inside.packages]
         if missing:
             actions.append(Action(f"install {' '.join(missing)} in {name}",
-                                  lambda c, n=name, m=missing: c.run(in_container(n, apt_install(m)), sudo=True)))
+                                  lambda c, n=name, m=missing: c.run(in_container(n, apt_install(m, recommends=False)), sudo=True)))
         else:
             fine.append(name)
     return Plan.change(*actions) if actions else Plan.ok(f"{', '.join(c.host.tools)} installed in {', '.join(fine) or 'no container'}")
