@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpufleet.lab import Lab
+from lab.topology import Lab
 
 # GPUFLEET_TEST_LAB="prefix subnet" lets two checkouts run their suites on one engine at once
 TEST_PREFIX, TEST_SUBNET = os.environ.get("GPUFLEET_TEST_LAB", "gpufleet-test 10.77.20.0/24").split()

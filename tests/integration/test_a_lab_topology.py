@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gpufleet.lab import HUB_REPOSITORY, HUB_TAG, LABEL, Lab
+from lab.common import LABEL
+from lab.topology import HUB_REPOSITORY, HUB_TAG, Lab
 
 SMALL_PACKAGE = "hello"
 
