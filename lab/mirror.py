@@ -35,7 +35,9 @@ import sys
 import tarfile
 import tempfile
 import textwrap
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -257,12 +259,14 @@ def docker_packages(codename: Codename, versions: dict[str, str], depends: dict[
     cli_from = "docker-cli" if own_cli else "docker.io"
     ce_version = docker_version("5", engine, codename)
     containerd = upstream_version(versions["containerd"])
+    # as Docker's own docker-ce has it: 20.10 wanted containerd 1.4.1, 23 and later 1.6.24
+    containerd_bound = "1.4.1" if _numeric(engine) < (23,) else "1.6.24"
     deps = lambda *names: merge_depends([d for n in names for d in library_depends(depends.get(n, ""))])
     copyright_of = lambda deb, pkg: FileFrom(f"/usr/share/doc/{pkg}/copyright", f"{deb}:/usr/share/doc/{deb}/copyright")
     packages = [
         DebPackage(
             "docker-ce", ce_version,
-            fields=(("Depends", f"containerd.io (>= 1.6.24), docker-ce-cli, iptables, {deps('docker.io')}"),
+            fields=(("Depends", f"containerd.io (>= {containerd_bound}), docker-ce-cli, iptables, {deps('docker.io')}"),
                     ("Recommends", "apparmor, ca-certificates, docker-ce-rootless-extras, git, libltdl7, pigz, "
                                    "procps, xz-utils"),
                     ("Suggests", "aufs-tools, cgroupfs-mount | cgroup-lite"),
@@ -593,23 +597,33 @@ class MirrorBuilder:
         work = Path(tempfile.mkdtemp(prefix=".work-", dir=out.parent))
         try:
             unpacked: dict[tuple[str, str], Path] = {}
+            lock = threading.Lock()
 
             def unpack(suite: str, pkg: str) -> Path:
-                if (suite, pkg) not in unpacked:
-                    target = work / "src" / suite / pkg
-                    target.mkdir(parents=True)
-                    run(["dpkg-deb", "-x", str(debs[suite][pkg]), str(target)], f"unpacking {debs[suite][pkg].name}")
-                    unpacked[suite, pkg] = target
-                return unpacked[suite, pkg]
+                with lock:
+                    if (suite, pkg) not in unpacked:
+                        target = work / "src" / suite / pkg
+                        target.mkdir(parents=True)
+                        run(["dpkg-deb", "-x", str(debs[suite][pkg]), str(target)],
+                            f"unpacking {debs[suite][pkg].name}")
+                        unpacked[suite, pkg] = target
+                    return unpacked[suite, pkg]
 
-            for name in self.spec.docker:
-                mirror.docker[name] = self._docker_repo(out, work, CODENAMES[name], debs, unpack, mirror)
-            if self.spec.nvidia:
-                if self.nvidia_available:
-                    mirror.nvidia_key_fingerprint = self.keys["nvidia"].fingerprint()
-                    mirror.nvidia = self._nvidia_repo(out, work, mirror)
-                else:
-                    self.log(f"NVIDIA part skipped: {self.toolkit} is not there (a clone without ../shared)")
+            # one thread per repo: dpkg-deb does the work, in processes of its own
+            with ThreadPoolExecutor(max_workers=len(self.spec.docker) + 1) as pool:
+                docker = {name: pool.submit(self._docker_repo, out, work / name, CODENAMES[name], debs, unpack,
+                                            mirror) for name in self.spec.docker}
+                nvidia = None
+                if self.spec.nvidia:
+                    if self.nvidia_available:
+                        mirror.nvidia_key_fingerprint = self.keys["nvidia"].fingerprint()
+                        nvidia = pool.submit(self._nvidia_repo, out, work / "nvidia", mirror)
+                    else:
+                        self.log(f"NVIDIA part skipped: {self.toolkit} is not there (a clone without ../shared)")
+                for name, repo in docker.items():
+                    mirror.docker[name] = repo.result()
+                if nvidia:
+                    mirror.nvidia = nvidia.result()
         finally:
             remove_tree(work)
             for key in self.keys.values():
@@ -619,7 +633,7 @@ class MirrorBuilder:
 
     def _build_deb(self, pkg: DebPackage, work: Path, pool: Path, resolve) -> tuple[Path, str]:
         """Stage a package's files, write its control and scripts, run dpkg-deb. Returns (deb, control)."""
-        stage = work / "stage" / pkg.name
+        stage = work / pkg.name
         (stage / "DEBIAN").mkdir(parents=True)
         sizes = []
         for item in pkg.files:
@@ -705,7 +719,7 @@ class MirrorBuilder:
 
     def _nvidia_repo(self, out: Path, work: Path, mirror: Mirror) -> dict[str, str]:
         unpacked = work / "toolkit"
-        unpacked.mkdir()
+        unpacked.mkdir(parents=True)
         with tarfile.open(self.toolkit) as tar:
             tar.extractall(unpacked, filter="data")
         top = unpacked / f"nvidia-container-toolkit-{TOOLKIT_VERSION}"

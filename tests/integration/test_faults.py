@@ -113,4 +113,4 @@ def test_a_server_lost_mid_run_fails_alone_and_a_rerun_of_failed_hosts_completes
         assert set(again.hosts) == {"gpu3"} and again.hosts["gpu3"]["error"] == ""
         assert sh(lab, "gpu3", "docker inspect -f '{{.State.Running}}' dev")[1] == "true"
     finally:
-        lab.up(hosts=2)
+        lab.up()
