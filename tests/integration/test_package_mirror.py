@@ -103,11 +103,11 @@ def test_docker_ce_26_installs_from_the_mirror_and_runs(lab, gpu3_updated):
     code, out = apt(lab, "gpu3", f"install -y {DOCKER_PACKAGES}")
     assert code == 0, out[-3000:]
     code, out = sh(lab, "gpu3", "dpkg-query -W -f '${Package} ${Version} ${Status}\\n' " + DOCKER_PACKAGES)
-    assert out.splitlines() == [
-        "docker-ce 5:26.1.5-1~debian.13~trixie install ok installed",
-        "docker-ce-cli 5:26.1.5-1~debian.13~trixie install ok installed",
+    assert sorted(out.splitlines()) == [
         "containerd.io 1.7.24-1 install ok installed",
         "docker-buildx-plugin 0.13.1-1~debian.13~trixie install ok installed",
+        "docker-ce 5:26.1.5-1~debian.13~trixie install ok installed",
+        "docker-ce-cli 5:26.1.5-1~debian.13~trixie install ok installed",
         "docker-compose-plugin 2.26.1-1~debian.13~trixie install ok installed"], out
     code, out = sh(lab, "gpu3", "dpkg-query -W -f '${Status}' docker.io containerd runc 2>&1")
     assert "install ok installed" not in out      # Debian's own packages stay out
@@ -146,11 +146,13 @@ def forged_repo(lab, tmp_path_factory) -> tuple[str, str]:
 def test_a_repo_signed_by_another_key_is_refused(lab, host, forged_repo):
     base, other = forged_repo
     docker = defaults(lab)["docker_mirror"]
-    code, out = sh(lab, host, f"set -e; mkdir -p /tmp/forged/parts; curl -fsS {docker}/debian/gpg -o /tmp/forged/lab.asc; "
+    code, out = sh(lab, host, f"set -e; mkdir -p /tmp/forged/parts /tmp/forged/lists/partial; curl -fsS {docker}/debian/gpg -o /tmp/forged/lab.asc; "
                               f"echo 'deb [arch=amd64 signed-by=/tmp/forged/lab.asc] {base} trixie stable' "
                               "> /tmp/forged/sources.list")
     assert code == 0, out
-    only_forged = "-o Dir::Etc::SourceList=/tmp/forged/sources.list -o Dir::Etc::SourceParts=/tmp/forged/parts"
+    # its own sources and lists: the server's own apt state is left as it was
+    only_forged = ("-o Dir::Etc::SourceList=/tmp/forged/sources.list -o Dir::Etc::SourceParts=/tmp/forged/parts "
+                   "-o Dir::State::Lists=/tmp/forged/lists")
     code, out = sh(lab, host, f"apt-get -q {only_forged} --error-on=any update 2>&1")
     assert code != 0, out
     assert f"The repository '{base} trixie InRelease' is not signed." in out, out
@@ -172,7 +174,7 @@ def test_the_toolkit_installs_without_a_gpu_and_runs(lab, gpu3_updated):
     assert code == 0, out[-3000:]
     code, out = sh(lab, "gpu3", "dpkg-query -W -f '${Package} ${Version} ${Status}\\n' nvidia-container-toolkit "
                                 "nvidia-container-toolkit-base")
-    assert out.splitlines() == ["nvidia-container-toolkit 1.18.0-1 install ok installed",
+    assert sorted(out.splitlines()) == ["nvidia-container-toolkit 1.18.0-1 install ok installed",
                                 "nvidia-container-toolkit-base 1.18.0-1 install ok installed"], out
     code, out = sh(lab, "gpu3", "nvidia-ctk --version | head -1; nvidia-container-runtime --version | head -1; "
                                 "nvidia-container-runtime-hook -version 2>&1 | head -1; "
