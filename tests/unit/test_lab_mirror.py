@@ -3,16 +3,22 @@
 The inputs are the Debian versions and Depends lines of the real packages the lab repackages
 (bookworm's docker.io 20.10.24, trixie's docker.io/docker-cli 26.1.5, ...), as `dpkg-deb -f` gives them.
 """
+import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from lab.mirror import (CODENAMES, control_text, docker_packages, docker_version, installed_size, merge_depends,
+from lab.mirror import (CODENAMES, TOOLKIT_TARBALL, Mirror, MirrorBuilder, MirrorSpec, control_text, lab_keys, docker_packages, docker_version, installed_size, merge_depends,
                         nvidia_list, packages_index, packages_stanza, digests_of, release_date, release_file,
                         sources_list, toolkit_packages, upstream_version)
 from tests.goldens import check_golden
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "lab"
+REPO = Path(__file__).resolve().parents[2]
 
 BOOKWORM = {
     "versions": {"docker.io": "20.10.24+dfsg1-1+deb12u1+b6", "containerd": "1.6.20~ds1-1+deb12u3",
@@ -128,3 +134,49 @@ def test_private_apt_sources_and_nvidias_list():
         "deb [signed-by=/k.gpg] http://deb.debian.org/debian trixie main\n")
     assert nvidia_list("http://10.0.0.5/libnvidia-container") == \
         "deb http://10.0.0.5/libnvidia-container/stable/deb/$(ARCH) /\n"
+
+
+def test_without_shared_the_nvidia_part_is_skipped_with_one_line(tmp_path):
+    lines = []
+    builder = MirrorBuilder(MirrorSpec(docker=(), nvidia=True), keys=lab_keys(tmp_path / "gnupg"),
+                            apt_root=tmp_path / "apt", toolkit=tmp_path / "absent.tar.xz", log=lines.append)
+    mirror = builder.build(tmp_path / "tree")
+    assert lines == [f"NVIDIA part skipped: {tmp_path / 'absent.tar.xz'} is not there (a clone without ../shared)"]
+    assert mirror.nvidia == {} and not (tmp_path / "tree" / "libnvidia-container").exists()
+    assert Mirror.load(tmp_path / "tree").nvidia_key_fingerprint == ""
+
+
+@pytest.mark.skipif(not TOOLKIT_TARBALL.is_file(), reason=f"{TOOLKIT_TARBALL} is absent (no ../shared)")
+def test_the_cli_builds_a_signed_nvidia_repo_that_gpgv_accepts(tmp_path):
+    env = dict(os.environ, GPUFLEET_LAB_CACHE=str(tmp_path / "cache"))
+    out = tmp_path / "www"
+    result = subprocess.run([sys.executable, "-m", "lab.mirror", "--out", str(out), "--nvidia", "--compression",
+                             "gzip", "--url", "http://127.0.0.1:8000"], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    flat = out / "libnvidia-container/stable/deb/amd64"
+    assert sorted(p.name for p in flat.iterdir()) == [
+        "InRelease", "Packages", "Packages.gz", "Release", "Release.gpg",
+        "nvidia-container-toolkit-base_1.18.0-1_amd64.deb", "nvidia-container-toolkit_1.18.0-1_amd64.deb"]
+    assert (out / "libnvidia-container/stable/deb/nvidia-container-toolkit.list").read_text() == \
+        "deb http://127.0.0.1:8000/libnvidia-container/stable/deb/$(ARCH) /\n"
+    fingerprint = json.loads((out / "MIRROR.json").read_text())["nvidia_key_fingerprint"]
+    assert f'nvidia_key_fingerprint = "{fingerprint}"' in result.stdout
+    # gpgv with the served key only, as apt does with signed-by
+    keyring = tmp_path / "nvidia.gpg"
+    subprocess.run(["gpg", "--batch", "--dearmor", "-o", str(keyring), str(out / "libnvidia-container/gpgkey")],
+                   check=True)
+    for argv in (["gpgv", "--keyring", str(keyring), str(flat / "InRelease")],
+                 ["gpgv", "--keyring", str(keyring), str(flat / "Release.gpg"), str(flat / "Release")]):
+        assert subprocess.run(argv, capture_output=True).returncode == 0, argv
+    # the Release lists the Packages file it signs, and Packages the .debs as they are
+    assert hashlib.sha256((flat / "Packages").read_bytes()).hexdigest() in (flat / "Release").read_text()
+    deb = flat / "nvidia-container-toolkit_1.18.0-1_amd64.deb"
+    assert f"SHA256: {hashlib.sha256(deb.read_bytes()).hexdigest()}" in (flat / "Packages").read_text()
+    fields = subprocess.run(["dpkg-deb", "-f", str(deb), "Package", "Version", "Depends"], capture_output=True,
+                            text=True).stdout
+    assert fields == ("Package: nvidia-container-toolkit\nVersion: 1.18.0-1\n"
+                      "Depends: nvidia-container-toolkit-base (= 1.18.0-1)\n")
+    contents = subprocess.run(["dpkg-deb", "-c", str(flat / "nvidia-container-toolkit-base_1.18.0-1_amd64.deb")],
+                              capture_output=True, text=True).stdout
+    assert "./usr/bin/nvidia-ctk" in contents and "./usr/bin/nvidia-container-runtime" in contents
