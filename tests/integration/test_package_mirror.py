@@ -201,3 +201,11 @@ def test_bootstrap_took_the_docker_ce_path_on_gpu1(lab, bootstrapped):
     code, out = sh(lab, "gpu2", "dpkg-query -W -f '${Package} ${Status}\\n' docker.io; "
                                 "dpkg-query -W -f '${Status}' docker-ce 2>&1")
     assert out.splitlines()[0] == "docker.io install ok installed" and "ok installed" not in out.splitlines()[1:], out
+
+
+def test_the_tool_does_not_accept_debian_13_yet(lab, fab, gpu3):
+    """What the READMEs say of gpu3: its packages come from the mirror, but `bootstrap` refuses the release.
+    When gpufleet/osinfo.py accepts Debian 13, this fails: then bootstrap gpu3 in `make demo` and say so."""
+    result = fab("-H", "gpu3", "docker.install", "--dry-run")
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert "Debian GNU/Linux 13 (trixie) is not supported" in result.stdout, result.stdout[-2000:]
