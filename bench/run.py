@@ -344,7 +344,7 @@ def log_breakdown(log_dir: str | None) -> dict:
 # --- the lab part ---
 
 def lab_sizes(args, runner: Runner, results: dict) -> None:
-    from gpufleet.lab import Lab
+    from lab.topology import Lab
 
     lab_dir = args.workdir / "lab"
     cwd = args.workdir / "cwd"

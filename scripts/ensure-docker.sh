@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Make sure a Docker engine answers and the host has what the lab needs
-# (docker.io, debootstrap, the OpenSSH client). Called by `make demo`, `make test`
+# (docker.io, debootstrap, the OpenSSH client, gpg for the lab's package mirror). Called by `make demo`, `make test`
 # and CI on a fresh Debian 12 machine as root; elsewhere it says what to install.
 set -euo pipefail
 
-PACKAGES=(docker.io debootstrap openssh-client openssh-server python3-venv)
+PACKAGES=(docker.io debootstrap openssh-client openssh-server python3-venv gnupg)
 LOG=/var/log/gpufleet-dockerd.log
 WAIT_S=60
 
@@ -12,7 +12,7 @@ say() { printf 'ensure-docker: %s\n' "$*" >&2; }
 
 missing_tools() {
     local tool
-    for tool in docker debootstrap ssh ssh-keygen sshd tar; do
+    for tool in docker debootstrap ssh ssh-keygen sshd tar gpg dpkg-deb; do
         command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || printf '%s ' "$tool"
     done
     # the tool's own venv: Debian ships ensurepip separately (python3-venv)
@@ -23,12 +23,12 @@ engine_answers() { docker info >/dev/null 2>&1; }
 
 missing=$(missing_tools)
 if [ -z "$missing" ] && engine_answers; then
-    say "Docker engine answers; debootstrap and ssh are installed"
+    say "Docker engine answers; debootstrap, ssh and gpg are installed"
     exit 0
 fi
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    say "this machine needs: a running Docker engine, debootstrap, the OpenSSH client (ssh, ssh-keygen)"
+    say "this machine needs: a running Docker engine, debootstrap, the OpenSSH client (ssh, ssh-keygen), gpg"
     [ -n "$missing" ] && say "missing commands: $missing"
     engine_answers || say "no Docker engine answers \`docker info\`"
     say "on Debian/Ubuntu, as root: apt-get install -y ${PACKAGES[*]} && (setsid dockerd >$LOG 2>&1 </dev/null &)"

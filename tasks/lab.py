@@ -1,7 +1,9 @@
-"""The local lab: a bastion, GPU-less servers, an apt proxy and a registry mirror on the local Docker engine.
+"""The local lab: a bastion, GPU-less servers, an apt proxy, a registry mirror and a package mirror
+on the local Docker engine.
 
 Local tasks (no hosts). Settings live under `lab` in the Invoke config
-(`dir`, `prefix`, `subnet`); the work is done by gpufleet.lab.
+(`dir`, `prefix`, `subnet`); the work is done by the checkout's `lab` package, which is
+not part of what a user installs: it is imported only when a lab task runs.
 """
 from pathlib import Path
 
@@ -11,7 +13,6 @@ from rich.console import Console
 from rich.table import Table
 
 from gpufleet.errors import FleetError
-from gpufleet.lab import DEFAULT_PREFIX, DEFAULT_SUBNET, Lab
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,11 +27,16 @@ def _console() -> Console:
     return Console(highlight=False)
 
 
-def _lab(c, console: Console | None = None) -> Lab:
+def _lab(c, console: Console | None = None):
+    try:
+        from lab.topology import Lab
+    except ImportError as e:
+        raise Exit(f"the lab needs the checkout's lab/ package and the Docker SDK "
+                   f"(pip install -e '.[lab]'): {e}", code=1) from None
     settings = c.config.get("lab", {})
     directory = Path(settings.get("dir", ".lab"))
-    return Lab(directory if directory.is_absolute() else REPO / directory,
-               prefix=settings.get("prefix", DEFAULT_PREFIX), subnet=settings.get("subnet", DEFAULT_SUBNET),
+    given = {key: settings[key] for key in ("prefix", "subnet") if settings.get(key)}
+    return Lab(directory if directory.is_absolute() else REPO / directory, **given,
                log=(lambda line: console.print(f"  {line}", style="dim")) if console else None)
 
 
@@ -42,16 +48,21 @@ def _shown(path: Path) -> str:
 
 
 @task(auto_shortflags=False,  # -h stays --help
-      help={"hosts": "how many servers (gpu1, gpu2, ...; odd ones run systemd, even ones do not); default 2"})
-def up(c, hosts=2):
+      help={"hosts": "how many servers, default 3: gpu1 Debian 12 with systemd, gpu2 Debian 12 without, "
+                     "gpu3 Debian 13 with systemd (then odd ones systemd, even ones not, gpu7 Debian 13 ...)"})
+def up(c, hosts=None):
     """Bring up the local lab (or reconcile it) and write .lab/hosts.toml."""
     console = _console()
+    lab = _lab(c, console)
     try:
-        info = _lab(c, console).up(hosts=int(hosts))
+        info = lab.up(**({"hosts": int(hosts)} if hosts else {}))
     except lab_errors() as e:
         raise Exit(f"lab.up: {e}", code=1) from None
     console.print(f"lab {info.prefix} is up in {info.seconds:.0f}s: bastion on 127.0.0.1:{info.bastion_port}, "
                   f"servers {', '.join(info.servers)}, mirror serving {info.image}")
+    console.print(f"package mirror: {info.repos.docker_mirror}"
+                  + (f" and {info.repos.nvidia_mirror}" if info.repos.nvidia_mirror else
+                     " (no NVIDIA repo: ../shared/gpu-stack is not there)") + f", from {info.mirror_tree}")
     if info.built_images:
         console.print(f"built {', '.join(info.built_images)}")
     console.print(f"inventory: {_shown(info.inventory)}")
@@ -93,4 +104,5 @@ def down(c, purge=False):
 
 
 ns = Collection("lab", up, status, down)
-ns.configure({"lab": {"dir": ".lab", "prefix": DEFAULT_PREFIX, "subnet": DEFAULT_SUBNET}})
+# prefix and subnet default to the lab's own (gpufleet-lab, 10.77.10.0/24)
+ns.configure({"lab": {"dir": ".lab", "prefix": "", "subnet": ""}})

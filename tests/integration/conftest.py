@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpufleet.lab import Lab
+from lab.topology import Lab
 
 # GPUFLEET_TEST_LAB="prefix subnet" lets two checkouts run their suites on one engine at once
 TEST_PREFIX, TEST_SUBNET = os.environ.get("GPUFLEET_TEST_LAB", "gpufleet-test 10.77.20.0/24").split()
@@ -85,8 +85,9 @@ def start_lab(directory: Path, prefix: str, subnet: str, hosts: int, request) ->
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory, request) -> Lab:
-    """The session's lab: bastion, gpu1 (systemd), gpu2 (no systemd), aptproxy, mirror."""
-    return start_lab(tmp_path_factory.mktemp("lab"), TEST_PREFIX, TEST_SUBNET, 2, request)
+    """The session's lab: bastion, aptproxy, mirror, pkgmirror, gpu1 (Debian 12, systemd), gpu2 (Debian 12,
+    no systemd), gpu3 (Debian 13, systemd: the package mirror's tests; the session bootstraps gpu1 and gpu2)."""
+    return start_lab(tmp_path_factory.mktemp("lab"), TEST_PREFIX, TEST_SUBNET, 3, request)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ The lab is the topology it claims to be, checked on the real containers.
 
 The bastion is the only way in, servers have no route out, Debian packages come
 through the apt proxy, the mirror serves the lab image under its Docker Hub name,
-and `down()` leaves the engine as it found it.
+the package mirror answers on the lab network, and `down()` leaves the engine as it found it.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gpufleet.lab import HUB_REPOSITORY, HUB_TAG, LABEL, Lab
+from lab.common import LABEL
+from lab.topology import HUB_REPOSITORY, HUB_TAG, Lab
 
 SMALL_PACKAGE = "hello"
 
@@ -73,7 +74,7 @@ def test_bastion_answers_on_loopback_with_the_lab_key(lab, tmp_path):
     assert learned == lab.host_public_key("bastion")
 
 
-@pytest.mark.parametrize("server", ["gpu1", "gpu2"])
+@pytest.mark.parametrize("server", ["gpu1", "gpu2", "gpu3"])
 @pytest.mark.parametrize("user", ["root", "dev"])
 def test_servers_answer_through_the_bastion(lab, tmp_path, server, user):
     config = jump_config(lab, tmp_path)
@@ -83,7 +84,7 @@ def test_servers_answer_through_the_bastion(lab, tmp_path, server, user):
     assert result.returncode == 0, result.stderr
     pid1, hostname, whoami, sudo = result.stdout.split()
     assert (hostname, whoami, sudo) == (server, user, "sudo-ok")
-    assert (pid1 == "systemd") == (server == "gpu1"), pid1
+    assert (pid1 == "systemd") == (server != "gpu2"), pid1
 
 
 def test_server_refuses_ssh_that_skips_the_bastion(lab, tmp_path):
@@ -105,9 +106,13 @@ def test_servers_have_no_route_out(lab):
         assert not any(line.startswith("default") for line in routes.splitlines()), routes   # ...and has no way out
 
 
-def test_init_systems_are_as_named(lab):
-    code, out = lab.exec("gpu1", ["systemctl", "is-system-running", "--wait"])
-    assert out.strip() == "running", out
+def test_init_systems_and_releases_are_as_named(lab):
+    for server, release in (("gpu1", "bookworm"), ("gpu2", "bookworm"), ("gpu3", "trixie")):
+        code, out = lab.exec(server, ["sh", "-c", ". /etc/os-release && echo $VERSION_CODENAME"])
+        assert out.strip() == release, (server, out)
+    for server in ("gpu1", "gpu3"):
+        code, out = lab.exec(server, ["systemctl", "is-system-running", "--wait"])
+        assert out.strip() == "running", (server, out)
     code, out = lab.exec("gpu2", ["sh", "-c", "cat /proc/1/comm; test -d /run/systemd/system || echo no-systemd; "
                                               "service ssh status >/dev/null && echo service-ok"])
     assert out.split() == ["docker-init", "no-systemd", "service-ok"], out
@@ -156,7 +161,7 @@ def test_fresh_servers_are_bare_with_the_same_address_and_host_key(lab, request,
         code, out = lab.exec(name, ["sh", "-c", "touch /etc/used /data/used /var/lib/docker/used"])
         assert code == 0, out
     fresh = request.getfixturevalue("fresh_servers")
-    assert fresh == ["gpu1", "gpu2"]
+    assert fresh == ["gpu1", "gpu2", "gpu3"]
     for name in fresh:
         code, out = lab.exec(name, ["sh", "-c", "ls /etc/used /data/used /var/lib/docker/used 2>/dev/null; "
                                                "command -v docker; hostname -I"])
@@ -171,7 +176,7 @@ def test_fresh_servers_are_bare_with_the_same_address_and_host_key(lab, request,
 def test_up_again_reuses_the_running_lab(lab):
     before = {c.name: c.id for c in lab.client.containers.list(filters={"label": f"{LABEL}={lab.prefix}"})}
     inventory_before = lab.inventory_path.read_text()
-    info = lab.up(hosts=2)
+    info = lab.up()
     after = {c.name: c.id for c in lab.client.containers.list(filters={"label": f"{LABEL}={lab.prefix}"})}
     assert after == before
     assert lab.inventory_path.read_text() == inventory_before
@@ -199,9 +204,9 @@ def test_down_leaves_the_engine_as_it_was(tmp_path, docker_client, make_lab):
 
     small = make_lab(tmp_path, prefix, "10.77.30.0/24", hosts=1)
     during = _engine_objects(client, prefix)
-    assert {f"{prefix}-{n}" for n in ("bastion", "aptproxy", "mirror", "gpu1")} <= during["containers"]
+    assert {f"{prefix}-{n}" for n in ("bastion", "aptproxy", "mirror", "pkgmirror", "gpu1")} <= during["containers"]
     assert f"{prefix}-net" in during["networks"]
-    assert [m.state for m in small.status()] == ["running"] * 4
+    assert [m.state for m in small.status()] == ["running"] * 5
 
     small.down()
     after = _engine_objects(client, prefix)

@@ -10,6 +10,8 @@ import pytest
 from tests.integration.helpers import inventory_variant, sh, ssh
 
 SERVERS = ("gpu1", "gpu2")
+# sync-keys on the hosts the session bootstrapped (gpu3, Debian 13, has no container)
+BOOTSTRAPPED = "bastion,gpu1,gpu2"
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +145,7 @@ def test_sync_keys_adds_revokes_and_keeps_hand_added_keys(lab, fab, first_run, t
     identity = str(lab.directory / "id_ed25519.pub")
     added = inventory_variant(lab, tmp_path, "add.toml", {f'public_keys = ["{identity}"]':
                                                           f'public_keys = ["{identity}", "{new_key}.pub"]'})
-    result = fab("sync-keys", inventory=added)
+    result = fab("-H", BOOTSTRAPPED, "sync-keys", inventory=added)
     assert result.returncode == 0, result.stdout[-3000:]
     assert result.hosts["gpu1"]["changed"] == 1 and result.hosts["bastion"]["changed"] == 1
     fab("gen-ssh-config", inventory=added)
@@ -151,12 +153,12 @@ def test_sync_keys_adds_revokes_and_keeps_hand_added_keys(lab, fab, first_run, t
     alice_config = tmp_path / "alice_config"
     alice_config.write_text(config.read_text().replace(str(lab.directory / "id_ed25519"), str(new_key)))
     assert ssh(lab, "gpu1-dev", "true", config=alice_config).returncode == 0
-    assert fab("sync-keys", inventory=added).hosts["gpu1"]["changed"] == 0
+    assert fab("-H", BOOTSTRAPPED, "sync-keys", inventory=added).hosts["gpu1"]["changed"] == 0
     revoked = inventory_variant(lab, tmp_path, "revoke.toml", {'revoked_keys = []': f'revoked_keys = ["{new_key}.pub"]'}) \
         if "revoked_keys = []" in lab.inventory_path.read_text() else inventory_variant(
             lab, tmp_path, "revoke.toml", {f'public_keys = ["{identity}"]':
                                            f'public_keys = ["{identity}"]\nrevoked_keys = ["{new_key}.pub"]'})
-    result = fab("sync-keys", inventory=revoked)
+    result = fab("-H", BOOTSTRAPPED, "sync-keys", inventory=revoked)
     assert result.returncode == 0, result.stdout[-3000:]
     assert ssh(lab, "gpu1-dev", "true", config=alice_config).returncode != 0
     code, keys = sh(lab, "gpu1", "docker exec dev cat /root/.ssh/authorized_keys")
@@ -169,6 +171,6 @@ def test_revoking_the_login_key_is_refused(lab, fab, first_run, tmp_path):
     identity = str(lab.directory / "id_ed25519.pub")
     bad = inventory_variant(lab, tmp_path, "lockout.toml", {f'public_keys = ["{identity}"]':
                                                             f'public_keys = ["{identity}"]\nrevoked_keys = ["{identity}"]'})
-    result = fab("sync-keys", inventory=bad)
+    result = fab("-H", BOOTSTRAPPED, "sync-keys", inventory=bad)
     assert result.returncode == 2 and "would lock you out" in result.stderr
     assert "Traceback" not in result.stderr

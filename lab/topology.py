@@ -2,72 +2,60 @@
 
 One internal Docker network (fixed subnet, no route out) holds:
 
-    127.0.0.1:PORT -> bastion  sshd only; the one way in (also on the default bridge)
-                      gpu1     systemd as PID 1      (odd servers)
-                      gpu2     no systemd, like WSL2 (even servers; `service` works)
-                      aptproxy apt-cacher-ng, the servers' only way to Debian packages
-                      mirror   registry serving pytorch/pytorch:lab-bookworm as a Hub mirror
+    127.0.0.1:PORT -> bastion   sshd only; the one way in (also on the default bridge)
+                      aptproxy  apt-cacher-ng, the servers' only way to Debian packages
+                      mirror    registry serving pytorch/pytorch:lab-bookworm as a Hub mirror
+                      pkgmirror plain HTTP serving the lab's Docker CE and NVIDIA apt repos (lab/mirror.py)
+                      gpu1      Debian 12, systemd as PID 1, docker-ce from the lab's repo
+                      gpu2      Debian 12, no systemd (like WSL2), Debian's docker.io
+                      gpu3      Debian 13, systemd, docker-ce 26 and the toolkit from the lab's repos
 
 Servers start bare (no Docker) and accept SSH only from the bastion's address.
-Everything goes through the Docker SDK; base images come from one debootstrap
-and are reused by tag (the tag is a digest of the recipe, so a changed recipe
-rebuilds). Every container, network and volume carries the label
-`gpufleet.lab=<prefix>`, which is how `down()` finds all of it.
+Everything goes through the Docker SDK; base images come from one debootstrap per
+Debian release and are reused by tag (lab/images.py). Every container, network and
+volume carries the label `gpufleet.lab=<prefix>`, which is how `down()` finds all of it.
 
-What survives `down()`: the images (`gpufleet-lab/*`) and the apt cache volume
-`<prefix>-aptcache`. `down(purge=True)` also removes the apt cache volume and
-the lab's keys, inventory and known_hosts. The registry volume is always removed;
-`up()` pushes the lab image again.
+What survives `down()`: the images (`gpufleet-lab/*`), the package mirror's cache
+(CACHE, /var/tmp/gpufleet-lab) and the apt cache volume `<prefix>-aptcache`.
+`down(purge=True)` also removes the apt cache volume and the lab's keys, inventory and
+known_hosts. The registry volume is always removed; `up()` pushes the lab image again.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import io
 import ipaddress
 import json
-import os
 import re
 import shutil
 import socket
 import subprocess
-import tarfile
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from gpufleet.errors import FleetError
-
-LAB_FILES = Path(__file__).resolve().parent.parent / "lab"
-
-SUITE = "bookworm"
-ARCHIVE = "http://deb.debian.org/debian"
-
-LABEL = "gpufleet.lab"              # value: the lab's prefix; on every container, network and volume
-ROLE_LABEL = "gpufleet.lab.role"
-NAME_LABEL = "gpufleet.lab.name"
-SPEC_LABEL = "gpufleet.lab.spec"    # digest of a container's whole spec: a changed spec recreates it
-RECIPE_LABEL = "gpufleet.lab.recipe"
+from lab.common import LAB_FILES, LABEL, NAME_LABEL, ROLE_LABEL, SPEC_LABEL, LabError, http_status, poll, \
+    remove_container, tail, tar_bytes, write_atomic
+from lab.images import BOOKWORM, PYTORCH, SERVERS, SERVICES, TRIXIE, ImageBuilder
 
 DEFAULT_PREFIX = "gpufleet-lab"
 DEFAULT_SUBNET = "10.77.10.0/24"
+DEFAULT_HOSTS = 3
 
 HUB_REPOSITORY = "pytorch/pytorch"
-HUB_TAG = f"lab-{SUITE}"
+HUB_TAG = f"lab-{BOOKWORM}"
 LAB_IMAGE = f"{HUB_REPOSITORY}:{HUB_TAG}"   # what the inventory asks for; the mirror serves it
 APT_PROXY_PORT = 3142
 MIRROR_PORT = 5000
+PKGMIRROR_PORT = 80                          # apt-cacher-ng forwards plain HTTP to port 80 only
 DEV_USER, DEV_UID = "dev", 1000
 SYSV_INIT = "/usr/local/sbin/gpufleet-lab-init"
+PKGMIRROR_ROOT = "/srv/www"
 
-SERVICE_ROLES = ("bastion", "aptproxy", "mirror")
+SERVICE_ROLES = ("bastion", "aptproxy", "mirror", "pkgmirror")
 SYSTEMD, SYSV = "server-systemd", "server-sysv"
+RELEASES = {BOOKWORM: "Debian 12", TRIXIE: "Debian 13"}
 
 # What a server container needs to run systemd and its own Docker engine here
 # (--privileged is refused on these machines; see shared/LAB-NOTES.md).
@@ -78,164 +66,6 @@ SERVER_POWERS = dict(
     device_cgroup_rules=["a *:* rwm"],
     tmpfs={"/run": "", "/run/lock": ""},
 )
-
-
-class LabError(FleetError):
-    """The lab could not be built, started or reached."""
-
-
-# --- images ---
-
-@dataclass(frozen=True)
-class ImageRecipe:
-    """How one lab image is made. Its tag is a digest of the recipe, so a changed recipe rebuilds."""
-    repository: str
-    base: ImageRecipe | None = None                # None: debootstrap a root filesystem
-    include: tuple[str, ...] = ()                  # debootstrap --include (base images only)
-    script: str = ""                               # file under lab/images/, run in a build container
-    files: tuple[tuple[str, str], ...] = ()        # (file under lab/, absolute path in the image)
-    changes: tuple[str, ...] = ()                  # Dockerfile instructions: ENV, CMD
-    version: int = 1                               # bump when the code that builds it changes
-
-    @property
-    def digest(self) -> str:
-        h = hashlib.sha256(repr((self.repository, self.base.reference if self.base else (ARCHIVE, SUITE),
-                                 self.include, self.files, self.changes, self.version)).encode())
-        for rel in ([f"images/{self.script}"] if self.script else []) + [src for src, _ in self.files]:
-            h.update((LAB_FILES / rel).read_bytes())
-        return h.hexdigest()[:10]
-
-    @property
-    def reference(self) -> str:
-        return f"{self.repository}:{SUITE}-{self.digest}"
-
-
-ROOTFS = ImageRecipe("gpufleet-lab/rootfs", include=("python3",), changes=('CMD ["bash"]',))
-# Stands in for pytorch/pytorch: minimal Debian with python3, no sshd (the tool installs it),
-# and the environment the real images carry.
-PYTORCH = ImageRecipe("gpufleet-lab/pytorch", base=ROOTFS, changes=(
-    "ENV LAB_IMAGE=1",
-    "ENV PATH=/opt/lab/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "ENV NVIDIA_REQUIRE_CUDA=cuda>=11.6",
-    "ENV CUDA_VERSION=11.6.2",
-    'CMD ["bash"]',
-))
-SERVER = ImageRecipe("gpufleet-lab/server", base=ROOTFS, script="server.sh",
-                     files=(("relax-docker-ulimits.sh", "/tmp/relax-docker-ulimits"),), changes=('CMD ["/sbin/init"]',))
-SERVICES = ImageRecipe("gpufleet-lab/services", base=ROOTFS, script="services.sh",
-                       files=(("registry.yml", "/etc/gpufleet-lab/registry.yml"),), changes=('CMD ["bash"]',))
-IMAGES = (ROOTFS, PYTORCH, SERVER, SERVICES)
-BUILD_LOCK = Path("/var/tmp/gpufleet-lab-build.lock")
-
-
-class ImageBuilder:
-    """Builds the lab images that are missing: one debootstrap, the rest derived from it."""
-
-    def __init__(self, client, log: Callable[[str], None]):
-        self.client, self.log = client, log
-
-    def exists(self, recipe: ImageRecipe) -> bool:
-        import docker.errors
-        try:
-            self.client.images.get(recipe.reference)
-            return True
-        except docker.errors.ImageNotFound:
-            return False
-
-    def ensure_all(self) -> list[str]:
-        """Build every missing image; returns the references built."""
-        if all(self.exists(r) for r in IMAGES):
-            return []
-        # Another lab may be building the same images on this engine right now: take turns.
-        with _exclusive(BUILD_LOCK, lambda: self.log(f"waiting for another lab build to finish ({BUILD_LOCK})")):
-            return self._build_missing()
-
-    def _build_missing(self) -> list[str]:
-        built = []
-        if not self.exists(ROOTFS) and any(not self.exists(r) for r in IMAGES):
-            self._debootstrap(ROOTFS)
-            built.append(ROOTFS.reference)
-        missing = [r for r in IMAGES if r.base is not None and not self.exists(r)]
-        with ThreadPoolExecutor(max_workers=max(1, len(missing))) as pool:
-            for recipe in pool.map(self._derive, missing):
-                built.append(recipe.reference)
-        for recipe in IMAGES:
-            self._remove_older_tags(recipe)
-        return built
-
-    def _remove_older_tags(self, recipe: ImageRecipe) -> None:
-        """Drop tags of earlier recipes that no container uses any more (in use: kept)."""
-        import docker.errors
-        for image in self.client.images.list(name=recipe.repository):
-            for tag in image.tags:
-                if tag.startswith(f"{recipe.repository}:") and tag != recipe.reference:
-                    try:
-                        self.client.images.remove(tag)
-                        self.log(f"removed {tag} (an earlier recipe)")
-                    except docker.errors.APIError:
-                        pass
-
-    def _debootstrap(self, recipe: ImageRecipe) -> None:
-        if os.geteuid() != 0:
-            raise LabError(f"building {recipe.reference} needs root (debootstrap); run `fab lab.up` as root once")
-        if not shutil.which("debootstrap"):
-            raise LabError("debootstrap is not installed; run scripts/ensure-docker.sh (apt-get install debootstrap)")
-        self.log(f"building {recipe.reference} with debootstrap (about a minute)")
-        root = Path(tempfile.mkdtemp(prefix="gpufleet-lab-rootfs-", dir="/var/tmp"))
-        try:
-            argv = ["debootstrap", "--variant=minbase", f"--include={','.join(recipe.include)}", SUITE, str(root), ARCHIVE]
-            proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            if proc.returncode != 0:
-                raise LabError(f"debootstrap exited {proc.returncode}: {_tail(proc.stdout)}")
-            # An image carries no downloaded packages or package lists, like Debian's own images.
-            for leftover in [*root.glob("var/cache/apt/archives/*.deb"), *root.glob("var/lib/apt/lists/*_*")]:
-                leftover.unlink()
-            self._import(root, recipe)
-        finally:
-            _remove_tree(root)
-
-    def _import(self, root: Path, recipe: ImageRecipe) -> None:
-        tar = subprocess.Popen(["tar", "-C", str(root), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
-        repository, tag = recipe.reference.rsplit(":", 1)
-        try:
-            answer = self.client.api.import_image_from_data(
-                iter(lambda: tar.stdout.read(1 << 20), b""), repository=repository, tag=tag,
-                changes=[*recipe.changes, f"LABEL {RECIPE_LABEL}={recipe.digest}"])
-        finally:
-            tar.stdout.close()
-            code = tar.wait()
-        if code != 0 or "error" in str(answer).lower():
-            raise LabError(f"importing {recipe.reference} failed (tar exited {code}): {_tail(str(answer))}")
-
-    def _derive(self, recipe: ImageRecipe) -> ImageRecipe:
-        repository, tag = recipe.reference.rsplit(":", 1)
-        labels = {RECIPE_LABEL: recipe.digest}
-        if not recipe.script:
-            self.log(f"building {recipe.reference}")
-            dockerfile = "\n".join([f"FROM {recipe.base.reference}", *recipe.changes]) + "\n"
-            self.client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=recipe.reference,
-                                     labels=labels, rm=True, forcerm=True, pull=False)
-            return recipe
-        self.log(f"building {recipe.reference} (apt-get install in a build container)")
-        name = f"gpufleet-lab-build-{repository.rsplit('/', 1)[-1]}"
-        _remove_container(self.client, name)  # left over from an interrupted build (we hold BUILD_LOCK)
-        script = (LAB_FILES / "images" / recipe.script).read_text()
-        container = self.client.containers.create(recipe.base.reference, ["sh", "-c", script], name=name,
-                                                  network_mode="bridge")
-        try:
-            if recipe.files:
-                container.put_archive("/", _tar({dest.lstrip("/"): ((LAB_FILES / src).read_bytes(), 0o644, 0)
-                                                 for src, dest in recipe.files}))
-            container.start()
-            status = container.wait(timeout=1200)["StatusCode"]
-            if status != 0:
-                logs = container.logs(tail=30).decode(errors="replace")
-                raise LabError(f"building {recipe.reference}: {recipe.script} exited {status}: {_tail(logs)}")
-            container.commit(repository=repository, tag=tag,
-                             changes=[*recipe.changes, f"LABEL {RECIPE_LABEL}={recipe.digest}"])
-        finally:
-            container.remove(force=True)
-        return recipe
 
 
 # --- topology ---
@@ -253,6 +83,7 @@ class MemberPlan:
     name: str
     role: str
     ip: str
+    suite: str = BOOKWORM           # servers: the Debian release they run
 
     @property
     def is_server(self) -> bool:
@@ -264,16 +95,40 @@ def server_role(index: int) -> str:
     return SYSTEMD if index % 2 else SYSV
 
 
+def server_suite(index: int) -> str:
+    """gpu3, gpu7, ... run Debian 13 (trixie); the others Debian 12 (bookworm)."""
+    return TRIXIE if index % 4 == 3 else BOOKWORM
+
+
 def plan_members(subnet: str, hosts: int) -> list[MemberPlan]:
-    """Names, roles and static addresses: .2 bastion, .3 aptproxy, .4 mirror, .11 gpu1, .12 gpu2, ..."""
+    """Names, roles and static addresses: .2 bastion, .3 aptproxy, .4 mirror, .5 pkgmirror, .11 gpu1, ..."""
     net = ipaddress.ip_network(subnet)
     if net.version != 4:
         raise LabError(f"lab subnet {subnet} must be IPv4")
     if not 1 <= hosts <= net.num_addresses - 12:
         raise LabError(f"--hosts {hosts}: the subnet {subnet} holds 1 to {net.num_addresses - 12} servers")
     members = [MemberPlan(role, role, str(net[2 + i])) for i, role in enumerate(SERVICE_ROLES)]
-    members += [MemberPlan(f"gpu{i}", server_role(i), str(net[10 + i])) for i in range(1, hosts + 1)]
+    members += [MemberPlan(f"gpu{i}", server_role(i), str(net[10 + i]), server_suite(i)) for i in range(1, hosts + 1)]
     return members
+
+
+class ServerEntry(NamedTuple):
+    """One server as the inventory names it."""
+    name: str
+    address: str
+    user: str
+    role: str
+    suite: str
+
+
+@dataclass(frozen=True)
+class PackageRepos:
+    """The lab's package mirror as the inventory names it; nvidia_* empty where it was not built."""
+    docker_mirror: str
+    docker_key_fingerprint: str
+    engines: tuple[tuple[str, str], ...]           # (suite, Docker version the repo gives it)
+    nvidia_mirror: str = ""
+    nvidia_key_fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -284,18 +139,40 @@ class InventoryData:
     apt_proxy: str
     registry_mirror: str
     image: str
-    servers: tuple[tuple[str, str, str], ...]      # (name, address, user)
+    servers: tuple[ServerEntry, ...]
+    repos: PackageRepos
 
 
 def _toml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def server_docker_source(entry: ServerEntry) -> str:
+    """Servers without systemd keep Debian's docker.io; the others get docker-ce from the lab's repo."""
+    return "distro" if entry.role == SYSV else "docker-ce"
+
+
+def describe_server(entry: ServerEntry, repos: PackageRepos) -> str:
+    init = "systemd" if entry.role == SYSTEMD else "no systemd (like WSL2)"
+    if server_docker_source(entry) == "distro":
+        docker = "Debian's docker.io"
+    else:
+        docker = f"docker-ce {dict(repos.engines).get(entry.suite, '?')} from the lab mirror"
+    toolkit = ", the NVIDIA toolkit with no GPU (nvidia_toolkit = always)" if wants_toolkit(entry, repos) else ""
+    return f"{RELEASES[entry.suite]} ({entry.suite}), {init}; {docker}{toolkit}"
+
+
+def wants_toolkit(entry: ServerEntry, repos: PackageRepos) -> bool:
+    return bool(repos.nvidia_mirror) and entry.suite == TRIXIE and entry.role == SYSTEMD
+
+
 def render_inventory(data: InventoryData) -> str:
     """The lab's hosts.toml (same schema as the hand-written one)."""
-    d = data.directory
+    d, repos = data.directory, data.repos
     lines = [
         "# Generated by `fab lab.up` — do not edit; re-run lab.up to regenerate.",
+        "# Servers (all behind the bastion, no GPU):",
+        *[f"#   {entry.name}: {describe_server(entry, repos)}" for entry in data.servers],
         "[run]",
         "parallel = 8",
         "",
@@ -308,7 +185,17 @@ def render_inventory(data: InventoryData) -> str:
         "[defaults]",
         'user = "root"',
         f"apt_proxy = {_toml_str(data.apt_proxy)}",
-        'docker_source = "distro"',
+        "# the lab's package mirror (pkgmirror): Debian's binaries repackaged, signed with lab keys",
+        'docker_source = "docker-ce"',
+        f"docker_mirror = {_toml_str(repos.docker_mirror)}",
+        f"docker_key_fingerprint = {_toml_str(repos.docker_key_fingerprint)}",
+    ]
+    if repos.nvidia_mirror:
+        lines += [f"nvidia_mirror = {_toml_str(repos.nvidia_mirror)}",
+                  f"nvidia_key_fingerprint = {_toml_str(repos.nvidia_key_fingerprint)}"]
+    else:
+        lines.append("# no NVIDIA repo: ../shared/gpu-stack was not there when the mirror was built")
+    lines += [
         f"registry_mirrors = [{_toml_str(data.registry_mirror)}]",
         'data_root = "/data/docker"',
         f"docker_users = [{_toml_str(DEV_USER)}]",
@@ -326,10 +213,15 @@ def render_inventory(data: InventoryData) -> str:
         'address = "127.0.0.1"',
         f"port = {int(data.bastion_port)}",
     ]
-    for name, address, user in data.servers:
-        lines += ["", f"[hosts.{name}]", f"address = {_toml_str(address)}", 'groups = ["servers"]']
-        if user != "root":
-            lines.append(f"user = {_toml_str(user)}          # logs in as the sudo user, to exercise sudo")
+    for entry in data.servers:
+        lines += ["", f"[hosts.{entry.name}]",
+                  f"address = {_toml_str(entry.address)}", 'groups = ["servers"]']
+        if entry.user != "root":
+            lines.append(f"user = {_toml_str(entry.user)}          # logs in as the sudo user, to exercise sudo")
+        if server_docker_source(entry) == "distro":
+            lines.append('docker_source = "distro"')
+        if wants_toolkit(entry, repos):
+            lines.append('nvidia_toolkit = "always"')
     return "\n".join(lines) + "\n"
 
 
@@ -345,6 +237,8 @@ class LabInfo:
     addresses: dict[str, str]       # lab name -> address on the lab network
     servers: list[str]
     image: str                      # the Docker Hub name the mirror serves
+    repos: PackageRepos | None = None
+    mirror_tree: Path | None = None  # the package mirror's tree on this machine
     built_images: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -362,6 +256,7 @@ class Lab:
         self.bastion_port = bastion_port
         self.log = log or (lambda message: None)
         self._client = client
+        self.package_mirror = None       # lab.mirror.Mirror, set by up()
 
     # -- paths and names --
 
@@ -432,13 +327,17 @@ class Lab:
 
     # -- public operations --
 
-    def up(self, hosts: int = 2) -> LabInfo:
+    def up(self, hosts: int = DEFAULT_HOSTS) -> LabInfo:
         """Bring the lab up, or reconcile a running one to this shape; writes the inventory."""
+        from lab.mirror import ensure_lab_mirror
         started = time.monotonic()
         members = plan_members(self.subnet, hosts)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._ensure_keys([m.name for m in members if m.role == "bastion" or m.is_server])
-        built = ImageBuilder(self.client, self.log).ensure_all()
+        mirror = []
+        built = ImageBuilder(self.client, self.log).ensure_all(
+            alongside=lambda: mirror.append(ensure_lab_mirror(log=self.log)))
+        self.package_mirror = mirror[0]
         network = self._ensure_network()
         wanted = {m.name for m in members}
         for container in self._containers():
@@ -453,6 +352,7 @@ class Lab:
         self._ensure_volume(self.registry_volume)
         for member in members:
             self._ensure_member(member, network, bastion_ip)
+        self._remove_unused_mirror_trees()
         by_role = {m.role: m for m in members}
         bastion_port = self.published_port("bastion", "22/tcp")
         mirror_port = self.published_port("mirror", f"{MIRROR_PORT}/tcp")
@@ -460,19 +360,34 @@ class Lab:
             push = pool.submit(self._ensure_lab_image_pushed, mirror_port)
             self._wait_ssh_banner("bastion", "127.0.0.1", bastion_port)
             self._wait_from_bastion({f"{m.ip}:22": m.name for m in members if m.is_server}
-                                    | {f"{by_role['aptproxy'].ip}:{APT_PROXY_PORT}": "aptproxy"})
+                                    | {f"{by_role['aptproxy'].ip}:{APT_PROXY_PORT}": "aptproxy",
+                                       f"{by_role['pkgmirror'].ip}:{PKGMIRROR_PORT}": "pkgmirror"})
             push.result()
         servers = [m for m in members if m.is_server]
+        repos = self.package_repos(by_role["pkgmirror"].ip)
         data = InventoryData(
             directory=self.directory, bastion_port=bastion_port,
             apt_proxy=f"http://{by_role['aptproxy'].ip}:{APT_PROXY_PORT}",
             registry_mirror=f"http://{by_role['mirror'].ip}:{MIRROR_PORT}", image=LAB_IMAGE,
-            servers=tuple((m.name, m.ip, DEV_USER if m.role == SYSV else "root") for m in servers))
-        _write_atomic(self.inventory_path, render_inventory(data).encode(), 0o644)
+            servers=tuple(ServerEntry(m.name, m.ip, DEV_USER if m.role == SYSV else "root", m.role, m.suite)
+                          for m in servers),
+            repos=repos)
+        write_atomic(self.inventory_path, render_inventory(data).encode(), 0o644)
         return LabInfo(prefix=self.prefix, subnet=self.subnet, inventory=self.inventory_path, identity=self.identity,
                        bastion_port=bastion_port, mirror_port=mirror_port,
                        addresses={m.name: m.ip for m in members}, servers=[m.name for m in servers],
-                       image=LAB_IMAGE, built_images=built, seconds=time.monotonic() - started)
+                       image=LAB_IMAGE, repos=repos, mirror_tree=self.package_mirror.root,
+                       built_images=built, seconds=time.monotonic() - started)
+
+    def package_repos(self, pkgmirror_ip: str) -> PackageRepos:
+        """The package mirror's URLs and key fingerprints, as the inventory gives them."""
+        from lab.mirror import DOCKER_BASE, NVIDIA_BASE, upstream_version
+        mirror, base = self.package_mirror, f"http://{pkgmirror_ip}"
+        engines = tuple((suite, upstream_version(packages["docker-ce"])) for suite, packages in mirror.docker.items())
+        if not mirror.nvidia:
+            return PackageRepos(f"{base}/{DOCKER_BASE}", mirror.docker_key_fingerprint, engines)
+        return PackageRepos(f"{base}/{DOCKER_BASE}", mirror.docker_key_fingerprint, engines,
+                            f"{base}/{NVIDIA_BASE}", mirror.nvidia_key_fingerprint)
 
     def status(self) -> list[Member]:
         """Every lab container: (name, role, state, address on the lab network)."""
@@ -634,23 +549,33 @@ class Lab:
             allow = f"root@{bastion_ip} {DEV_USER}@{bastion_ip}" if member.is_server else "root"
             files.update(self._ssh_files(member.name, allow, dev=member.is_server))
         if member.role == "bastion":
-            spec.update(image=SERVER.reference, init=True,
+            spec.update(image=SERVERS[BOOKWORM].reference, init=True,
                         command=["sh", "-c", "mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e"],
                         ports={"22/tcp": ("127.0.0.1", self.bastion_port)})
         elif member.role == "aptproxy":
+            # The package mirror is forwarded, never cached: its packages change with the lab's recipe
+            # under the same file names, and the proxy would keep serving the old ones.
+            pkgmirror = re.escape(self.member_ip("pkgmirror"))
             spec.update(image=SERVICES.reference, user="apt-cacher-ng",
-                        command=["/usr/sbin/apt-cacher-ng", "-c", "/etc/apt-cacher-ng", "ForeGround=1"],
+                        command=["/usr/sbin/apt-cacher-ng", "-c", "/etc/apt-cacher-ng", "ForeGround=1",
+                                 f"DontCacheRequested=(^|/){pkgmirror}[:/]"],
                         volumes={self.apt_cache_volume: {"bind": "/var/cache/apt-cacher-ng", "mode": "rw"}})
         elif member.role == "mirror":
             spec.update(image=SERVICES.reference, init=True,
                         command=["docker-registry", "serve", "/etc/gpufleet-lab/registry.yml"],
                         ports={f"{MIRROR_PORT}/tcp": ("127.0.0.1", None)},
                         volumes={self.registry_volume: {"bind": "/var/lib/registry", "mode": "rw"}})
+        elif member.role == "pkgmirror":
+            tree = self.package_mirror.root
+            spec.update(image=SERVICES.reference, init=True, working_dir=PKGMIRROR_ROOT,
+                        command=["python3", "-m", "http.server", "--bind", "0.0.0.0", str(PKGMIRROR_PORT)],
+                        volumes={str(tree): {"bind": "/srv/mirror", "mode": "ro"}})
+            files.update(self._pkgmirror_files(member.ip))
         else:
             volumes = {"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}}
             volumes |= {vol: {"bind": path, "mode": "rw"} for vol, path in self.server_volumes(member.name).items()}
             # Nothing outside the lab resolves: fail in a second, not after ten.
-            spec.update(image=SERVER.reference, volumes=volumes, dns_opt=["timeout:1", "attempts:1"],
+            spec.update(image=SERVERS[member.suite].reference, volumes=volumes, dns_opt=["timeout:1", "attempts:1"],
                         **SERVER_POWERS)
             if member.role == SYSTEMD:
                 spec.update(command=["/sbin/init"], stop_signal="SIGRTMIN+3", environment={"container": "docker"})
@@ -662,6 +587,39 @@ class Lab:
             sort_keys=True, default=str).encode()).hexdigest()[:16]
         labels[SPEC_LABEL] = digest
         return spec, files
+
+    def _pkgmirror_files(self, ip: str) -> dict[str, tuple[bytes, int, int]]:
+        """The web root: links into the shared tree (mounted read-only), and NVIDIA's .list naming this lab's URL.
+        Tests may add their own repos beside them."""
+        from lab.mirror import DOCKER_BASE, NVIDIA_BASE, nvidia_list
+        top = DOCKER_BASE.split("/")[0]
+        www = PKGMIRROR_ROOT.lstrip("/")
+        files = {f"{www}/": (b"", 0o755, 0), f"{www}/{top}": (f"->/srv/mirror/{top}".encode(), 0o777, 0)}
+        if self.package_mirror.nvidia:
+            deb = f"{NVIDIA_BASE}/stable/deb"
+            files |= {
+                f"{www}/{NVIDIA_BASE}/": (b"", 0o755, 0),
+                f"{www}/{NVIDIA_BASE}/stable/": (b"", 0o755, 0),
+                f"{www}/{deb}/": (b"", 0o755, 0),
+                f"{www}/{NVIDIA_BASE}/gpgkey": (f"->/srv/mirror/{NVIDIA_BASE}/gpgkey".encode(), 0o777, 0),
+                f"{www}/{deb}/amd64": (f"->/srv/mirror/{deb}/amd64".encode(), 0o777, 0),
+                f"{www}/{deb}/nvidia-container-toolkit.list":
+                    (nvidia_list(f"http://{ip}/{NVIDIA_BASE}").encode(), 0o644, 0),
+            }
+        return files
+
+    def member_ip(self, role: str) -> str:
+        """The lab-network address of a service member (bastion, aptproxy, mirror, pkgmirror)."""
+        return next(m.ip for m in plan_members(self.subnet, 1) if m.role == role)
+
+    def _remove_unused_mirror_trees(self) -> None:
+        """Package mirror trees of earlier recipes that no lab's pkgmirror mounts any more."""
+        from lab.mirror import older_trees
+        in_use = {mount.get("Source", "") for c in self.client.containers.list(
+            all=True, filters={"label": f"{ROLE_LABEL}=pkgmirror"}) for mount in c.attrs.get("Mounts", [])}
+        for tree in older_trees(self.package_mirror.root, in_use):
+            self.log(f"removing {tree} (an earlier package mirror)")
+            shutil.rmtree(tree, ignore_errors=True)
 
     def _ssh_files(self, name: str, allow_users: str, dev: bool) -> dict[str, tuple[bytes, int, int]]:
         key = self.directory / "hostkeys" / f"{name}_ed25519"
@@ -716,12 +674,12 @@ class Lab:
         container = self.client.containers.create(**spec, network=network.name,
                                                   networking_config={network.name: endpoint})
         try:
-            if member.role in SERVICE_ROLES:
+            if member.role in ("bastion", "aptproxy", "mirror"):
                 # The bastion is reached from 127.0.0.1; the apt proxy reaches the Debian archive;
                 # the mirror is pushed to from the outer engine.
                 self.client.networks.get("bridge").connect(container)
             if files:
-                container.put_archive("/", _tar(files))
+                container.put_archive("/", tar_bytes(files))
             container.start()
             if member.is_server:
                 self._drop_default_route(container)
@@ -734,7 +692,7 @@ class Lab:
         (whose traffic iptables then drops); a lab server has no route out at all."""
         result = container.exec_run(["sh", "-c", "ip route show default | grep -q . || exit 0; ip route del default"])
         if result.exit_code != 0:
-            raise LabError(f"removing the default route in {container.name}: {_tail(result.output.decode())}")
+            raise LabError(f"removing the default route in {container.name}: {tail(result.output.decode())}")
 
     def published_port(self, name: str, port: str) -> int:
         """The 127.0.0.1 port on which a member's `port` ("22/tcp") is published."""
@@ -747,18 +705,18 @@ class Lab:
             if container.status not in ("running", "created", "restarting"):
                 break
             time.sleep(0.1)
-        raise LabError(f"{name} has no published {port} ({container.status}): {self._logs_tail(name)}")
+        raise LabError(f"{name} has no published {port} ({container.status}): {self._logstail(name)}")
 
     # -- readiness --
 
     def _check_running(self, name: str) -> None:
         container = self._container(name)
         if container.status != "running":
-            raise LabError(f"{self.container_name(name)} is {container.status}: {self._logs_tail(name)}")
+            raise LabError(f"{self.container_name(name)} is {container.status}: {self._logstail(name)}")
 
-    def _logs_tail(self, name: str) -> str:
+    def _logstail(self, name: str) -> str:
         try:
-            return _tail(self._container(name).logs(tail=20).decode(errors="replace")) or "(no output)"
+            return tail(self._container(name).logs(tail=20).decode(errors="replace")) or "(no output)"
         except LabError:
             return "(no container)"
 
@@ -771,8 +729,8 @@ class Lab:
                     return s.recv(64).startswith(b"SSH-")
             except OSError:
                 return False
-        _poll(f"sshd of {name} on {host}:{port}", answered, timeout,
-              on_timeout=lambda: self._logs_tail(name))
+        poll(f"sshd of {name} on {host}:{port}", answered, timeout,
+              on_timeout=lambda: self._logstail(name))
 
     def _wait_from_bastion(self, targets: dict[str, str], timeout: float = 120) -> None:
         """Poll from inside the bastion until every ip:port answers (sshd: with its banner)."""
@@ -802,17 +760,17 @@ class Lab:
             return not waiting
 
         def report():
-            return "; ".join(f"{name} ({target}): {self._logs_tail(name)}" for target, name in waiting.items())
-        _poll("lab services answering from the bastion", all_up, timeout, on_timeout=report)
+            return "; ".join(f"{name} ({target}): {self._logstail(name)}" for target, name in waiting.items())
+        poll("lab services answering from the bastion", all_up, timeout, on_timeout=report)
 
     # -- the mirror --
 
     def _ensure_lab_image_pushed(self, mirror_port: int) -> None:
         base = f"http://127.0.0.1:{mirror_port}"
-        _poll(f"registry mirror on 127.0.0.1:{mirror_port}", lambda: _http_status(f"{base}/v2/") == 200, 60,
-              on_timeout=lambda: self._logs_tail("mirror"))
+        poll(f"registry mirror on 127.0.0.1:{mirror_port}", lambda: http_status(f"{base}/v2/") == 200, 60,
+              on_timeout=lambda: self._logstail("mirror"))
         manifest = f"{base}/v2/{HUB_REPOSITORY}/manifests/{HUB_TAG}"
-        if _http_status(manifest, method="HEAD", accept="application/vnd.docker.distribution.manifest.v2+json") == 200:
+        if http_status(manifest, method="HEAD", accept="application/vnd.docker.distribution.manifest.v2+json") == 200:
             return
         self.log(f"pushing the lab image to the mirror as {LAB_IMAGE}")
         target = f"127.0.0.1:{mirror_port}/{HUB_REPOSITORY}"
@@ -825,61 +783,8 @@ class Lab:
             self.client.images.remove(f"{target}:{HUB_TAG}")
 
 
+
 # --- small helpers ---
-
-def _poll(what: str, check: Callable[[], bool], timeout: float, on_timeout: Callable[[], str] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.1
-    while True:
-        if check():
-            return
-        if time.monotonic() > deadline:
-            raise LabError(f"timed out after {timeout:.0f}s waiting for {what}: {on_timeout()}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path, on_wait: Callable[[], None]):
-    """Hold an exclusive lock on `path` (shared by every process on this machine)."""
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            on_wait()
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _http_status(url: str, method: str = "GET", accept: str = "") -> int:
-    request = urllib.request.Request(url, method=method, headers={"Accept": accept} if accept else {})
-    try:
-        with urllib.request.urlopen(request, timeout=3) as response:
-            return response.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return 0
-
-
-def _tar(files: dict[str, tuple[bytes, int, int]]) -> bytes:
-    """A tar of {path: (content, mode, uid)}; a path ending in '/' is a directory."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path, (content, mode, uid) in sorted(files.items()):
-            info = tarfile.TarInfo(path.rstrip("/"))
-            info.mode, info.uid, info.gid, info.mtime = mode, uid, uid, int(time.time())
-            if path.endswith("/"):
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            else:
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
-
 
 def _keygen(path: Path, comment: str) -> None:
     if not shutil.which("ssh-keygen"):
@@ -887,32 +792,9 @@ def _keygen(path: Path, comment: str) -> None:
     proc = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
-        raise LabError(f"ssh-keygen for {path} exited {proc.returncode}: {_tail(proc.stdout)}")
+        raise LabError(f"ssh-keygen for {path} exited {proc.returncode}: {tail(proc.stdout)}")
 
 
-def _write_atomic(path: Path, content: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(content)
-    tmp.chmod(mode)
-    tmp.replace(path)
-
-
-def _remove_container(client, name: str) -> None:
-    import docker.errors
-    try:
-        client.containers.get(name).remove(force=True)
-    except docker.errors.NotFound:
-        pass
-
-
-def _remove_tree(root: Path) -> None:
-    """rm -rf a debootstrap target, first unmounting anything a failed run left mounted inside it."""
-    prefix = str(root) + "/"
-    with open("/proc/self/mounts") as mounts:
-        inside = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
-    for mount in sorted(inside, key=len, reverse=True):
-        subprocess.run(["umount", "-l", mount], check=False)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def _routes() -> list[tuple[ipaddress.IPv4Network, str]]:
@@ -943,5 +825,3 @@ def _index(server: str) -> int:
     return int(match.group(1))
 
 
-def _tail(text: str, lines: int = 5) -> str:
-    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())

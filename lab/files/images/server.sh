@@ -1,21 +1,22 @@
 #!/bin/sh
 # Lab server image: a bare Debian server (sshd, sudo, systemd available) with no Docker.
 # Runs once in a build container on the default bridge; the result is committed.
+# SUITE: the Debian release of the base image (bookworm, trixie).
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 
 # Like a real install: main, updates and security, in deb822 form.
 rm -f /etc/apt/sources.list
-cat > /etc/apt/sources.list.d/debian.sources <<'SOURCES'
+cat > /etc/apt/sources.list.d/debian.sources <<SOURCES
 Types: deb
 URIs: http://deb.debian.org/debian
-Suites: bookworm bookworm-updates
+Suites: $SUITE $SUITE-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
 URIs: http://deb.debian.org/debian-security
-Suites: bookworm-security
+Suites: $SUITE-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SOURCES
