@@ -197,6 +197,7 @@ HOST_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     "apt_proxy": (_optional_url, "", "apt proxy URL for the host and its containers"),
     "docker_source": (_choice("docker-ce", "distro"), "docker-ce", "docker-ce (Docker's repo or a mirror) or distro (docker.io)"),
     "docker_mirror": (_url, "https://download.docker.com/linux", "base URL of Docker's apt repo or a mirror of it"),
+    "docker_plugins": (_bool, True, "with docker-ce, also docker-buildx-plugin and docker-compose-plugin"),
     "docker_key_fingerprint": (_fingerprint, DOCKER_KEY_FINGERPRINT, "fingerprint of the key that signs docker_mirror"),
     "data_root": (_abs_path, "", "Docker data-root; empty leaves Docker's default"),
     "allow_data_root_migration": (_bool, False, "copy existing images/containers when data_root changes"),

@@ -5,9 +5,9 @@ import re
 import shlex
 from dataclasses import dataclass
 
-SUPPORTED = {"ubuntu": ("18.04", "20.04", "22.04", "24.04"), "debian": ("11", "12")}
+SUPPORTED = {"ubuntu": ("18.04", "20.04", "22.04", "24.04"), "debian": ("11", "12", "13")}
 # the codenames of those releases: how a derivative (Mint, Pop!_OS, LMDE...) says what it is built on
-SUPPORTED_CODENAMES = {"ubuntu": ("bionic", "focal", "jammy", "noble"), "debian": ("bullseye", "bookworm")}
+SUPPORTED_CODENAMES = {"ubuntu": ("bionic", "focal", "jammy", "noble"), "debian": ("bullseye", "bookworm", "trixie")}
 # releases whose apt still uses one-line sources.list; every later one ships deb822 *.sources files
 CLASSIC_SOURCES = {"ubuntu": ("trusty", "xenial", "bionic", "cosmic", "disco", "eoan", "focal", "groovy", "hirsute",
                               "impish", "jammy", "kinetic", "lunar", "mantic"),

@@ -18,7 +18,8 @@ from tasks import HOST_TASK_HELP
 from tasks.apt import PROXY
 
 DISTRO_PACKAGES = ("docker.io",)
-CE_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin", "docker-compose-plugin")
+CE_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io")
+CE_PLUGINS = ("docker-buildx-plugin", "docker-compose-plugin")
 # Docker's install guide removes these before installing docker-ce
 CE_CONFLICTS = ("docker.io", "docker-doc", "docker-compose", "podman-docker", "containerd", "runc")
 NVIDIA_RUNTIME = {"nvidia": {"path": "nvidia-container-runtime", "args": []}}
@@ -64,7 +65,8 @@ def plan_install(c) -> Plan:
                          "restart every container: set docker_source = 'distro' or remove docker.io yourself")
     repo = apt_repo.docker_ce_repo(c.host.docker_mirror, c.host.docker_key_fingerprint, f.os.family,
                                    f.os.base_codename, f.arch)
-    actions = apt_repo.plan_repo_packages(repo, f, CE_PACKAGES, conflicts=CE_CONFLICTS)
+    packages = CE_PACKAGES + (CE_PLUGINS if c.host.docker_plugins else ())
+    actions = apt_repo.plan_repo_packages(repo, f, packages, conflicts=CE_CONFLICTS)
     if not actions:
         return Plan.ok(f"docker-ce {installed['docker-ce']} is installed from {c.host.docker_mirror}")
     return Plan.change(*actions)

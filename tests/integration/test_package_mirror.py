@@ -1,11 +1,13 @@
 """The lab's package mirror, checked by apt itself on lab servers: signatures, indexes, installs.
 
-gpu3 (Debian 13) is set up by hand here, the way Docker's and NVIDIA's install guides say
-(key to /etc/apt/keyrings, `signed-by`), not by the tool; gpu1 (Debian 12) is checked after the
-session's `bootstrap`, which took the docker-ce path from the same mirror.
+gpu3 (Debian 13) is first set up by hand, the way Docker's and NVIDIA's install guides say (key to
+/etc/apt/keyrings, `signed-by`), then made bare again and set up by the tool's own docker.install and
+nvidia.install, twice; gpu1 (Debian 12) is checked after the session's `bootstrap`, which took the
+docker-ce path from the same mirror.
 """
 from __future__ import annotations
 
+import json
 import shlex
 import tomllib
 
@@ -203,9 +205,70 @@ def test_bootstrap_took_the_docker_ce_path_on_gpu1(lab, bootstrapped):
     assert out.splitlines()[0] == "docker.io install ok installed" and "ok installed" not in out.splitlines()[1:], out
 
 
-def test_the_tool_does_not_accept_debian_13_yet(lab, fab, gpu3):
-    """What the READMEs say of gpu3: its packages come from the mirror, but `bootstrap` refuses the release.
-    When gpufleet/osinfo.py accepts Debian 13, this fails: then bootstrap gpu3 in `make demo` and say so."""
-    result = fab("-H", "gpu3", "docker.install", "--dry-run")
+@pytest.fixture(scope="module")
+def tool_on_gpu3(lab, fab, tmp_path_factory):
+    """gpu3 made bare again, then the tool's own Docker and toolkit stages, twice, through the real CLI;
+    first with a forged pin for Docker's key (refused, nothing written), then as the inventory says."""
+    lab.recreate_server("gpu3")
+    forged = tmp_path_factory.mktemp("forged") / "hosts.toml"
+    pinned = defaults(lab)["docker_key_fingerprint"]
+    forged.write_text(lab.inventory_path.read_text().replace(pinned, "0" * 40, 1))
+    refused = fab("-H", "gpu3", "docker.install", inventory=forged)
+    after_refusal = sh(lab, "gpu3", "ls -A /etc/apt/keyrings /etc/apt/sources.list.d 2>&1; "
+                                    "dpkg-query -W -f '${Package} ${Status}\\n' docker-ce docker.io 2>&1")[1]
+    runs = [fab("-H", "gpu3", task) for task in ("docker.install", "nvidia.install")]
+    again = [fab("-H", "gpu3", task) for task in ("docker.install", "nvidia.install")]
+    return refused, after_refusal, runs, again
+
+
+def test_a_mirror_whose_key_is_not_the_pinned_one_is_refused_and_nothing_is_installed(lab, tool_on_gpu3):
+    refused, after_refusal, _, _ = tool_on_gpu3
+    assert refused.returncode == 1, refused.stdout[-2000:]
+    message = refused.hosts["gpu3"]["error"]
+    pinned = defaults(lab)["docker_key_fingerprint"]
+    assert "docker_key_fingerprint" in message and "0" * 40 in message and pinned in message, message
+    # nothing was written or installed: no keyring, no sources list, no docker package
+    assert "docker.asc" not in after_refusal and "docker.list" not in after_refusal, after_refusal
+    assert "ok installed" not in after_refusal, after_refusal
+
+
+def test_the_tool_installs_docker_ce_26_and_the_toolkit_on_debian_13_from_the_mirror(lab, tool_on_gpu3):
+    _, _, runs, again = tool_on_gpu3
+    for run in runs:
+        assert run.returncode == 0 and run.hosts["gpu3"]["changed"] >= 1, run.stdout[-3000:]
+    for run in again:  # the second run changes nothing
+        assert run.returncode == 0 and run.hosts["gpu3"]["changed"] == 0, run.stdout[-3000:]
+    code, out = sh(lab, "gpu3", "dpkg-query -W -f '${Package} ${Version} ${Status}\\n' docker-ce containerd.io "
+                                "nvidia-container-toolkit nvidia-container-toolkit-base")
+    assert code == 0, out
+    assert "docker-ce 5:26.1.5-1~debian.13~trixie install ok installed" in out, out
+    assert "nvidia-container-toolkit 1.18.0-1 install ok installed" in out, out
+    code, out = sh(lab, "gpu3", "apt-cache policy docker-ce nvidia-container-toolkit")
+    assert f"{defaults(lab)['docker_mirror']}/debian trixie/stable amd64 Packages" in out, out
+    assert f"{defaults(lab)['nvidia_mirror']}/stable/deb/amd64" in out, out
+    for keyring, setting in ((DOCKER_KEYRING, "docker_key_fingerprint"), (NVIDIA_KEYRING, "nvidia_key_fingerprint")):
+        assert sh(lab, "gpu3", f"stat -c '%a %U' {keyring}")[1] == "644 root"
+        assert key_fingerprints(lab, "gpu3", keyring) == [defaults(lab)[setting]]
+    code, out = sh(lab, "gpu3", "docker version --format '{{.Server.Version}}'; "
+                                "docker info --format '{{json .Runtimes}}'; cat /etc/docker/daemon.json")
+    version, runtimes, *daemon = out.splitlines()
+    assert version.startswith("26.1.5"), out  # Debian's build: 26.1.5+dfsg1
+    assert "nvidia" in json.loads(runtimes), runtimes  # registered by the daemon.json merge, no GPU needed
+    assert json.loads("\n".join(daemon))["runtimes"]["nvidia"]["path"] == "nvidia-container-runtime"
+
+
+def test_docker_26_validates_daemon_json_with_dockerd_before_it_is_installed(lab, fab, tool_on_gpu3, tmp_path):
+    """On Docker 26 (gpu3) a key dockerd does not know is caught by `dockerd --validate` on the temp file: the
+    file is never installed and Docker keeps running. (Docker 20.10 has no --validate: gpu1 gets the tool's JSON
+    and schema check, and a key only dockerd rejects is rolled back after the restart: test_daemon_json_lab.)"""
+    before = sh(lab, "gpu3", "md5sum /etc/docker/daemon.json")[1]
+    assert sh(lab, "gpu3", "dockerd --validate --config-file /etc/docker/daemon.json")[0] == 0
+    assert sh(lab, "gpu1", "dockerd --validate --config-file /etc/docker/daemon.json")[0] != 0  # 20.10: no such flag
+    bad = tmp_path / "bad.toml"
+    bad.write_text(lab.inventory_path.read_text() + '\n[hosts.gpu3.daemon_json]\n"no-such-option" = true\n')
+    result = fab("-H", "gpu3", "docker.configure", inventory=bad)
     assert result.returncode == 1, result.stdout[-2000:]
-    assert "Debian GNU/Linux 13 (trixie) is not supported" in result.stdout, result.stdout[-2000:]
+    assert "failed validation (dockerd --validate --config-file" in result.hosts["gpu3"]["error"], result.hosts["gpu3"]
+    assert "no-such-option" in result.hosts["gpu3"]["error"]
+    assert sh(lab, "gpu3", "md5sum /etc/docker/daemon.json")[1] == before
+    assert sh(lab, "gpu3", "docker info --format '{{.ServerVersion}}'")[0] == 0

@@ -281,7 +281,7 @@ OS_RELEASE = {  # file → (id, base codename, check_supported regex or None)
     "debian11-bullseye.os-release": ("debian", "bullseye", None),
     "debian12-bookworm-custom-id.os-release": ("debian-ujcv", "bookworm", r"\(ID=debian-ujcv\) is not Ubuntu, Debian"),
     "debian12-bookworm.os-release": ("debian", "bookworm", None),
-    "debian13-trixie.os-release": ("debian", "trixie", r"13 \(trixie\) is not supported \(debian 11, 12 are\)"),
+    "debian13-trixie.os-release": ("debian", "trixie", None),
     "distroless-debian11.os-release": ("debian", "bullseye", None),  # codename from VERSION "11 (bullseye)"
     "linuxmint20-ulyana.os-release": ("linuxmint", "focal", None),  # VERSION_CODENAME=ulyana is Mint's own
     "ubuntu18.04-bionic.os-release": ("ubuntu", "bionic", None),

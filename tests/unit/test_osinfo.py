@@ -23,6 +23,7 @@ RELEASES = [
      r"^Ubuntu 16\.04\.7 LTS is not supported \(ubuntu 18\.04, 20\.04, 22\.04, 24\.04 are\)$"),
     ("debian-12.os-release", "debian", "debian", "12", "bookworm", "bookworm", "deb822", None),
     ("debian-11.os-release", "debian", "debian", "11", "bullseye", "bullseye", "classic", None),
+    ("debian-13.os-release", "debian", "debian", "13", "trixie", "trixie", "deb822", None),  # a lab server's
     ("debian-sid.os-release", "debian", "debian", "", "trixie", "trixie", "deb822",
      r"trixie/sid: no VERSION_ID \(testing/unstable is not supported\)"),
     ("mint-21.3.os-release", "linuxmint", "ubuntu", "21.3", "virginia", "jammy", "classic", None),
@@ -30,7 +31,7 @@ RELEASES = [
     ("lmde-6.os-release", "linuxmint", "debian", "6", "faye", "bookworm", "deb822", None),
     ("pop-22.04.os-release", "pop", "ubuntu", "22.04", "jammy", "jammy", "classic", None),
     ("kali-rolling.os-release", "kali", "debian", "2024.2", "kali-rolling", "kali-rolling", "deb822",
-     r"built on debian 'kali-rolling', which is not supported \(debian bullseye, bookworm are\)"),
+     r"built on debian 'kali-rolling', which is not supported \(debian bullseye, bookworm, trixie are\)"),
     ("rocky-9.os-release", "rocky", None, "9.4", "", "", None,
      r"^Rocky Linux 9\.4 \(Blue Onyx\) \(ID=rocky\) is not Ubuntu, Debian or a derivative"),
 ]
