@@ -3,21 +3,24 @@
 Each container is run from a typed spec (gpufleet.inventory.ContainerSpec).  The
 spec it was created from is kept in the label `gpufleet.spec`; when the inventory
 asks for something else, the plan lists the fields that differ and the container
-is re-created with the same volumes, after a snapshot if its filesystem changed.
+is re-created with the same volumes, after a snapshot if the user changed its files
+(gpufleet.container_changes tells the user's changes from the tool's own writes).
 """
 from __future__ import annotations
 
 import json as jsonlib
 import shlex
 import time
+from dataclasses import replace
 
 from invoke import Collection, task
 
-from gpufleet import gpu
+from gpufleet import container_changes, gpu
+from gpufleet.container_changes import FOOTPRINT, SNAPSHOT_MARKER
 from gpufleet.errors import FleetError
 from gpufleet.fleet import fleet_task
-from gpufleet.facts import MANAGED_LABEL, SNAPSHOT_LABEL
-from gpufleet.files import FileChange, file_action, in_container, render_template
+from gpufleet.facts import MANAGED_LABEL, PROBE_FUNCTIONS, SNAPSHOT_LABEL, RemoteFile
+from gpufleet.files import FileChange, apply_file, file_action, in_container, render_template
 from gpufleet.inventory import ContainerSpec
 from gpufleet.paths import APT_PROXY_CONF, IN_CONTAINER_DIR, container_dir
 from gpufleet.plan import Action, Plan, Step
@@ -27,7 +30,6 @@ from tasks.apt import proxy_file
 from tasks.docker import apt_install
 
 SPEC_LABEL = "gpufleet.spec"
-SNAPSHOT_MARKER = "/var/lib/gpufleet-last-snapshot"
 
 
 # --- the spec, resolved for one host ---
@@ -136,7 +138,8 @@ def plan_run(c) -> Plan:
         old_doc = jsonlib.loads(((current.get("Config") or {}).get("Labels") or {}).get(SPEC_LABEL) or "{}")
         differences = spec_differences(old_doc, doc)
         if differences:
-            actions.append(Action(f"re-create container {name} ({'; '.join(differences)}), keeping its volumes",
+            actions.append(Action(f"re-create container {name} ({'; '.join(differences)}), keeping its volumes "
+                                  "(snapshot first if you changed its files)",
                                   lambda c, n=name, d=doc: recreate(c, n, d),
                                   diff="".join(f"~ {d}\n" for d in differences)))
         elif not current["State"]["Running"]:
@@ -152,8 +155,15 @@ def plan_run(c) -> Plan:
     return Plan.change(*actions)
 
 
+def snapshots_to_prune(tags: list[str], keep: int) -> list[str]:
+    """The snapshots (NAME-snapshot:TIMESTAMP) older than the newest `keep`; keep = 0 keeps them all."""
+    ordered = sorted(tags)
+    return ordered[:-keep] if keep and len(ordered) > keep else []
+
+
 def snapshot(c, name: str, pause: bool = True) -> str:
-    """`docker commit` the container to NAME-snapshot:TIMESTAMP (volumes are not in it)."""
+    """`docker commit` the container to NAME-snapshot:TIMESTAMP (volumes are not in it), then remove all
+    but its newest `keep_snapshots` snapshots (0 keeps them all); says what it did."""
     tag = f"{name.lower()}-snapshot:{time.strftime('%Y%m%d-%H%M%S')}"
     # marks the moment of the snapshot, so that `rm` can tell later changes from saved ones
     c.run(in_container(name, ["touch", SNAPSHOT_MARKER]), sudo=True, check=False)
@@ -161,17 +171,95 @@ def snapshot(c, name: str, pause: bool = True) -> str:
     if not pause:
         argv.append("--pause=false")
     c.run([*argv, name, tag], sudo=True)
-    return tag
+    keep = c.host.containers[name].keep_snapshots
+    listing = c.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", f"{name.lower()}-snapshot"],
+                    sudo=True).stdout.split()
+    # a snapshot a container still runs from cannot be removed; it stays, and is tried again next time
+    removed = [t for t in snapshots_to_prune(listing, keep) if c.run(["docker", "rmi", t], sudo=True, check=False).ok]
+    return tag + (f"; removed old {', '.join(removed)} (keep_snapshots = {keep})" if removed else "")
 
 
-def has_changes(c, name: str) -> bool:
-    return bool(c.run(["docker", "diff", name], sudo=True).stdout.strip())
+def state_script(name: str) -> Script:
+    """One command: the container's `docker diff`, the ctimes of its entries, and its footprint."""
+    q = shlex.quote
+    stat = shlex.join(["sh", "-c", 'xargs -0 -r stat -c "$0" 2>/dev/null; true', "%z\t%n"])
+    ctimes = f"docker diff {q(name)} | cut -c3- | tr '\\n' '\\000' | docker exec -i -u root {q(name)} {stat}"
+    return Script("\n".join([PROBE_FUNCTIONS, f"sec diff docker diff {q(name)}",
+                             f"sec ctimes sh -c {q(ctimes)}",
+                             f"sec footprint docker exec -u root {q(name)} cat {FOOTPRINT}"]))
 
 
-def recreate(c, name: str, doc: dict) -> None:
-    """Snapshot (if changed), run the new container, then remove the old; roll back on failure."""
-    if has_changes(c, name):
-        snapshot(c, name)
+def read_state(c, name: str) -> container_changes.ContainerState:
+    """The container's diff, ctimes and footprint now (a stopped one has no ctimes or footprint: every
+    change in it then counts as the user's)."""
+    state = container_changes.parse_state(c.run(state_script(name), sudo=True, check=False).stdout)
+    if state.error:
+        raise FleetError(f"docker diff {name} failed: {state.error}")
+    return state
+
+
+def mount_points(c, name: str) -> list[str]:
+    info = c.facts().containers.get(name) or {}
+    return [m["Destination"] for m in info.get("Mounts") or [] if m.get("Destination")]
+
+
+def user_changes(c, name: str) -> list[str]:
+    """The entries of the container's `docker diff` that are the user's, not the tool's own writes."""
+    state = read_state(c, name)
+    return container_changes.user_changes(state.diff, state.ctimes, state.footprint, mount_points(c, name))
+
+
+def record_tool_writes(c, name: str, before: container_changes.ContainerState, mounts: list[str]) -> None:
+    """Add what the tool's action just changed in the container to its footprint."""
+    after = read_state(c, name)
+    footprint = container_changes.record_tool_writes(before.footprint, before.diff, before.ctimes,
+                                                     after.diff, after.ctimes, mounts)
+    text = container_changes.render_footprint(footprint)
+    if text != after.footprint_text:
+        current = RemoteFile(after.footprint_text is not None, (after.footprint_text or "").encode())
+        apply_file(c.session, FileChange(FOOTPRINT, current, text.encode(), backup=False), container=name)
+
+
+def tracks_tool_writes(plan):
+    """A step's plan whose actions' changes inside the host's running containers are recorded in their
+    footprints as the tool's own (so that a re-creation does not take them for the user's work)."""
+    def tracked(c) -> Plan:
+        result = plan(c)
+        if not result.actions:
+            return result
+        running = {name: mount_points(c, name) for name in c.host.containers if name in c.facts().inside}
+        before = {}
+
+        def begin(apply):
+            def run(ctx):
+                before.update({name: read_state(ctx, name) for name in running})
+                return apply(ctx)
+            return run
+
+        def end(apply):
+            def run(ctx):
+                note = apply(ctx)
+                for name, mounts in running.items():
+                    record_tool_writes(ctx, name, before[name], mounts)
+                return note
+            return run
+
+        actions = list(result.actions)
+        actions[0] = replace(actions[0], apply=begin(actions[0].apply))
+        actions[-1] = replace(actions[-1], apply=end(actions[-1].apply))
+        return replace(result, actions=actions)
+    return tracked
+
+
+def recreate(c, name: str, doc: dict) -> str:
+    """Snapshot (if the user changed its files), run the new container, then remove the old; roll back
+    on failure. Says whether it took a snapshot."""
+    changes = user_changes(c, name)
+    if changes:
+        shown = ", ".join(change.split(" ", 1)[1] for change in changes[:3]) + (", …" if len(changes) > 3 else "")
+        note = f"{len(changes)} change(s) of yours ({shown}): snapshot {snapshot(c, name)}"
+    else:
+        note = "no changes of yours in it, so no snapshot"
     old = f"{name}-replaced-{int(time.time())}"
     c.run(["docker", "stop", name], sudo=True)
     c.run(["docker", "rename", name, old], sudo=True)
@@ -181,15 +269,16 @@ def recreate(c, name: str, doc: dict) -> None:
                      f"{shlex.quote(name)} && docker start {shlex.quote(name)}"), sudo=True, check=False)
         raise FleetError(f"re-creating {name} failed, the old container is back: {result.stderr.strip()[-300:]}")
     c.run(["docker", "rm", old], sudo=True)
+    return note
 
 
-def recreate_from(c, name: str, image: str) -> None:
+def recreate_from(c, name: str, image: str) -> str | None:
     """Re-create `name` from a snapshot image, with the inventory's volumes and ports."""
     doc = dict(resolved_spec(c, c.host.containers[name]), restored_from=image)
     if name in c.facts().containers:
-        recreate(c, name, doc)
-    else:
-        c.run(run_argv(name, doc), sudo=True)
+        return recreate(c, name, doc)
+    c.run(run_argv(name, doc), sudo=True)
+    return None
 
 
 def running_containers(c):
@@ -274,7 +363,7 @@ def pin_container_key(c, name: str, alias: str) -> None:
 
 
 RUN = Step("containers.run", plan_run)
-SSHD = Step("containers.sshd", plan_sshd)
+SSHD = Step("containers.sshd", tracks_tool_writes(plan_sshd))
 
 
 @task(help=HOST_TASK_HELP)

@@ -14,7 +14,7 @@ from gpufleet.paths import (CONTAINER_APT_SOURCES, CONTAINER_DEPLOY_KEY as DEPLO
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Script
 from tasks import HOST_TASK_HELP
-from tasks.containers import running_containers
+from tasks.containers import running_containers, tracks_tool_writes
 from tasks.docker import apt_install
 
 GITHUB_KNOWN_HOSTS = (TEMPLATES / "github_known_hosts").read_text()
@@ -119,9 +119,9 @@ def ensure_deploy_key(c, name: str) -> str:
     return f"{name} deploy key (add it to GitHub): {public}"
 
 
-APT_MIRROR = Step("inside.apt-mirror", plan_apt_mirror)
-TOOLS = Step("inside.tools", plan_tools)
-GIT = Step("inside.git", plan_git)
+APT_MIRROR = Step("inside.apt-mirror", tracks_tool_writes(plan_apt_mirror))
+TOOLS = Step("inside.tools", tracks_tool_writes(plan_tools))
+GIT = Step("inside.git", tracks_tool_writes(plan_git))
 
 
 @task(name="apt-mirror", help=HOST_TASK_HELP)

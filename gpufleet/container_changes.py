@@ -1,0 +1,126 @@
+"""Pure: which entries of a container's `docker diff` are the user's work, and which the tool's own writes.
+
+The tool writes into a container in two ways. The entrypoint rewrites a few files at every start, and
+sshd and the runtime directories change on their own: those paths are fixed (OWN_FILES), as are the
+mount points of the container's volumes. The stages install packages and write files (sshd, tools,
+apt sources, keys, git): those paths are recorded around each of the tool's own actions, in the
+container's footprint, every path with its kind and ctime right after the action. An entry of
+`docker diff` is the user's when it is neither, or when its kind or ctime moved since the tool last
+wrote it (a file the tool wrote and the user edited later is the user's).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpufleet.facts import split_sections
+
+# the footprint of the tool's own writes, and the moment of the last snapshot (for `ops.rm`)
+FOOTPRINT = "/var/lib/gpufleet-tool-writes"
+SNAPSHOT_MARKER = "/var/lib/gpufleet-last-snapshot"
+# rewritten by our entrypoint at every start (templates/entrypoint.sh.j2), runtime state, sshd's login
+# records, docker's --init binary (mounted in), and our own markers: never the user's work, and gone or
+# rewritten in a re-created container
+OWN_FILES = ("/etc/environment", "/etc/environment.gpufleet", "/etc/profile.d/00-gpufleet-env.sh",
+             "/root/.ssh/environment", "/run", "/proc", "/sys", "/dev", "/tmp",
+             "/var/log/wtmp", "/var/log/btmp", "/var/log/lastlog", "/usr/sbin/docker-init",
+             FOOTPRINT, SNAPSHOT_MARKER)
+
+Entry = tuple  # (kind, ctime): kind A/C/D from docker diff, ctime "" where the path does not exist
+
+
+def parse_diff(text: str) -> dict[str, str]:
+    """`docker diff` output → {path: kind}."""
+    entries = {}
+    for line in text.splitlines():
+        if len(line) > 2 and line[0] in "ACD" and line[1] == " " and line[2] == "/":
+            entries[line[2:]] = line[0]
+    return entries
+
+
+def leaves(entries: dict[str, str]) -> dict[str, str]:
+    """The entries that are not a directory holding another entry (docker diff lists every parent of a
+    changed file as changed; the file itself is the change)."""
+    parents = set()
+    for path in entries:
+        parent = path.rsplit("/", 1)[0]
+        while parent and parent not in parents:
+            parents.add(parent)
+            parent = parent.rsplit("/", 1)[0]
+    return {path: kind for path, kind in entries.items() if path not in parents}
+
+
+def is_own(path: str, mounts=()) -> bool:
+    """A fixed path of the tool's (OWN_FILES) or a mount point of the container (or inside one)."""
+    return any(path == own or path.startswith(own.rstrip("/") + "/") for own in (*OWN_FILES, *mounts))
+
+
+def parse_ctimes(text: str) -> dict[str, str]:
+    """`stat -c '%z<TAB>%n' PATHS` → {path: ctime}; paths stat could not read are left out."""
+    ctimes = {}
+    for line in text.splitlines():
+        ctime, sep, path = line.partition("\t")
+        if sep and path.startswith("/"):
+            ctimes[path] = ctime
+    return ctimes
+
+
+def user_changes(diff: dict[str, str], ctimes: dict[str, str], footprint: dict[str, Entry],
+                 mounts=()) -> list[str]:
+    """The user's entries of `docker diff`, as `KIND PATH` lines: neither the tool's fixed paths nor in
+    its footprint with the same kind and ctime."""
+    return [f"{kind} {path}" for path, kind in leaves(diff).items()
+            if not is_own(path, mounts) and footprint.get(path) != (kind, ctimes.get(path, ""))]
+
+
+def record_tool_writes(footprint: dict[str, Entry], before: dict[str, str], before_ctimes: dict[str, str],
+                       after: dict[str, str], after_ctimes: dict[str, str], mounts=()) -> dict[str, Entry]:
+    """The footprint after one of the tool's actions: what appeared during it, and what was already the
+    tool's and untouched by the user before it, each as it is now. A path the user had changed before
+    the action stays the user's even if the action changed it again."""
+    was = {path: (kind, before_ctimes.get(path, "")) for path, kind in leaves(before).items()}
+    recorded = {}
+    for path, kind in leaves(after).items():
+        if is_own(path, mounts):
+            continue
+        if path not in was or footprint.get(path) == was[path]:
+            recorded[path] = (kind, after_ctimes.get(path, ""))
+    return recorded
+
+
+def render_footprint(footprint: dict[str, Entry]) -> str:
+    """One `KIND<TAB>CTIME<TAB>PATH` line per path, sorted."""
+    return "".join(f"{kind}\t{ctime}\t{path}\n" for path, (kind, ctime) in sorted(footprint.items()))
+
+
+def parse_footprint(text: str) -> dict[str, Entry]:
+    """The footprint file → {path: (kind, ctime)}; lines it does not understand are left out (they then
+    count as the user's: a snapshot too many, never one too few)."""
+    footprint = {}
+    for line in text.splitlines():
+        parts = line.split("\t", 2)
+        if len(parts) == 3 and parts[0] in ("A", "C", "D") and parts[2].startswith("/"):
+            footprint[parts[2]] = (parts[0], parts[1])
+    return footprint
+
+
+@dataclass
+class ContainerState:
+    """What one state command saw: `docker diff`, the ctimes of its entries, the footprint (None: there
+    is none, or the container is stopped and it could not be read)."""
+    diff: dict[str, str]
+    ctimes: dict[str, str]
+    footprint: dict[str, Entry]
+    footprint_text: str | None
+    error: str = ""  # docker diff failed: why
+
+
+def parse_state(text: str) -> ContainerState:
+    """The output of the state command (sections diff, ctimes, footprint)."""
+    sections = split_sections(text)
+    rc_diff, diff = sections.get("diff", (1, "no output"))
+    rc_fp, footprint = sections.get("footprint", (1, ""))
+    return ContainerState(diff=parse_diff(diff) if rc_diff == 0 else {},
+                          ctimes=parse_ctimes(sections.get("ctimes", (1, ""))[1]),
+                          footprint=parse_footprint(footprint) if rc_fp == 0 else {},
+                          footprint_text=footprint if rc_fp == 0 else None,
+                          error="" if rc_diff == 0 else (diff.strip()[-200:] or f"exit {rc_diff}"))
