@@ -4,12 +4,15 @@ The tool writes into a container in two ways. The entrypoint rewrites a few file
 sshd and the runtime directories change on their own: those paths are fixed (OWN_FILES), as are the
 mount points of the container's volumes. The stages install packages and write files (sshd, tools,
 apt sources, keys, git): those paths are recorded around each of the tool's own actions, in the
-container's footprint, every path with its kind and ctime right after the action. An entry of
-`docker diff` is the user's when it is neither, or when its kind or ctime moved since the tool last
-wrote it (a file the tool wrote and the user edited later is the user's).
+container's footprint, every path with its kind and stamp (mtime and size) right after the action.
+An entry of `docker diff` is the user's when it is neither, or when its kind or stamp moved since the
+tool last wrote it (a file the tool wrote and the user edited later is the user's). The stamp is the
+mtime, not the ctime: moving Docker's data root (`cp -a`) keeps mtimes but gives every file a new ctime.
 """
 from __future__ import annotations
 
+import base64
+import gzip
 from dataclasses import dataclass
 
 from gpufleet.facts import split_sections
@@ -25,7 +28,7 @@ OWN_FILES = ("/etc/environment", "/etc/environment.gpufleet", "/etc/profile.d/00
              "/var/log/wtmp", "/var/log/btmp", "/var/log/lastlog", "/usr/sbin/docker-init",
              FOOTPRINT, SNAPSHOT_MARKER)
 
-Entry = tuple  # (kind, ctime): kind A/C/D from docker diff, ctime "" where the path does not exist
+Entry = tuple  # (kind, stamp): kind A/C/D from docker diff, stamp "" where the path does not exist
 
 
 def parse_diff(text: str) -> dict[str, str]:
@@ -54,46 +57,49 @@ def is_own(path: str, mounts=()) -> bool:
     return any(path == own or path.startswith(own.rstrip("/") + "/") for own in (*OWN_FILES, *mounts))
 
 
-def parse_ctimes(text: str) -> dict[str, str]:
-    """`stat -c '%z<TAB>%n' PATHS` → {path: ctime}; paths stat could not read are left out."""
-    ctimes = {}
+STAT_FORMAT = "%y %s\t%n"  # mtime (nanoseconds) and size, then the path
+
+
+def parse_stamps(text: str) -> dict[str, str]:
+    """`stat -c STAT_FORMAT PATHS` → {path: stamp}; paths stat could not read are left out."""
+    stamps = {}
     for line in text.splitlines():
-        ctime, sep, path = line.partition("\t")
+        stamp, sep, path = line.partition("\t")
         if sep and path.startswith("/"):
-            ctimes[path] = ctime
-    return ctimes
+            stamps[path] = stamp
+    return stamps
 
 
-def user_changes(diff: dict[str, str], ctimes: dict[str, str], footprint: dict[str, Entry],
+def user_changes(diff: dict[str, str], stamps: dict[str, str], footprint: dict[str, Entry],
                  mounts=()) -> list[str]:
     """The user's entries of `docker diff`, as `KIND PATH` lines: neither the tool's fixed paths nor in
-    its footprint with the same kind and ctime."""
+    its footprint with the same kind and stamp."""
     return [f"{kind} {path}" for path, kind in leaves(diff).items()
-            if not is_own(path, mounts) and footprint.get(path) != (kind, ctimes.get(path, ""))]
+            if not is_own(path, mounts) and footprint.get(path) != (kind, stamps.get(path, ""))]
 
 
-def record_tool_writes(footprint: dict[str, Entry], before: dict[str, str], before_ctimes: dict[str, str],
-                       after: dict[str, str], after_ctimes: dict[str, str], mounts=()) -> dict[str, Entry]:
+def record_tool_writes(footprint: dict[str, Entry], before: dict[str, str], before_stamps: dict[str, str],
+                       after: dict[str, str], after_stamps: dict[str, str], mounts=()) -> dict[str, Entry]:
     """The footprint after one of the tool's actions: what appeared during it, and what was already the
     tool's and untouched by the user before it, each as it is now. A path the user had changed before
     the action stays the user's even if the action changed it again."""
-    was = {path: (kind, before_ctimes.get(path, "")) for path, kind in leaves(before).items()}
+    was = {path: (kind, before_stamps.get(path, "")) for path, kind in leaves(before).items()}
     recorded = {}
     for path, kind in leaves(after).items():
         if is_own(path, mounts):
             continue
         if path not in was or footprint.get(path) == was[path]:
-            recorded[path] = (kind, after_ctimes.get(path, ""))
+            recorded[path] = (kind, after_stamps.get(path, ""))
     return recorded
 
 
 def render_footprint(footprint: dict[str, Entry]) -> str:
     """One `KIND<TAB>CTIME<TAB>PATH` line per path, sorted."""
-    return "".join(f"{kind}\t{ctime}\t{path}\n" for path, (kind, ctime) in sorted(footprint.items()))
+    return "".join(f"{kind}\t{stamp}\t{path}\n" for path, (kind, stamp) in sorted(footprint.items()))
 
 
 def parse_footprint(text: str) -> dict[str, Entry]:
-    """The footprint file → {path: (kind, ctime)}; lines it does not understand are left out (they then
+    """The footprint file → {path: (kind, stamp)}; lines it does not understand are left out (they then
     count as the user's: a snapshot too many, never one too few)."""
     footprint = {}
     for line in text.splitlines():
@@ -105,22 +111,33 @@ def parse_footprint(text: str) -> dict[str, Entry]:
 
 @dataclass
 class ContainerState:
-    """What one state command saw: `docker diff`, the ctimes of its entries, the footprint (None: there
+    """What one state command saw: `docker diff`, the stamps of its entries, the footprint (None: there
     is none, or the container is stopped and it could not be read)."""
     diff: dict[str, str]
-    ctimes: dict[str, str]
+    stamps: dict[str, str]
     footprint: dict[str, Entry]
     footprint_text: str | None
     error: str = ""  # docker diff failed: why
 
 
+def unpack_state(text: str) -> str:
+    """The state command's output is one section `state`: its sections diff, stamps and footprint,
+    gzipped and base64-encoded; this gives them back (or the section itself when it failed)."""
+    rc, body = split_sections(text).get("state", (1, text[-200:] or "no output"))
+    try:
+        return gzip.decompress(base64.b64decode(body.strip(), validate=True)).decode("utf-8", "replace") if rc == 0 \
+            else f"@@gpufleet-begin diff@@\n{body}\n@@gpufleet-end diff rc={rc or 1}@@\n"
+    except (ValueError, OSError, EOFError):
+        return f"@@gpufleet-begin diff@@\nunreadable state output\n@@gpufleet-end diff rc=1@@\n"
+
+
 def parse_state(text: str) -> ContainerState:
-    """The output of the state command (sections diff, ctimes, footprint)."""
+    """The unpacked output of the state command (sections diff, stamps, footprint)."""
     sections = split_sections(text)
     rc_diff, diff = sections.get("diff", (1, "no output"))
     rc_fp, footprint = sections.get("footprint", (1, ""))
     return ContainerState(diff=parse_diff(diff) if rc_diff == 0 else {},
-                          ctimes=parse_ctimes(sections.get("ctimes", (1, ""))[1]),
+                          stamps=parse_stamps(sections.get("stamps", (1, ""))[1]),
                           footprint=parse_footprint(footprint) if rc_fp == 0 else {},
                           footprint_text=footprint if rc_fp == 0 else None,
                           error="" if rc_diff == 0 else (diff.strip()[-200:] or f"exit {rc_diff}"))

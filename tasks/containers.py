@@ -180,19 +180,22 @@ def snapshot(c, name: str, pause: bool = True) -> str:
 
 
 def state_script(name: str) -> Script:
-    """One command: the container's `docker diff`, the ctimes of its entries, and its footprint."""
+    """One command: the container's `docker diff`, the stamps of its entries, and its footprint,
+    compressed (a container with a few packages installed has some 10,000 entries)."""
     q = shlex.quote
-    stat = shlex.join(["sh", "-c", 'xargs -0 -r stat -c "$0" 2>/dev/null; true', "%z\t%n"])
-    ctimes = f"docker diff {q(name)} | cut -c3- | tr '\\n' '\\000' | docker exec -i -u root {q(name)} {stat}"
-    return Script("\n".join([PROBE_FUNCTIONS, f"sec diff docker diff {q(name)}",
-                             f"sec ctimes sh -c {q(ctimes)}",
-                             f"sec footprint docker exec -u root {q(name)} cat {FOOTPRINT}"]))
+    stat = shlex.join(["sh", "-c", 'xargs -0 -r stat -c "$0" 2>/dev/null; true', container_changes.STAT_FORMAT])
+    stamps = f"docker diff {q(name)} | cut -c3- | tr '\\n' '\\000' | docker exec -i -u root {q(name)} {stat}"
+    inner = "\n".join([PROBE_FUNCTIONS, f"sec diff docker diff {q(name)}", f"sec stamps sh -c {q(stamps)}",
+                       f"sec footprint docker exec -u root {q(name)} cat {FOOTPRINT}"])
+    packed = "{ " + inner + "\n} | gzip -1 -c | base64 -w0"
+    return Script(f"{PROBE_FUNCTIONS}\nsec state sh -c {q(packed)}")
 
 
 def read_state(c, name: str) -> container_changes.ContainerState:
-    """The container's diff, ctimes and footprint now (a stopped one has no ctimes or footprint: every
+    """The container's diff, stamps and footprint now (a stopped one has no stamps or footprint: every
     change in it then counts as the user's)."""
-    state = container_changes.parse_state(c.run(state_script(name), sudo=True, check=False).stdout)
+    output = c.run(state_script(name), sudo=True, check=False).stdout
+    state = container_changes.parse_state(container_changes.unpack_state(output))
     if state.error:
         raise FleetError(f"docker diff {name} failed: {state.error}")
     return state
@@ -206,14 +209,14 @@ def mount_points(c, name: str) -> list[str]:
 def user_changes(c, name: str) -> list[str]:
     """The entries of the container's `docker diff` that are the user's, not the tool's own writes."""
     state = read_state(c, name)
-    return container_changes.user_changes(state.diff, state.ctimes, state.footprint, mount_points(c, name))
+    return container_changes.user_changes(state.diff, state.stamps, state.footprint, mount_points(c, name))
 
 
 def record_tool_writes(c, name: str, before: container_changes.ContainerState, mounts: list[str]) -> None:
     """Add what the tool's action just changed in the container to its footprint."""
     after = read_state(c, name)
-    footprint = container_changes.record_tool_writes(before.footprint, before.diff, before.ctimes,
-                                                     after.diff, after.ctimes, mounts)
+    footprint = container_changes.record_tool_writes(before.footprint, before.diff, before.stamps,
+                                                     after.diff, after.stamps, mounts)
     text = container_changes.render_footprint(footprint)
     if text != after.footprint_text:
         current = RemoteFile(after.footprint_text is not None, (after.footprint_text or "").encode())

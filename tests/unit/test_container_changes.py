@@ -1,9 +1,14 @@
 """container_changes: the user's entries of `docker diff` told from the tool's own writes, on real outputs
-of the state command captured on the lab (tests/fixtures/container_changes):
+of the state command (tasks.containers.state_script) captured on a container of the lab's image run as
+the tool runs it (--init, our entrypoint, volumes /workspace and /etc/gpufleet):
 
-fresh.txt  a container just created by the tool (entrypoint ran once; volumes /workspace, /etc/gpufleet)
-tool.txt   then the tool's kind of writes: known_hosts, .gitconfig, sources.list set aside, debian.sources
-user.txt   then the user's: /root/work.txt, a line added to known_hosts, `/opt/my data/x`, /etc/issue deleted
+fresh.txt    just created (the entrypoint ran once)
+tool.txt     then the tool's kind of writes: known_hosts, .gitconfig, sources.list set aside, debian.sources
+user.txt     then the user's: /root/work.txt, a line added to known_hosts, `/opt/my data/x`, /etc/issue deleted
+stopped.txt  then stopped: no stamps and no footprint can be read
+
+packed.txt and packed-gone.txt are the state command's real output as it travels (the three sections
+gzipped and base64-encoded) for a fresh container and for one that no longer exists;
 
 and which snapshots keep_snapshots prunes.
 """
@@ -24,54 +29,61 @@ def state(name):
 
 def footprint_after_the_tool():
     fresh, tool = state("fresh"), state("tool")
-    return cc.record_tool_writes(fresh.footprint, fresh.diff, fresh.ctimes, tool.diff, tool.ctimes, MOUNTS)
+    return cc.record_tool_writes(fresh.footprint, fresh.diff, fresh.stamps, tool.diff, tool.stamps, MOUNTS)
 
 
 def test_parse_state_of_a_real_capture():
     fresh = state("fresh")
     assert fresh.diff["/etc/environment"] == "C" and fresh.diff["/workspace"] == "A" and len(fresh.diff) == 12
-    assert fresh.ctimes["/root/.ssh/environment"] == "2026-12-01 22:20:23.884666072 +0000"
+    assert fresh.stamps["/root/.ssh/environment"] == "2026-12-01 22:59:20.664307603 +0000 142"  # mtime, size
     assert fresh.footprint == {} and fresh.footprint_text is None and fresh.error == ""  # none yet
-    assert "/etc/apt/sources.list" not in state("tool").ctimes  # deleted: stat has nothing to say
+    assert "/etc/apt/sources.list" not in state("tool").stamps  # deleted: stat has nothing to say
     assert state("tool").diff["/etc/apt/sources.list"] == "D"
 
 
 def test_a_fresh_container_has_no_changes_of_the_user():
     fresh = state("fresh")  # entrypoint writes, mount points, docker's --init binary
-    assert cc.user_changes(fresh.diff, fresh.ctimes, {}, MOUNTS) == []
+    assert cc.user_changes(fresh.diff, fresh.stamps, {}, MOUNTS) == []
 
 
 def test_the_tool_writes_are_recorded_and_are_not_the_users():
     footprint = footprint_after_the_tool()
     assert footprint == {
         "/etc/apt/sources.list": ("D", ""),
-        "/etc/apt/sources.list.d/debian.sources": ("A", "2026-12-01 22:20:26.746705752 +0000"),
-        "/etc/apt/sources.list.gpufleet.orig": ("A", "2026-12-01 22:20:26.742099340 +0000"),
-        "/root/.gitconfig": ("A", "2026-12-01 22:20:26.734099341 +0000"),
-        "/root/.ssh/known_hosts": ("A", "2026-12-01 22:20:26.734099341 +0000"),
+        "/etc/apt/sources.list.d/debian.sources": ("A", "2026-12-01 22:59:24.010639821 +0000 11"),
+        "/etc/apt/sources.list.gpufleet.orig": ("A", "2026-12-01 22:06:43.000000000 +0000 47"),  # mv keeps mtime
+        "/root/.gitconfig": ("A", "2026-12-01 22:59:24.001994376 +0000 19"),
+        "/root/.ssh/known_hosts": ("A", "2026-12-01 22:59:24.001994376 +0000 28"),
     }
     tool = state("tool")
-    assert cc.user_changes(tool.diff, tool.ctimes, footprint, MOUNTS) == []
+    assert cc.user_changes(tool.diff, tool.stamps, footprint, MOUNTS) == []
     # without a footprint (a container set up before the tool kept one) the tool's writes count: a snapshot too many
-    assert cc.user_changes(tool.diff, tool.ctimes, {}, MOUNTS) == [
-        "A /root/.ssh/known_hosts", "A /root/.gitconfig", "A /etc/apt/sources.list.d/debian.sources",
+    assert cc.user_changes(tool.diff, tool.stamps, {}, MOUNTS) == [
+        "A /root/.gitconfig", "A /root/.ssh/known_hosts", "A /etc/apt/sources.list.d/debian.sources",
         "A /etc/apt/sources.list.gpufleet.orig", "D /etc/apt/sources.list"]
 
 
 def test_the_users_changes_are_found_also_in_a_file_the_tool_wrote():
     user = state("user")
-    assert cc.user_changes(user.diff, user.ctimes, footprint_after_the_tool(), MOUNTS) == [
-        "A /root/.ssh/known_hosts",  # the tool wrote it, the user added a line: ctime moved
+    assert cc.user_changes(user.diff, user.stamps, footprint_after_the_tool(), MOUNTS) == [
+        "A /root/.ssh/known_hosts",  # the tool wrote it, the user added a line: mtime and size moved
         "A /root/work.txt", "D /etc/issue", "A /opt/my data/x"]
+
+
+def test_in_a_stopped_container_every_change_counts():
+    stopped = state("stopped")  # docker diff works, docker exec does not
+    assert stopped.stamps == {} and stopped.footprint_text is None and stopped.error == ""
+    changes = cc.user_changes(stopped.diff, stopped.stamps, footprint_after_the_tool(), MOUNTS)
+    assert "A /root/work.txt" in changes and "A /root/.gitconfig" in changes  # the tool's own too: safe side
 
 
 def test_a_file_the_user_changed_stays_the_users_when_the_tool_writes_again():
     user = state("user")
     # the tool acts again (it changes nothing here): the user's edit of known_hosts is not absorbed
-    again = cc.record_tool_writes(footprint_after_the_tool(), user.diff, user.ctimes, user.diff, user.ctimes, MOUNTS)
+    again = cc.record_tool_writes(footprint_after_the_tool(), user.diff, user.stamps, user.diff, user.stamps, MOUNTS)
     assert "/root/.ssh/known_hosts" not in again and "/root/work.txt" not in again
     assert again["/root/.gitconfig"] == footprint_after_the_tool()["/root/.gitconfig"]
-    assert "A /root/.ssh/known_hosts" in cc.user_changes(user.diff, user.ctimes, again, MOUNTS)
+    assert "A /root/.ssh/known_hosts" in cc.user_changes(user.diff, user.stamps, again, MOUNTS)
 
 
 def test_the_user_recreating_a_file_the_tool_deleted_is_a_change():
@@ -120,6 +132,17 @@ def test_footprint_file_round_trip_and_what_it_does_not_understand():
 def test_parse_diff_ignores_what_is_not_an_entry():
     assert cc.parse_diff("C /root\nA /root/my file\nwarning: x\nD /gone\n\n") == {
         "/root": "C", "/root/my file": "A", "/gone": "D"}
+
+
+def test_the_packed_state_is_unpacked():
+    fresh = cc.parse_state(cc.unpack_state((FIXTURES / "packed.txt").read_text()))
+    assert fresh.error == "" and fresh.diff["/root/.ssh/environment"] == "A" and len(fresh.stamps) == 12
+    assert cc.user_changes(fresh.diff, fresh.stamps, {}, MOUNTS) == []
+    gone = cc.parse_state(cc.unpack_state((FIXTURES / "packed-gone.txt").read_text()))
+    assert gone.error == "Error response from daemon: No such container: owner-fx"
+    for broken in ("", "@@gpufleet-begin state@@\nnot base64!\n@@gpufleet-end state rc=0@@\n",
+                   "@@gpufleet-begin state@@\n\n@@gpufleet-end state rc=0@@\n"):  # gzip missing: nothing
+        assert cc.parse_state(cc.unpack_state(broken)).error, broken
 
 
 def test_state_of_a_failed_docker_diff():
