@@ -181,11 +181,15 @@ def snapshot(c, name: str, pause: bool = True) -> str:
 
 def state_script(name: str) -> Script:
     """One command: the container's `docker diff`, the stamps of its entries, and its footprint,
-    compressed (a container with a few packages installed has some 10,000 entries)."""
+    compressed (a container with a few packages installed has some 10,000 entries); `docker diff`
+    runs once (it walks the container's whole layer)."""
     q = shlex.quote
-    stat = shlex.join(["sh", "-c", 'xargs -0 -r stat -c "$0" 2>/dev/null; true', container_changes.STAT_FORMAT])
-    stamps = f"docker diff {q(name)} | cut -c3- | tr '\\n' '\\000' | docker exec -i -u root {q(name)} {stat}"
-    inner = "\n".join([PROBE_FUNCTIONS, f"sec diff docker diff {q(name)}", f"sec stamps sh -c {q(stamps)}",
+    diff = shlex.join(["sh", "-c", 'docker diff "$0" > "$1" && cat "$1"', name]) + ' "$d"'
+    stat = ["xargs -0 -r stat -c \"$0\" 2>/dev/null; true", container_changes.STAT_FORMAT]
+    stamps = (shlex.join(["sh", "-c", 'cut -c3- "$0" | tr "\\n" "\\000" | docker exec -i -u root "$1" sh -c "$2" "$3"'])
+              + ' "$d" ' + shlex.join([name, *stat]))
+    inner = "\n".join([PROBE_FUNCTIONS, "d=$(mktemp) || exit 1", "trap 'rm -f \"$d\"' EXIT",
+                       f"sec diff {diff}", f"sec stamps {stamps}",
                        f"sec footprint docker exec -u root {q(name)} cat {FOOTPRINT}"])
     packed = "{ " + inner + "\n} | gzip -1 -c | base64 -w0"
     return Script(f"{PROBE_FUNCTIONS}\nsec state sh -c {q(packed)}")
