@@ -36,7 +36,7 @@ readfile() { if [ -e "$1" ]; then stat -c '%a %U %G' "$1" && { [ ! -f "$1" ] || 
 # (everything a command prints goes to the command log)
 CONTAINER_FORMAT = ('{"Name":{{json .Name}},"Id":{{json .Id}},"Image":{{json .Image}},"State":{{json .State}},'
                     '"Config":{"Image":{{json .Config.Image}},"Labels":{{json .Config.Labels}}},'
-                    '"HostConfig":{"PortBindings":{{json .HostConfig.PortBindings}}}}')
+                    '"HostConfig":{"PortBindings":{{json .HostConfig.PortBindings}}},"Mounts":{{json .Mounts}}}')
 
 HOST_PACKAGES = ("docker.io", "docker-ce", "docker-ce-cli", "containerd.io", "containerd", "runc",
                  "docker-compose-plugin", "docker-buildx-plugin", "podman-docker", "docker-doc",

@@ -8,6 +8,8 @@ APT_KEYRINGS = "/etc/apt/keyrings"
 DOCKER_KEYRING = f"{APT_KEYRINGS}/docker.asc"
 DOCKER_SOURCES = "/etc/apt/sources.list.d/docker.list"
 DAEMON_JSON = "/etc/docker/daemon.json"
+# which daemon.json keys the tool set, so that it can remove those the inventory drops
+DAEMON_JSON_KEYS = "/var/lib/gpufleet/daemon-json-keys.json"
 NVIDIA_KEYRING = f"{APT_KEYRINGS}/nvidia-container-toolkit.asc"
 NVIDIA_SOURCES = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
 CONTAINER_DIR = "/var/lib/gpufleet/containers"
@@ -43,8 +45,8 @@ def container_host_files(name: str) -> list[str]:
 def probe_request(ctx) -> ProbeRequest:
     """Everything any stage may need to read on this host, in one probe."""
     host = ctx.host
-    files = [APT_PROXY_CONF, APT_KEYRINGS, DOCKER_KEYRING, DOCKER_SOURCES, DAEMON_JSON, NVIDIA_KEYRING, NVIDIA_SOURCES,
-             authorized_keys_of(host.user), f"{home_of(host.user)}/.ssh"]
+    files = [APT_PROXY_CONF, APT_KEYRINGS, DOCKER_KEYRING, DOCKER_SOURCES, DAEMON_JSON, DAEMON_JSON_KEYS,
+             NVIDIA_KEYRING, NVIDIA_SOURCES, authorized_keys_of(host.user), f"{home_of(host.user)}/.ssh"]
     for name in host.containers:
         files += container_host_files(name)
     inner = [CONTAINER_OS_RELEASE, CONTAINER_AUTHORIZED_KEYS, "/root/.ssh", APT_PROXY_CONF, CONTAINER_GITCONFIG,

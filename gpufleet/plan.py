@@ -113,6 +113,8 @@ class HostContext:
         self._on_event = on_event or (lambda *a: None)
         self.probe_request: Callable[["HostContext"], facts_mod.ProbeRequest] | None = None
         self.current_step = ""
+        self._finishers: list[Callable[["HostContext"], None]] = []
+        self.run_state: dict = {}  # what a stage keeps for the rest of this host's run
 
     @property
     def name(self) -> str:
@@ -142,11 +144,25 @@ class HostContext:
                 raise FleetError(f"container {name} is not running (docker logs {name} says why)")
             yield name, inside
 
+    def on_finish(self, callback: Callable[["HostContext"], None]) -> None:
+        """Call `callback(ctx)` once after this host's last step (also after a failed one)."""
+        self._finishers.append(callback)
+
     def run_steps(self, steps: list[Step]) -> HostReport:
         """Run steps in order; the first failure stops this host (others go on)."""
-        for step in steps:
-            if not self._run_step(step):
-                break
+        try:
+            for step in steps:
+                if not self._run_step(step):
+                    break
+        finally:
+            finishers, self._finishers = self._finishers, []
+            for finish in finishers:
+                try:
+                    finish(self)
+                except FleetError as e:
+                    self.report.steps.append(StepResult("finish", FAILED, str(e)))
+                    self.report.error = self.report.error or str(e)
+                    self.report.failed_step = self.report.failed_step or "finish"
         return self.report
 
     def _run_step(self, step: Step) -> bool:

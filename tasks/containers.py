@@ -3,7 +3,8 @@
 Each container is run from a typed spec (gpufleet.inventory.ContainerSpec).  The
 spec it was created from is kept in the label `gpufleet.spec`; when the inventory
 asks for something else, the plan lists the fields that differ and the container
-is re-created with the same volumes, after a snapshot if its filesystem changed.
+is re-created with the same volumes, after a snapshot if the user changed its files
+(gpufleet.container_changes tells the user's changes from the tool's own writes).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import time
 from invoke import Collection, task
 
 from gpufleet import gpu
+from gpufleet.container_changes import SNAPSHOT_MARKER, read_user_changes, tracks_tool_writes
 from gpufleet.errors import FleetError
 from gpufleet.fleet import fleet_task
 from gpufleet.facts import MANAGED_LABEL, SNAPSHOT_LABEL
@@ -26,7 +28,6 @@ from gpufleet.remote import Secret, Script
 from tasks import HOST_TASK_HELP, inside
 
 SPEC_LABEL = "gpufleet.spec"
-SNAPSHOT_MARKER = "/var/lib/gpufleet-last-snapshot"
 
 
 # --- the spec, resolved for one host ---
@@ -159,7 +160,8 @@ def plan_run(c) -> Plan:
         old_doc = jsonlib.loads(((current.get("Config") or {}).get("Labels") or {}).get(SPEC_LABEL) or "{}")
         differences = spec_differences(old_doc, doc)
         if differences:
-            actions.append(Action(f"re-create container {name} ({'; '.join(differences)}), keeping its volumes",
+            actions.append(Action(f"re-create container {name} ({'; '.join(differences)}), keeping its volumes "
+                                  "(snapshot first if you changed its files)",
                                   lambda c, n=name, d=doc: recreate(c, n, d),
                                   diff="".join(f"~ {d}\n" for d in differences)))
         elif not current["State"]["Running"]:
@@ -175,8 +177,15 @@ def plan_run(c) -> Plan:
     return Plan.change(*actions)
 
 
+def snapshots_to_prune(tags: list[str], keep: int) -> list[str]:
+    """The snapshots (NAME-snapshot:TIMESTAMP) older than the newest `keep`; keep = 0 keeps them all."""
+    ordered = sorted(tags)
+    return ordered[:-keep] if keep and len(ordered) > keep else []
+
+
 def snapshot(c, name: str, pause: bool = True) -> str:
-    """`docker commit` the container to NAME-snapshot:TIMESTAMP (volumes are not in it)."""
+    """`docker commit` the container to NAME-snapshot:TIMESTAMP (volumes are not in it), then remove all
+    but its newest `keep_snapshots` snapshots (0 keeps them all); says what it did."""
     tag = f"{name.lower()}-snapshot:{time.strftime('%Y%m%d-%H%M%S')}"
     # marks the moment of the snapshot, so that `rm` can tell later changes from saved ones
     c.run(in_container(name, ["touch", SNAPSHOT_MARKER]), sudo=True, check=False)
@@ -184,17 +193,23 @@ def snapshot(c, name: str, pause: bool = True) -> str:
     if not pause:
         argv.append("--pause=false")
     c.run([*argv, name, tag], sudo=True)
-    return tag
+    keep = c.host.containers[name].keep_snapshots
+    listing = c.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", f"{name.lower()}-snapshot"],
+                    sudo=True).stdout.split()
+    # a snapshot a container still runs from cannot be removed; it stays, and is tried again next time
+    removed = [t for t in snapshots_to_prune(listing, keep) if c.run(["docker", "rmi", t], sudo=True, check=False).ok]
+    return tag + (f"; removed old {', '.join(removed)} (keep_snapshots = {keep})" if removed else "")
 
 
-def has_changes(c, name: str) -> bool:
-    return bool(c.run(["docker", "diff", name], sudo=True).stdout.strip())
-
-
-def recreate(c, name: str, doc: dict) -> None:
-    """Snapshot (if changed), run the new container, then remove the old; roll back on failure."""
-    if has_changes(c, name):
-        snapshot(c, name)
+def recreate(c, name: str, doc: dict) -> str:
+    """Snapshot (if the user changed its files), run the new container, then remove the old; roll back
+    on failure. Says whether it took a snapshot."""
+    changes = read_user_changes(c, name)
+    if changes:
+        shown = ", ".join(change.split(" ", 1)[1] for change in changes[:3]) + (", …" if len(changes) > 3 else "")
+        note = f"{len(changes)} change(s) of yours ({shown}): snapshot {snapshot(c, name)}"
+    else:
+        note = "no changes of yours in it, so no snapshot"
     old = f"{name}-replaced-{int(time.time())}"
     c.run(["docker", "stop", name], sudo=True)
     c.run(["docker", "rename", name, old], sudo=True)
@@ -204,15 +219,16 @@ def recreate(c, name: str, doc: dict) -> None:
                      f"{shlex.quote(name)} && docker start {shlex.quote(name)}"), sudo=True, check=False)
         raise FleetError(f"re-creating {name} failed, the old container is back: {result.stderr.strip()[-300:]}")
     c.run(["docker", "rm", old], sudo=True)
+    return note
 
 
-def recreate_from(c, name: str, image: str) -> None:
+def recreate_from(c, name: str, image: str) -> str | None:
     """Re-create `name` from a snapshot image, with the inventory's volumes and ports."""
     doc = dict(resolved_spec(c, c.host.containers[name]), restored_from=image)
     if name in c.facts().containers:
-        recreate(c, name, doc)
-    else:
-        docker_run(c, name, doc)
+        return recreate(c, name, doc)
+    docker_run(c, name, doc)
+    return None
 
 
 # --- containers.sshd ---
@@ -288,7 +304,7 @@ def pin_container_key(c, name: str, alias: str) -> None:
 
 
 RUN = Step("containers.run", plan_run)
-SSHD = Step("containers.sshd", plan_sshd)
+SSHD = Step("containers.sshd", tracks_tool_writes(plan_sshd))
 # apt's mirror and proxy come before the first apt run in a container, and everything it needs
 # (openssh-server and the tools) is one apt transaction
 UP = [RUN, inside.APT_MIRROR, inside.TOOLS, SSHD]

@@ -11,7 +11,7 @@ from gpufleet.apt_repo import apt_install
 from gpufleet.errors import FleetError
 from gpufleet.fleet import fleet_task
 from gpufleet.files import FileChange, apply_file
-from gpufleet.paths import DAEMON_JSON
+from gpufleet.paths import DAEMON_JSON, DAEMON_JSON_KEYS
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Script
 from tasks import HOST_TASK_HELP
@@ -108,23 +108,43 @@ def wanted_daemon_keys(c) -> dict:
 
 
 def plan_configure(c) -> Plan:
+    """Merge the inventory's keys in and remove the ones the tool set earlier that the inventory dropped.
+
+    The keys the tool set are recorded on the host (DAEMON_JSON_KEYS). A key it owns is set back when
+    edited by hand and removed, whatever its value, once the inventory no longer lists it; a key it
+    never set (by hand, by another tool, or by gpufleet before it kept the record) is never touched.
+    """
     f = c.facts()
     if not f.docker_running:
         return Plan.skipped("Docker is not running yet")
     current_file = f.file(DAEMON_JSON)
     current = daemon_json.parse(current_file.text, DAEMON_JSON) if current_file.exists else {}
+    record_file = f.file(DAEMON_JSON_KEYS)
+    owned_before = daemon_json.parse_owned(record_file.text, DAEMON_JSON_KEYS) if record_file.exists else []
     wanted = wanted_daemon_keys(c)
-    if not wanted:
-        return Plan.ok("no daemon.json keys set in the inventory")
-    new = daemon_json.merge(current, wanted)
+    owned_now = daemon_json.owned_keys(wanted)
+    new = daemon_json.merge(current, wanted, owned_before)
+    record = FileChange(DAEMON_JSON_KEYS, record_file, daemon_json.render_owned(owned_now).encode())
+    names = ", ".join(".".join(p) for p in owned_now) or "none"
+    record_action = None
+    if record.needed and (record_file.exists or owned_now):
+        record_action = Action(f"record the daemon.json keys gpufleet sets ({names}) in {DAEMON_JSON_KEYS}",
+                               lambda c: apply_file(c.session, record), diff=record.diff())
+    if new == current:
+        if record_action:
+            return Plan.change(record_action)
+        if not wanted:
+            return Plan.ok("no daemon.json keys set in the inventory")
+        return Plan.ok(f"{DAEMON_JSON} already has these keys ({', '.join(wanted)})")
     problems = daemon_json.check_schema(new)
     if problems:
         raise FleetError(f"{DAEMON_JSON} would be invalid: {'; '.join(problems)}")
-    if new == current:
-        return Plan.ok(f"{DAEMON_JSON} already has these keys ({', '.join(wanted)})")
     content = daemon_json.render(new).encode()
     change = FileChange(DAEMON_JSON, current_file, content, validate=dockerd_validator(f))
     diff = "\n".join(daemon_json.key_changes(current, new)) + "\n"
+    set_keys, removed_keys = daemon_json.changed_keys(current, new)
+    what = ", ".join(set_keys) + ("; " if set_keys and removed_keys else "") + \
+        (f"remove {', '.join(removed_keys)}" if removed_keys else "")
     old_root = f.docker_info.get("DockerRootDir", "/var/lib/docker")
     new_root = new.get("data-root", "/var/lib/docker")
     warning = ""
@@ -138,11 +158,12 @@ def plan_configure(c) -> Plan:
                 raise FleetError(
                     f"data-root change {old_root} -> {new_root} would hide {images} image(s) and {containers} "
                     f"container(s); set allow_data_root_migration = true to copy them over (nothing was changed)")
-            return Plan.change(Action(f"move Docker's data from {old_root} to {new_root}, update {DAEMON_JSON}, "
-                                      "restart Docker", lambda c: migrate_data_root(c, change, old_root, new_root),
-                                      diff=diff, warning=warning))
-    return Plan.change(Action(f"update {DAEMON_JSON} ({', '.join(wanted)}) and restart Docker",
-                              lambda c: install_daemon_json(c, change), diff=diff, warning=warning))
+            return Plan.change(Action(f"move Docker's data from {old_root} to {new_root}, update {DAEMON_JSON} "
+                                      f"({what}), restart Docker",
+                                      lambda c: migrate_data_root(c, change, old_root, new_root),
+                                      diff=diff, warning=warning), record_action)
+    return Plan.change(Action(f"update {DAEMON_JSON} ({what}) and restart Docker",
+                              lambda c: install_daemon_json(c, change), diff=diff, warning=warning), record_action)
 
 
 def dockerd_validator(facts):

@@ -15,6 +15,7 @@ from gpufleet.paths import (APT_PROXY_CONF, CONTAINER_APT_SOURCES, CONTAINER_DEP
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Script
 from tasks import HOST_TASK_HELP
+from gpufleet.container_changes import tracks_tool_writes
 from tasks.apt import proxy_file
 from tasks.docker import apt_install
 
@@ -130,9 +131,9 @@ def ensure_deploy_key(c, name: str) -> str:
     return f"{name} deploy key (add it to GitHub): {public}"
 
 
-APT_MIRROR = Step("inside.apt-mirror", plan_apt_mirror)
-TOOLS = Step("inside.tools", plan_tools)
-GIT = Step("inside.git", plan_git)
+APT_MIRROR = Step("inside.apt-mirror", tracks_tool_writes(plan_apt_mirror))
+TOOLS = Step("inside.tools", tracks_tool_writes(plan_tools))
+GIT = Step("inside.git", tracks_tool_writes(plan_git))
 
 
 @task(name="apt-mirror", help=HOST_TASK_HELP)

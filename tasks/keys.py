@@ -20,6 +20,7 @@ from gpufleet.inventory import Inventory
 from gpufleet.paths import CONTAINER_AUTHORIZED_KEYS, authorized_keys_of, home_of
 from gpufleet.plan import Action, Plan, Step
 from tasks import HOST_TASK_HELP
+from gpufleet.container_changes import tracks_tool_writes
 
 KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-")
 
@@ -107,7 +108,7 @@ def plan_keys(c) -> Plan:
     return plan
 
 
-KEYS = Step("keys.authorized", plan_keys)
+KEYS = Step("keys.authorized", tracks_tool_writes(plan_keys))
 
 
 @task(name="sync-keys", help=HOST_TASK_HELP)

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gpufleet import gpu
+from gpufleet.container_changes import OWN_FILES
 from gpufleet.errors import FleetError, InputError
 from gpufleet.facts import PROBE_FUNCTIONS, split_sections
 from gpufleet.fleet import fleet_task, load_inventory
@@ -24,10 +25,6 @@ from tasks import HOST_TASK_HELP
 from tasks.containers import SNAPSHOT_MARKER, SPEC_LABEL, recreate_from, snapshot
 
 CONTAINER_HELP = {**HOST_TASK_HELP, "container": "container name (default: every managed container on the host)"}
-# files our own entrypoint rewrites at every start, and those Docker makes for every new container (a
-# container re-created from a snapshot has them newer than the snapshot's marker): not the user's work
-OWN_FILES = ("/etc/environment", "/etc/profile.d/00-gpufleet-env.sh", "/root/.ssh/environment", "/run", "/proc",
-             "/sys", "/dev", "/tmp", "/etc/resolv.conf", "/etc/hostname", "/etc/hosts", "/etc/mtab", "/.dockerenv")
 
 
 def chosen(c, container: str | None) -> list[str]:
@@ -138,13 +135,8 @@ def snapshot_step(container: str | None, pause: bool) -> Step:
 
 
 def take_snapshot(c, name: str, pause: bool) -> str:
-    tag = snapshot(c, name, pause=pause)
-    keep = c.host.containers[name].keep_snapshots
-    listing = c.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", f"{name.lower()}-snapshot"],
-                    sudo=True).stdout.split()
-    old = sorted(listing)[:-keep] if keep and len(listing) > keep else []
-    removed = [t for t in old if c.run(["docker", "rmi", t], sudo=True, check=False).ok]
-    return f"{tag}" + (f"; removed old {', '.join(removed)} (keep_snapshots = {keep})" if removed else "")
+    """The same snapshot-and-prune a re-creation takes."""
+    return snapshot(c, name, pause=pause)
 
 
 # --- rm ---

@@ -1,12 +1,15 @@
 """daemon.json on the lab: foreign keys kept, invalid files left alone, a Docker that does not
-come back gets its old file back, and a data-root change never loses images."""
+come back gets its old file back, a data-root change never loses images, and the keys the tool set
+that the inventory drops are removed."""
 import json
+import re
 
 import pytest
 
 from tests.integration.helpers import inventory_variant, sh
 
 DAEMON = "/etc/docker/daemon.json"
+KEYS_RECORD = "/var/lib/gpufleet/daemon-json-keys.json"
 
 
 @pytest.fixture(autouse=True)
@@ -16,6 +19,11 @@ def converged(bootstrapped):
 
 def read(lab, host):
     return sh(lab, host, f"cat {DAEMON}")[1]
+
+
+def record(lab, host):
+    code, out = sh(lab, host, f"cat {KEYS_RECORD}")
+    return json.loads(out)["keys"] if code == 0 else None
 
 
 def docker_info(lab, host):
@@ -46,6 +54,7 @@ def test_foreign_keys_are_kept_and_invalid_json_is_left_alone(lab, fab):
 
 def test_docker_that_does_not_start_gets_its_old_file_back(lab, fab, tmp_path):
     before = {h: read(lab, h) for h in ("gpu1", "gpu2")}
+    records = {h: record(lab, h) for h in ("gpu1", "gpu2")}
     bad = inventory_variant(lab, tmp_path, "bad-driver.toml",
                             append='\n[hosts.gpu1.daemon_json]\n"storage-driver" = "no-such-driver"\n'
                                    '\n[hosts.gpu2.daemon_json]\n"storage-driver" = "no-such-driver"\n')
@@ -57,6 +66,7 @@ def test_docker_that_does_not_start_gets_its_old_file_back(lab, fab, tmp_path):
         assert "previous daemon.json was restored and Docker runs again" in error
         assert "no-such-driver" in error  # Docker's own words
         assert read(lab, host) == before[host]
+        assert record(lab, host) == records[host]  # storage-driver never became one of ours
         docker_info(lab, host)
         state = sh(lab, host, "docker inspect -f '{{.State.Running}}' dev")[1]
         assert state == "true"  # the restart policy brought the container back
@@ -87,3 +97,43 @@ def test_data_root_change_refused_then_migrated_without_losing_images(lab, fab, 
     assert fab("-H", "gpu2", "docker.configure", inventory=back).returncode == 0
     assert docker_info(lab, "gpu2")["DockerRootDir"] == "/data/docker"
     assert sorted(sh(lab, "gpu2", "docker image ls -q --no-trunc")[1].split()) == images_before
+
+
+def test_keys_the_inventory_drops_are_removed_and_foreign_keys_stay(lab, fab, tmp_path):
+    hosts = ("gpu1", "gpu2")
+    mirror_line = re.search(r"^registry_mirrors = .*\n", lab.inventory_path.read_text(), re.M).group(0)
+    mirror = json.loads(mirror_line.split("=", 1)[1])[0]
+    extra = "".join(f'\n[hosts.{h}.daemon_json]\n"max-concurrent-downloads" = 4\n' for h in hosts)
+    with_key = inventory_variant(lab, tmp_path, "with-key.toml", append=extra)
+    first = fab("-H", "gpu1,gpu2", "docker.configure", inventory=with_key)
+    assert first.returncode == 0, first.stdout[-3000:]
+    for host in hosts:
+        assert json.loads(read(lab, host))["max-concurrent-downloads"] == 4
+        assert record(lab, host) == [["data-root"], ["max-concurrent-downloads"], ["registry-mirrors"]]
+        # a key set by hand (not by the tool) after that
+        sh(lab, host, "python3 -c 'import json; p = \"/etc/docker/daemon.json\"; d = json.load(open(p)); "
+                      "d[\"max-concurrent-uploads\"] = 3; open(p, \"w\").write(json.dumps(d))'")
+    dropped = inventory_variant(lab, tmp_path, "dropped.toml", {mirror_line: ""})
+    before = {h: read(lab, h) for h in hosts}
+    dry = fab("-H", "gpu1,gpu2", "docker.configure", "--dry-run", inventory=dropped)
+    for host in hosts:
+        step = dry.hosts[host]["steps"][0]
+        assert f'- registry-mirrors: ["{mirror}"]' in step["diff"] and "- max-concurrent-downloads: 4" in step["diff"]
+        assert "max-concurrent-uploads" not in step["diff"]
+        assert read(lab, host) == before[host]  # a dry run changes nothing
+    result = fab("-H", "gpu1,gpu2", "docker.configure", inventory=dropped)
+    assert result.returncode == 0, result.stdout[-3000:]
+    for host in hosts:
+        assert result.hosts[host]["changed"] == 1
+        config = json.loads(read(lab, host))
+        assert "registry-mirrors" not in config and "max-concurrent-downloads" not in config, config
+        assert config["max-concurrent-uploads"] == 3 and config["data-root"] == "/data/docker"
+        assert not docker_info(lab, host)["RegistryConfig"].get("Mirrors")  # Docker itself has no mirror now
+        assert record(lab, host) == [["data-root"]]
+    again = fab("-H", "gpu1,gpu2", "docker.configure", inventory=dropped)
+    assert again.returncode == 0 and all(again.hosts[h]["changed"] == 0 for h in hosts), again.stdout[-2000:]
+    back = fab("-H", "gpu1,gpu2", "docker.configure")  # the lab's own inventory: the mirror comes back
+    assert back.returncode == 0, back.stdout[-3000:]
+    for host in hosts:
+        assert [m.rstrip("/") for m in docker_info(lab, host)["RegistryConfig"]["Mirrors"]] == [mirror.rstrip("/")]
+        assert json.loads(read(lab, host))["max-concurrent-uploads"] == 3

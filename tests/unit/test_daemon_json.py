@@ -1,4 +1,5 @@
-"""daemon_json: strict parse, merge that keeps foreign keys, key diff, render (golden), schema checks."""
+"""daemon_json: strict parse, merge that keeps foreign keys and drops the ones we set that the inventory
+dropped, key diff, render (golden), schema checks, the record of our keys."""
 import json
 import re
 from pathlib import Path
@@ -77,7 +78,112 @@ def test_key_changes():
         '+ data-root: "/data/docker"',
     ]
     assert daemon_json.key_changes(new, new) == []
-    assert daemon_json.key_changes({"debug": True}, {}) == ["- debug"]
+    assert daemon_json.key_changes({"debug": True}, {}) == ["- debug: true"]
+
+
+NVIDIA = {"path": "nvidia-container-runtime", "args": []}
+RUNSC = {"path": "/usr/local/bin/runsc"}
+MIRROR = "http://10.0.0.5:5000"
+
+# wanted → the key paths the tool owns (one per runtime, never the whole runtimes table)
+OWNED = [
+    ({}, []),
+    ({"registry-mirrors": [MIRROR], "data-root": "/data"}, [("data-root",), ("registry-mirrors",)]),
+    ({"runtimes": {"nvidia": NVIDIA}, "log-level": "warn"}, [("log-level",), ("runtimes", "nvidia")]),
+    ({"runtimes": {"nvidia": NVIDIA, "kata": RUNSC}}, [("runtimes", "kata"), ("runtimes", "nvidia")]),
+]
+
+
+@pytest.mark.parametrize("wanted,paths", OWNED)
+def test_owned_keys(wanted, paths):
+    assert daemon_json.owned_keys(wanted) == paths
+
+
+# (file now, inventory wants, keys we set before) → file after
+MERGES = [
+    ("dropped mirror goes, foreign key stays",
+     {"registry-mirrors": [MIRROR], "log-level": "warn"}, {}, [("registry-mirrors",)], {"log-level": "warn"}),
+    ("dropped key changed by hand still goes (we own it)",
+     {"registry-mirrors": ["https://by.hand"], "debug": True}, {}, [("registry-mirrors",)], {"debug": True}),
+    ("owned key changed by hand is set back",
+     {"registry-mirrors": ["https://by.hand"]}, {"registry-mirrors": [MIRROR]}, [("registry-mirrors",)],
+     {"registry-mirrors": [MIRROR]}),
+    ("a key we never set is never removed",
+     {"registry-mirrors": [MIRROR], "max-concurrent-downloads": 5}, {}, [], {"registry-mirrors": [MIRROR],
+                                                                           "max-concurrent-downloads": 5}),
+    ("a dropped key already gone by hand is no error", {"debug": True}, {}, [("data-root",)], {"debug": True}),
+    ("dropped data-root goes (Docker's own /var/lib/docker again)",
+     {"data-root": "/data/docker", "registry-mirrors": [MIRROR]}, {"registry-mirrors": [MIRROR]},
+     [("data-root",), ("registry-mirrors",)], {"registry-mirrors": [MIRROR]}),
+    ("nvidia runtime dropped, another runtime stays",
+     {"runtimes": {"runsc": RUNSC, "nvidia": NVIDIA}, "default-runtime": "runsc"}, {}, [("runtimes", "nvidia")],
+     {"runtimes": {"runsc": RUNSC}, "default-runtime": "runsc"}),
+    ("nvidia runtime dropped, the table it leaves empty goes",
+     {"runtimes": {"nvidia": NVIDIA}, "debug": False}, {}, [("runtimes", "nvidia")], {"debug": False}),
+    ("an empty runtimes table we did not empty stays", {"runtimes": {}}, {}, [("runtimes", "nvidia")],
+     {"runtimes": {}}),
+    ("one daemon_json key dropped, the others kept in order",
+     {"a": 1, "log-level": "warn", "b": 2}, {"a": 1, "b": 2}, [("a",), ("b",), ("log-level",)], {"a": 1, "b": 2}),
+    ("a foreign key the inventory starts listing becomes ours",
+     {"log-level": "debug"}, {"log-level": "warn"}, [], {"log-level": "warn"}),
+]
+
+
+@pytest.mark.parametrize("current,wanted,owned_before,expected", [m[1:] for m in MERGES], ids=[m[0] for m in MERGES])
+def test_merge_removes_only_the_keys_we_set_that_the_inventory_dropped(current, wanted, owned_before, expected):
+    merged = daemon_json.merge(current, wanted, owned_before)
+    assert merged == expected and list(merged) == list(expected)
+    assert daemon_json.merge(merged, wanted, daemon_json.owned_keys(wanted)) == merged  # the next run: no change
+
+
+# old → new → the per-key diff a dry run shows (runtimes entry by entry)
+KEY_CHANGES = [
+    ({"registry-mirrors": [MIRROR], "debug": True}, {"debug": True}, [f'- registry-mirrors: ["{MIRROR}"]']),
+    ({"runtimes": {"runsc": RUNSC, "nvidia": NVIDIA}}, {"runtimes": {"runsc": RUNSC}},
+     ['- runtimes.nvidia: {"args": [], "path": "nvidia-container-runtime"}']),
+    ({"runtimes": {"nvidia": NVIDIA}}, {}, ['- runtimes.nvidia: {"args": [], "path": "nvidia-container-runtime"}']),
+    ({"runtimes": {"runsc": RUNSC}}, {"runtimes": {"runsc": RUNSC, "nvidia": NVIDIA}},
+     ['+ runtimes.nvidia: {"args": [], "path": "nvidia-container-runtime"}']),
+    ({"data-root": "/data/docker", "a": 1}, {"a": 2}, ["~ a: 1 -> 2", '- data-root: "/data/docker"']),
+]
+
+
+@pytest.mark.parametrize("old,new,lines", KEY_CHANGES)
+def test_key_changes_show_removals_and_runtimes_one_by_one(old, new, lines):
+    assert daemon_json.key_changes(old, new) == lines
+
+
+def test_changed_keys_names_what_is_set_and_what_is_removed():
+    old = {"runtimes": {"nvidia": NVIDIA}, "registry-mirrors": [MIRROR], "debug": True}
+    new = {"debug": False, "data-root": "/d"}
+    assert daemon_json.changed_keys(old, new) == (["debug", "data-root"], ["runtimes.nvidia", "registry-mirrors"])
+
+
+def test_record_of_our_keys_golden_and_round_trip():
+    paths = [("runtimes", "nvidia"), ("data-root",), ("registry-mirrors",)]
+    text = daemon_json.render_owned(paths)
+    assert_golden("owned-keys.json", text)
+    assert daemon_json.parse_owned(text, "r.json") == sorted(paths)
+    assert daemon_json.parse_owned(daemon_json.render_owned([]), "r.json") == []
+    assert json.loads(text)["keys"] == [["data-root"], ["registry-mirrors"], ["runtimes", "nvidia"]]
+
+
+# a record that is not what we write → one line naming the file; nothing is removed on its word
+BAD_RECORDS = [
+    ("not-json", '{"keys": [["data-root"],]}', r"^r\.json: line 1 column 25: Expecting value; it was left untouched"),
+    ("no-keys", '{"about": "x"}', r"^r\.json: not a record gpufleet wrote"),
+    ("top-level-list", '[["data-root"]]', r"^r\.json: not a record gpufleet wrote"),
+    ("dotted-string", '{"keys": ["runtimes.nvidia"]}', r'^r\.json: key "runtimes.nvidia" is not a daemon.json key'),
+    ("too-deep", '{"keys": [["log-opts", "max-size"]]}', r"key \[\"log-opts\", \"max-size\"\] is not"),
+    ("empty-name", '{"keys": [[""]]}', r'key \[""\] is not'),
+]
+
+
+@pytest.mark.parametrize("text,pattern", [b[1:] for b in BAD_RECORDS], ids=[b[0] for b in BAD_RECORDS])
+def test_bad_record_is_refused_in_one_line(text, pattern):
+    with pytest.raises(InputError) as err:
+        daemon_json.parse_owned(text, "r.json")
+    assert "\n" not in str(err.value) and re.search(pattern, str(err.value)), str(err.value)
 
 
 # text → the one-line message it must raise (file name, and line/column where JSON has them)

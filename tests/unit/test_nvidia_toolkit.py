@@ -120,7 +120,7 @@ def test_daemon_json_registers_the_runtime_wherever_the_toolkit_is_installed(gpu
     plan = docker.plan_configure(ctx)
     assert bool(plan.actions) is registered
     if registered:
-        assert plan.actions[0].diff == '+ runtimes: {"nvidia": {"args": [], "path": "nvidia-container-runtime"}}\n'
+        assert plan.actions[0].diff == '+ runtimes.nvidia: {"args": [], "path": "nvidia-container-runtime"}\n'
 
 
 CONTAINERS = [

@@ -9,12 +9,15 @@ script nested in one (`sh -c …`, `docker exec … sh -c …`), each occurrence
 single quotes: the one place a POSIX shell takes every character literally.
 """
 import base64
+import gzip
 import json
 import shlex
 
+from pathlib import Path
+
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from gpufleet import inventory
+from gpufleet import inventory, openpgp
 from gpufleet.errors import InventoryError
 from gpufleet.paths import probe_request
 from gpufleet.plan import HostContext
@@ -38,8 +41,14 @@ class RecordingHost(Session):
 
     def _exec(self, command, *, sudo, timeout, stdin):
         self.lines.append(command)
-        if "@@gpufleet-begin" in command or "sec os_release" in command:
+        if "sec os_release" in command:
             return 0, self.probe_text, ""
+        if "sec state" in command:  # a container's diff, stamps and footprint: a fresh container
+            packed = base64.b64encode(gzip.compress((section("diff", "") + section("stamps", "")
+                                                     + section("footprint", "", 1)).encode())).decode()
+            return 0, section("state", packed), ""
+        if command.startswith("curl ") or " curl " in command:
+            return 0, KEY.read_text(), ""
         if command.startswith("docker info"):
             return 0, json.dumps(DOCKER_INFO), ""
         if command.startswith("cat "):
@@ -47,6 +56,9 @@ class RecordingHost(Session):
         return 0, "", ""
 
 
+# a real public key (tests/fixtures/openpgp), pinned in the inventories below, so the repo steps go on
+KEY = Path(__file__).resolve().parents[1] / "fixtures" / "openpgp" / "ed25519-primary-only.asc"
+[FINGERPRINT] = openpgp.primary_fingerprints(KEY.read_bytes())
 DOCKER_INFO = {"ServerVersion": "24.0.7", "DockerRootDir": "/var/lib/docker", "Images": 0, "Containers": 1,
                "ContainersRunning": 1, "Runtimes": {"runc": {}}, "RegistryConfig": {"Mirrors": []}}
 
@@ -151,6 +163,9 @@ def inventories(draw) -> str:
         f"docker_users = [{toml(user)}]",
         f"tools = [{toml(tool)}]",
         f"docker_source = {toml(draw(st.sampled_from(['docker-ce', 'distro'])))}",
+        f"docker_key_fingerprint = {toml(FINGERPRINT)}",
+        f"nvidia_key_fingerprint = {toml(FINGERPRINT)}",
+        'nvidia_toolkit = "always"',
         f"github_access = {toml(draw(st.sampled_from(['agent', 'deploy-key'])))}",
         "[hosts.gpu1]",
         'address = "10.0.0.1"',

@@ -1,8 +1,14 @@
-"""Commands as argv lists, masking of secrets, counting."""
+"""Commands as argv lists, masking of secrets, counting, stdin over SSH."""
+import getpass
+import hashlib
+from pathlib import Path
+
+import fabric
 import pytest
 
 from gpufleet.errors import CommandFailed
-from gpufleet.remote import LocalSession, Script, Secret, mask, render
+from gpufleet.remote import LocalSession, Script, Secret, SshSession, StdinChunks, mask, render
+from tests import loopback
 
 ARGV = [
     (["apt-get", "install", "-y", "docker.io"], "apt-get install -y docker.io"),
@@ -45,3 +51,25 @@ def test_local_session_counts_and_raises_with_stderr_tail(tmp_path):
 
 def session_with_stdin(tmp_path):
     return LocalSession().run(["cat"], stdin="fed in\n").stdout
+
+
+def test_stdin_is_handed_to_invoke_in_big_chunks():
+    stream = StdinChunks("x" * 100_000)
+    assert len(stream.read(1)) == StdinChunks.CHUNK  # Invoke asks for one character at a time
+    assert len(stream.read(1)) == 100_000 - StdinChunks.CHUNK and stream.read(1) == ""
+
+
+@pytest.mark.skipif(not loopback.available(), reason="needs root and OpenSSH's sshd")
+def test_a_large_stdin_reaches_a_command_over_ssh_whole(tmp_path):
+    key = loopback.keygen(tmp_path / "id_ed25519")
+    server = loopback.LoopbackSshd(tmp_path / "sshd", Path(f"{key}.pub"))
+    connection = fabric.Connection("127.0.0.1", user=getpass.getuser(), port=server.port,
+                                   connect_kwargs={"key_filename": str(key), "look_for_keys": False})
+    session = SshSession("loopback", connection)
+    try:
+        payload = "".join(f"{i:07d}\n" for i in range(40_000))  # 320 KB: about an hour at 100 bytes/s
+        result = session.run(["sha256sum"], stdin=payload)
+        assert result.stdout.split()[0] == hashlib.sha256(payload.encode()).hexdigest()
+    finally:
+        session.close()
+        server.stop()

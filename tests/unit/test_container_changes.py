@@ -1,0 +1,165 @@
+"""container_changes: the user's entries of `docker diff` told from the tool's own writes, on real outputs
+of the state command (gpufleet.container_changes.state_script) captured on a container of the lab's image run as
+the tool runs it (--init, our entrypoint, volumes /workspace and /etc/gpufleet):
+
+fresh.txt    just created (the entrypoint ran once)
+tool.txt     then the tool's kind of writes: known_hosts, .gitconfig, sources.list set aside, debian.sources
+user.txt     then the user's: /root/work.txt, a line added to known_hosts, `/opt/my data/x`, /etc/issue deleted
+stopped.txt  then stopped: no stamps and no footprint can be read
+
+packed.txt and packed-gone.txt are the state command's real output as it travels (the three sections
+gzipped and base64-encoded) for a fresh container and for one that no longer exists;
+
+and which snapshots keep_snapshots prunes.
+"""
+from pathlib import Path
+
+import pytest
+
+from gpufleet import container_changes as cc
+from tasks import containers
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "container_changes"
+MOUNTS = ["/workspace", "/etc/gpufleet"]
+
+
+def state(name):
+    return cc.parse_state((FIXTURES / f"{name}.txt").read_text())
+
+
+def footprint_after_the_tool():
+    fresh, tool = state("fresh"), state("tool")
+    return cc.record_tool_writes(fresh.footprint, fresh.diff, fresh.stamps, tool.diff, tool.stamps, MOUNTS)
+
+
+def test_parse_state_of_a_real_capture():
+    fresh = state("fresh")
+    assert fresh.diff["/etc/environment"] == "C" and fresh.diff["/workspace"] == "A" and len(fresh.diff) == 12
+    assert fresh.stamps["/root/.ssh/environment"] == "2026-12-01 22:59:20.664307603 +0000 142"  # mtime, size
+    assert fresh.footprint == {} and fresh.footprint_text is None and fresh.error == ""  # none yet
+    assert "/etc/apt/sources.list" not in state("tool").stamps  # deleted: stat has nothing to say
+    assert state("tool").diff["/etc/apt/sources.list"] == "D"
+
+
+def test_a_fresh_container_has_no_changes_of_the_user():
+    fresh = state("fresh")  # entrypoint writes, mount points, docker's --init binary
+    assert cc.user_changes(fresh.diff, fresh.stamps, {}, MOUNTS) == []
+
+
+def test_the_tool_writes_are_recorded_and_are_not_the_users():
+    footprint = footprint_after_the_tool()
+    assert footprint == {
+        "/etc/apt/sources.list": ("D", ""),
+        "/etc/apt/sources.list.d/debian.sources": ("A", "2026-12-01 22:59:24.010639821 +0000 11"),
+        "/etc/apt/sources.list.gpufleet.orig": ("A", "2026-12-01 22:06:43.000000000 +0000 47"),  # mv keeps mtime
+        "/root/.gitconfig": ("A", "2026-12-01 22:59:24.001994376 +0000 19"),
+        "/root/.ssh/known_hosts": ("A", "2026-12-01 22:59:24.001994376 +0000 28"),
+    }
+    tool = state("tool")
+    assert cc.user_changes(tool.diff, tool.stamps, footprint, MOUNTS) == []
+    # without a footprint (a container set up before the tool kept one) the tool's writes count: a snapshot too many
+    assert cc.user_changes(tool.diff, tool.stamps, {}, MOUNTS) == [
+        "A /root/.gitconfig", "A /root/.ssh/known_hosts", "A /etc/apt/sources.list.d/debian.sources",
+        "A /etc/apt/sources.list.gpufleet.orig", "D /etc/apt/sources.list"]
+
+
+def test_the_users_changes_are_found_also_in_a_file_the_tool_wrote():
+    user = state("user")
+    assert cc.user_changes(user.diff, user.stamps, footprint_after_the_tool(), MOUNTS) == [
+        "A /root/.ssh/known_hosts",  # the tool wrote it, the user added a line: mtime and size moved
+        "A /root/work.txt", "D /etc/issue", "A /opt/my data/x"]
+
+
+def test_in_a_stopped_container_every_change_counts():
+    stopped = state("stopped")  # docker diff works, docker exec does not
+    assert stopped.stamps == {} and stopped.footprint_text is None and stopped.error == ""
+    changes = cc.user_changes(stopped.diff, stopped.stamps, footprint_after_the_tool(), MOUNTS)
+    assert "A /root/work.txt" in changes and "A /root/.gitconfig" in changes  # the tool's own too: safe side
+
+
+def test_a_file_the_user_changed_stays_the_users_when_the_tool_writes_again():
+    user = state("user")
+    # the tool acts again (it changes nothing here): the user's edit of known_hosts is not absorbed
+    again = cc.record_tool_writes(footprint_after_the_tool(), user.diff, user.stamps, user.diff, user.stamps, MOUNTS)
+    assert "/root/.ssh/known_hosts" not in again and "/root/work.txt" not in again
+    assert again["/root/.gitconfig"] == footprint_after_the_tool()["/root/.gitconfig"]
+    assert "A /root/.ssh/known_hosts" in cc.user_changes(user.diff, user.stamps, again, MOUNTS)
+
+
+def test_the_user_recreating_a_file_the_tool_deleted_is_a_change():
+    footprint = {"/etc/apt/sources.list": ("D", "")}
+    assert cc.user_changes({"/etc/apt/sources.list": "C"}, {"/etc/apt/sources.list": "t"}, footprint) == [
+        "C /etc/apt/sources.list"]
+    assert cc.user_changes({"/etc/apt/sources.list": "D"}, {}, footprint) == []
+
+
+# entries → the leaves (a parent directory of another entry is not a change of its own)
+LEAVES = [
+    ({"/root": "C", "/root/a": "A"}, {"/root/a": "A"}),
+    ({"/opt": "C", "/opt/x": "A", "/opt/x/y": "A", "/opt/z": "D"}, {"/opt/x/y": "A", "/opt/z": "D"}),
+    ({"/root": "C", "/rootfs": "A"}, {"/root": "C", "/rootfs": "A"}),  # a name prefix is not a parent
+    ({"/a": "A"}, {"/a": "A"}),
+]
+
+
+@pytest.mark.parametrize("entries,leaves", LEAVES)
+def test_leaves(entries, leaves):
+    assert cc.leaves(entries) == leaves
+
+
+OWN = [
+    ("/etc/environment", (), True), ("/run/sshd.pid", (), True), ("/tmp/x", (), True),
+    ("/var/log/wtmp", (), True), (cc.FOOTPRINT, (), True), (cc.SNAPSHOT_MARKER, (), True),
+    ("/workspace", ("/workspace",), True), ("/workspace/deep", ("/workspace/",), True),
+    ("/workspaces", ("/workspace",), False), ("/runner", (), False), ("/etc/environment.d/x", (), False),
+    ("/root/.ssh/known_hosts", (), False), ("/root/.ssh/authorized_keys", (), False),
+]
+
+
+@pytest.mark.parametrize("path,mounts,own", OWN)
+def test_is_own(path, mounts, own):
+    assert cc.is_own(path, mounts) is own
+
+
+def test_footprint_file_round_trip_and_what_it_does_not_understand():
+    footprint = footprint_after_the_tool()
+    text = cc.render_footprint(footprint)
+    assert cc.parse_footprint(text) == footprint
+    assert text.splitlines()[0] == "D\t\t/etc/apt/sources.list"
+    assert cc.parse_footprint("X\tt\t/a\nA\tt\nA\tt\trelative\n\nC\tt\t/ok\n") == {"/ok": ("C", "t")}
+
+
+def test_parse_diff_ignores_what_is_not_an_entry():
+    assert cc.parse_diff("C /root\nA /root/my file\nwarning: x\nD /gone\n\n") == {
+        "/root": "C", "/root/my file": "A", "/gone": "D"}
+
+
+def test_the_packed_state_is_unpacked():
+    fresh = cc.parse_state(cc.unpack_state((FIXTURES / "packed.txt").read_text()))
+    assert fresh.error == "" and fresh.diff["/root/.ssh/environment"] == "A" and len(fresh.stamps) == 12
+    assert cc.user_changes(fresh.diff, fresh.stamps, {}, MOUNTS) == []
+    gone = cc.parse_state(cc.unpack_state((FIXTURES / "packed-gone.txt").read_text()))
+    assert gone.error == "Error response from daemon: No such container: owner-fx"
+    for broken in ("", "@@gpufleet-begin state@@\nnot base64!\n@@gpufleet-end state rc=0@@\n",
+                   "@@gpufleet-begin state@@\n\n@@gpufleet-end state rc=0@@\n"):  # gzip missing: nothing
+        assert cc.parse_state(cc.unpack_state(broken)).error, broken
+
+
+def test_state_of_a_failed_docker_diff():
+    text = "@@gpufleet-begin diff@@\nError: No such container: dev\n\n@@gpufleet-end diff rc=1@@\n"
+    assert cc.parse_state(text).error == "Error: No such container: dev"
+
+
+PRUNE = [
+    (["dev-snapshot:20260101-000003", "dev-snapshot:20260101-000001", "dev-snapshot:20260101-000002"], 1,
+     ["dev-snapshot:20260101-000001", "dev-snapshot:20260101-000002"]),
+    (["dev-snapshot:20260101-000001", "dev-snapshot:20251231-235959"], 3, []),
+    (["dev-snapshot:20260101-000001", "dev-snapshot:20251231-235959"], 1, ["dev-snapshot:20251231-235959"]),
+    (["dev-snapshot:20260101-000001", "dev-snapshot:20260101-000002"], 0, []),  # 0 keeps them all
+    ([], 2, []),
+]
+
+
+@pytest.mark.parametrize("tags,keep,pruned", PRUNE)
+def test_keep_snapshots_prunes_the_oldest(tags, keep, pruned):
+    assert containers.snapshots_to_prune(tags, keep) == pruned
