@@ -75,19 +75,26 @@ class Display:
             self.tick()
 
     @staticmethod
-    def _doing(running: tuple[str, str, float], now: float) -> str:
+    def _doing(running: tuple[str, str, float], now: float, room: int = 0) -> str:
+        """`step: what … (elapsed)`; with `room`, `what` is cut so that the line fits."""
         step, what, started = running
-        return f"{step}: {what} … ({elapsed(now - started)})" if what else f"{step} … ({elapsed(now - started)})"
+        tail = f" … ({elapsed(now - started)})"
+        if room and what and len(step) + 2 + len(what) + len(tail) > room:
+            keep = room - len(step) - 2 - len(tail) - 1
+            what = what[:keep] + "…" if keep > 0 else ""
+        return f"{step}: {what}{tail}" if what else f"{step}{tail}"
 
     def _render(self):
         # no self.lock here: Live calls this holding its own lock, which printing under self.lock
         # also takes; copies of the dicts are taken whole under the GIL
         now = self.clock()
         running, current = self.running.copy(), self.current.copy()
+        room = self.console.width - max(map(len, current), default=0) - 2
         table = Table.grid(padding=(0, 2))
         for host, state in current.items():
             table.add_row(Text(host, style="bold"),
-                          Text(self._doing(running[host], now) if host in running else state, style="dim"))
+                          Text(self._doing(running[host], now, room) if host in running else state, style="dim",
+                               no_wrap=True, overflow="ellipsis"))
         return Group(table)
 
     def tick(self) -> None:

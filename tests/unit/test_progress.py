@@ -262,3 +262,16 @@ def test_an_ssh_command_streams_its_stdout_to_the_callback_while_it_runs(tmp_pat
         sshd.stop()
     assert result.exit_code == 0 and result.stdout == "first\nsecond\n" and seen == "first\nsecond\n"
     assert "first\nsecond\n" in (tmp_path / "a.log").read_text()
+
+
+def test_on_a_narrow_terminal_the_live_line_cuts_what_and_keeps_the_elapsed_time():
+    clock = Clock()
+    console = Console(file=io.StringIO(), force_terminal=True, width=60, color_system=None)
+    display = Display(["gpu1"], "bootstrap", console=console, clock=clock)
+    display.event("gpu1", "step", "docker.install")
+    display.event("gpu1", "progress", "apt: downloading dbus-session-bus-common [78.2 kB] (4 of 59)")
+    clock.now += 12
+    rendered = Console(file=io.StringIO(), width=60, color_system=None)
+    rendered.print(display._render())
+    assert [line.rstrip() for line in rendered.file.getvalue().splitlines()] == [
+        "gpu1  docker.install: apt: downloading dbus-session… … (12s)"]  # 60 columns
