@@ -1,6 +1,7 @@
 """What the user sees: a live line per host, each step's result, and the recap."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from gpufleet.errors import InputError
 from gpufleet.plan import CHANGED, FAILED, OK, SKIPPED, HostReport, StepResult
 
 STYLE = {OK: "green", CHANGED: "yellow", FAILED: "bold red", SKIPPED: "cyan"}
@@ -31,19 +33,36 @@ def elapsed(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+PROGRESS_EVERY_ENV = "GPUFLEET_PROGRESS_EVERY"
+
+
+def plain_progress_every() -> float:
+    """Seconds between plain progress lines: 10, or GPUFLEET_PROGRESS_EVERY."""
+    value = os.environ.get(PROGRESS_EVERY_ENV, "").strip()
+    if not value:
+        return 10.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 1e6:
+        raise InputError(f"{PROGRESS_EVERY_ENV}: expected seconds between progress lines (a number > 0), "
+                         f"got {value!r}")
+    return seconds
+
+
 class Display:
     """Thread-safe progress display; plain lines when the output is not a terminal.
 
     On a terminal a live line per host shows `step: what … (elapsed)`, `what` being what
     the running command's output says (gpufleet.progress) or else the action's summary.
-    Elsewhere (CI logs, pipes) a step that has run PLAIN_EVERY seconds gets such a line at
-    most every PLAIN_EVERY seconds per host, printed by `tick()` (a thread calls it every second).
+    Elsewhere (CI logs, pipes) a step that has run `plain_every` seconds gets such a line at
+    most every `plain_every` seconds per host, printed by `tick()` (a thread calls it every second).
     """
 
-    PLAIN_EVERY = 10.0
-
     def __init__(self, hosts: list[str], title: str, console: Console | None = None, show_diffs: bool = False,
-                 clock=time.monotonic):
+                 clock=time.monotonic, plain_every: float = 10.0):
+        self.plain_every = plain_every
         self.show_diffs = show_diffs
         self.console = console or make_console()
         self.title = title
@@ -98,15 +117,15 @@ class Display:
         return Group(table)
 
     def tick(self) -> None:
-        """Plain output: a line for each host whose step has run PLAIN_EVERY seconds, at most
-        one per host every PLAIN_EVERY seconds."""
+        """Plain output: a line for each host whose step has run `plain_every` seconds, at most
+        one per host every `plain_every` seconds."""
         now = self.clock()
         with self.lock:
             if self.closed or self.live:
                 return
             for host in list(self.running):
                 started = self.running[host][2]
-                if now - started >= self.PLAIN_EVERY and now - self.last_plain.get(host, -1e9) >= self.PLAIN_EVERY:
+                if now - started >= self.plain_every and now - self.last_plain.get(host, -1e9) >= self.plain_every:
                     self.last_plain[host] = now
                     line = Text()
                     line.append(f"{host:<12} ", style="bold")

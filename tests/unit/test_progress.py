@@ -275,3 +275,37 @@ def test_on_a_narrow_terminal_the_live_line_cuts_what_and_keeps_the_elapsed_time
     rendered.print(display._render())
     assert [line.rstrip() for line in rendered.file.getvalue().splitlines()] == [
         "gpu1  docker.install: apt: downloading dbus-session… … (12s)"]  # 60 columns
+
+
+@pytest.mark.parametrize("value, seconds", [(None, 10.0), ("", 10.0), ("2", 2.0), (" 0.5 ", 0.5), ("30", 30.0)])
+def test_the_plain_progress_interval_is_10s_or_the_environments(monkeypatch, value, seconds):
+    from gpufleet.output import plain_progress_every
+    if value is None:
+        monkeypatch.delenv("GPUFLEET_PROGRESS_EVERY", raising=False)
+    else:
+        monkeypatch.setenv("GPUFLEET_PROGRESS_EVERY", value)
+    assert plain_progress_every() == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "nan", "inf", "1e9"])
+def test_a_bad_plain_progress_interval_is_one_line_naming_the_variable(monkeypatch, value):
+    from gpufleet.errors import InputError
+    from gpufleet.output import plain_progress_every
+    monkeypatch.setenv("GPUFLEET_PROGRESS_EVERY", value)
+    with pytest.raises(InputError, match=r"^GPUFLEET_PROGRESS_EVERY: expected seconds between progress lines "
+                                         r"\(a number > 0\), got '.*'$"):
+        plain_progress_every()
+
+
+def test_plain_progress_lines_follow_the_interval_given():
+    clock = Clock()
+    out = io.StringIO()
+    display = Display(["gpu1"], "bootstrap", console=Console(file=out, force_terminal=False, width=200),
+                      clock=clock, plain_every=2)
+    display.event("gpu1", "step", "docker.install")
+    shown = []
+    for _ in range(7):
+        clock.now += 1
+        display.tick()
+        shown += printed(out)
+    assert shown == [f"gpu1         running  docker.install … ({s}s)" for s in (2, 4, 6)]
