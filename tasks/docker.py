@@ -189,15 +189,15 @@ def verify_docker_info(c, config: dict) -> None:
         raise FleetError("docker info after the restart: " + "; ".join(problems))
 
 
-def copy_script(old_root: str, new_root: str) -> Script:
-    """Stop Docker and `cp -a` the data root; while cp runs, `du -sm` of the target every 5 s
+def copy_script(old_root: str, new_root: str, stop: str = SERVICE_STOP) -> Script:
+    """`stop` Docker and `cp -a` the data root; while cp runs, `du -sm` of the target every 5 s
     says how far it got (lines that gpufleet.progress reads).  The same shell does it: no second
     connection or channel, and the poller ends with the script (its trap)."""
     q = shlex.quote
     start = progress.COPY_START.format(source="$source", target="$target", megabytes="$total")
     so_far = progress.COPY_DONE_SO_FAR.format(megabytes="$(du -sm -- \"$target\" 2>/dev/null | cut -f1)")
     return Script("\n".join([
-        "set -e", SERVICE_STOP,
+        "set -e", stop,
         f"source={q(old_root)}; target={q(new_root)}",
         'mkdir -p -- "$target"',
         'total=$(du -sm -- "$source" | cut -f1)',

@@ -1,6 +1,7 @@
 """Live progress: the parsers on real captured outputs, the watcher, the display's plain-line
 throttling (a hand-driven clock, no waiting), and output that streams while a command runs."""
 import io
+import re
 import threading
 from pathlib import Path
 
@@ -309,3 +310,22 @@ def test_plain_progress_lines_follow_the_interval_given():
         display.tick()
         shown += printed(out)
     assert shown == [f"gpu1         running  docker.install … ({s}s)" for s in (2, 4, 6)]
+
+
+def test_the_data_root_copy_says_its_size_copies_hard_links_and_ends_its_poller(tmp_path):
+    import os
+    from tasks.docker import copy_script
+    old, new = tmp_path / "old root", tmp_path / "new root"
+    (old / "overlay2" / "l1").mkdir(parents=True)
+    (old / "overlay2" / "l1" / "blob").write_bytes(b"x" * 3_000_000)
+    os.link(old / "overlay2" / "l1" / "blob", old / "overlay2" / "hard")
+    session = LocalSession("ws")
+    # `true` instead of stopping Docker; a poller left behind would hold stdout: the run would time out (124)
+    result = session.run(copy_script(str(old), str(new), stop="true"), timeout=60, check=False)
+    assert result.exit_code == 0, result.stderr
+    assert re.fullmatch(rf"copying {re.escape(str(old))} to {re.escape(str(new))}: [34] MB\n", result.stdout)
+    assert progress.describe(result.stdout).startswith(f"copying {old} to {new} (")
+    assert (new / "overlay2" / "l1" / "blob").stat().st_ino == (new / "overlay2" / "hard").stat().st_ino
+    missing = session.run(copy_script(str(tmp_path / "absent"), str(tmp_path / "n2"), stop="true"), timeout=60,
+                          check=False)
+    assert missing.exit_code != 0 and not (tmp_path / "n2" / "overlay2").exists()
