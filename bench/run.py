@@ -13,6 +13,11 @@ repetitions); peak RSS of each fab process from GNU time (`/usr/bin/time -f %M`)
 polling VmHWM in /proc/PID/status where GNU time is missing.  Every fab invocation is a
 whole process (`python -m fabric -r REPO ...`), so its time includes Python start-up.
 
+During the converged re-runs the lab containers' cgroups give the server-side CPU per host
+(each server with its dockerd and the containers inside it).  After the sizes, gpu1 and gpu2 are
+replaced by bare servers and their first `bootstrap` is timed (the apt cache warm), with the
+round trips (remote commands + SSH connections) per host.
+
 Then, without a lab: an inventory of 1,000 GPU servers behind a bastion with 2,000
 containers, generated in a temp dir: `gen-ssh-config`, `show-host host0500` and
 `gpufleet.inventory.load`, each timed as a whole CLI process and in-process.
@@ -62,6 +67,9 @@ MAX_COMMANDS = 3             # remote commands per host, converged bootstrap re-
 MAX_SCALING = 1.5            # converged bootstrap median, N=8 over N=1
 MAX_LOCAL_SECONDS = 1.0      # gen-ssh-config / show-host / validation of 1,000 hosts
 MAX_RSS_MB = 150             # peak RSS of fab at N=8
+MAX_FIRST_BOOTSTRAP = 100.0  # seconds: first bootstrap of two bare servers, apt cache warm
+MAX_CONVERGED_ONE = 0.8      # seconds: converged bootstrap re-run of one host, whole fab process
+MAX_SERVER_CPU = 0.25        # CPU-s on the server side per converged host (its cgroup, dockerd, inner containers)
 SYNTH_SERVERS, SYNTH_CONTAINERS_PER_HOST = 1000, 2
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -249,14 +257,17 @@ def _poll_hwm(proc, hwm):
 
 
 class CpuMeter:
-    """CPU seconds used machine-wide (/proc/stat) and by the bench lab's containers (their cgroups,
-    the servers' inner containers included: with cgroupfs their cgroups sit beside the servers')."""
+    """CPU seconds used machine-wide (/proc/stat) and by the bench lab's containers (their cgroups),
+    per lab member: a server's own cgroup (its dockerd, containerd, sshd and the docker CLI calls are
+    in it) plus the cgroups of the containers inside it (with cgroupfs those sit beside the servers')."""
 
-    def __init__(self, container_ids: list[str]):
+    def __init__(self, members: dict[str, list[str]]):
         self.hz = os.sysconf("SC_CLK_TCK")
         self.ncpu = os.cpu_count() or 1
-        self.paths = [p for p in (self._usage_path(i) for i in container_ids) if p]
-        self.missing = len(container_ids) - len(self.paths)
+        self.members = {name: [p for p in (self._usage_path(i) for i in ids) if p] for name, ids in members.items()}
+        self.paths = [p for paths in self.members.values() for p in paths]
+        self.missing = sum(len(ids) for ids in members.values()) - len(self.paths)
+        self.servers = sorted((n for n in members if re.fullmatch(r"gpu\d+", n)), key=lambda n: int(n[3:]))
 
     @staticmethod
     def _usage_path(cid: str) -> Path | None:
@@ -268,36 +279,43 @@ class CpuMeter:
                 return candidate
         return None
 
+    @staticmethod
+    def _read(path: Path) -> float:
+        try:
+            text = path.read_text()
+        except OSError:
+            return 0.0  # a container went away
+        if path.name == "cpuacct.usage":
+            return int(text) / 1e9
+        return int(re.search(r"usage_usec (\d+)", text).group(1)) / 1e6
+
     def snapshot(self) -> dict:
         fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
         idle = fields[3] + fields[4]  # idle + iowait
-        lab = 0.0
-        for path in self.paths:
-            try:
-                text = path.read_text()
-            except OSError:
-                continue  # a container went away
-            if path.name == "cpuacct.usage":
-                lab += int(text) / 1e9
-            else:
-                lab += int(re.search(r"usage_usec (\d+)", text).group(1)) / 1e6
-        return {"busy": (sum(fields[:8]) - idle) / self.hz, "lab": lab}
+        members = {name: sum(self._read(p) for p in paths) for name, paths in self.members.items()}
+        return {"busy": (sum(fields[:8]) - idle) / self.hz, "lab": sum(members.values()), "members": members}
 
     def delta(self, a: dict, b: dict, wall: float) -> dict:
+        servers = {n: round(b["members"][n] - a["members"][n], 3) for n in self.servers}
         return {"machine_busy": round(b["busy"] - a["busy"], 2), "machine_capacity": round(wall * self.ncpu, 2),
-                "bench_lab": round(b["lab"] - a["lab"], 2)}
+                "bench_lab": round(b["lab"] - a["lab"], 2), "servers": servers,
+                "server_total": round(sum(servers.values()), 3),
+                "others_in_lab": {n: round(b["members"][n] - a["members"][n], 3)
+                                  for n in self.members if n not in servers}}
 
 
-def bench_container_ids(lab) -> list[str]:
-    """Every container of the bench lab, and every container inside its servers."""
-    ids = []
+def bench_members(lab) -> dict[str, list[str]]:
+    """Container ids of each bench lab member: its own container, and for a server every container inside it."""
+    members: dict[str, list[str]] = {}
     for container in lab._containers():
+        name = container.labels.get("gpufleet.lab.name", "") or container.name
+        ids = members.setdefault(name, [])
         ids.append(container.id)
         if container.labels.get("gpufleet.lab.role", "").startswith("server"):
-            code, out = lab.exec(container.labels.get("gpufleet.lab.name", ""), ["docker", "ps", "-q", "--no-trunc"])
+            code, out = lab.exec(name, ["docker", "ps", "-q", "--no-trunc"])
             if code == 0:
                 ids += out.split()
-    return ids
+    return members
 
 
 def stats(values: list[float]) -> dict:
@@ -349,8 +367,9 @@ def lab_sizes(args, runner: Runner, results: dict) -> None:
     lab_dir = args.workdir / "lab"
     cwd = args.workdir / "cwd"
     cwd.mkdir(parents=True, exist_ok=True)
-    lab = Lab(lab_dir, prefix=PREFIX, subnet=SUBNET, log=lambda m: say(f"  lab: {m}"))
-    results["lab"] = {"prefix": PREFIX, "subnet": SUBNET, "directory": str(lab_dir), "cwd": str(cwd), "sizes": []}
+    prefix, subnet = args.lab
+    lab = Lab(lab_dir, prefix=prefix, subnet=subnet, log=lambda m: say(f"  lab: {m}"))
+    results["lab"] = {"prefix": prefix, "subnet": subnet, "directory": str(lab_dir), "cwd": str(cwd), "sizes": []}
     try:
         for n in args.sizes:
             say(f"N={n}: lab.up(hosts={n})", "bold")
@@ -374,7 +393,7 @@ def lab_sizes(args, runner: Runner, results: dict) -> None:
             size["converge"] = [summary(r) for r in converge]
             size["converged"] = converge[-1].rc == 0
 
-            runner.meter = CpuMeter(bench_container_ids(lab))
+            runner.meter = CpuMeter(bench_members(lab))
             idle = runner.meter.snapshot()
             time.sleep(args.idle_seconds)
             size["idle"] = runner.meter.delta(idle, runner.meter.snapshot(), args.idle_seconds)
@@ -392,6 +411,11 @@ def lab_sizes(args, runner: Runner, results: dict) -> None:
                     f"max conns/host={run.max_of('ssh_connections')}, max cmds/host={run.max_of('remote_commands')}, "
                     f"RSS={fmt(run.peak_rss_mb, '.0f')} MB; CPU-s: {cpu_line(run)}")
             size["bootstrap_rerun"] = group(reruns)
+            size["bootstrap_rerun"]["server_cpu"] = server_cpu(reruns, n, size["idle"])
+            say(f"  server-side CPU per converged host (server cgroup, its dockerd and inner containers): "
+                f"{fmt(size['bootstrap_rerun']['server_cpu'].get('per_host_median'), '.3f')} CPU-s per run "
+                f"(idle rate {fmt(size['bootstrap_rerun']['server_cpu'].get('idle_per_host_per_second'), '.3f')} "
+                f"CPU-s/s per server)")
             size["bootstrap_rerun"]["logs"] = {r.label: log_breakdown(r.log_dir) for r in reruns}
             size["bootstrap_rerun"]["probe_seconds"] = probe_stats(size["bootstrap_rerun"]["logs"])
 
@@ -432,22 +456,80 @@ def lab_sizes(args, runner: Runner, results: dict) -> None:
             size["uptime_after"] = uptime_line()
             runner.meter = None
             say(f"  {size['uptime_after']}")
+        if not args.no_first_bootstrap:
+            first_bootstrap(args, runner, results, lab, cwd)
     finally:
         if args.keep_lab:
-            say(f"--keep-lab: lab {PREFIX} left up ({lab_dir})")
+            say(f"--keep-lab: lab {prefix} left up ({lab_dir})")
         else:
-            say(f"tearing down lab {PREFIX}")
+            say(f"tearing down lab {prefix}")
             # A second Ctrl-C must not leave the lab half up: ignore it while we clean.
             old = signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
                 removed = lab.down()
                 results["lab"]["torn_down"] = len(removed)
-                say(f"  removed {len(removed)} objects (the apt cache volume {PREFIX}-aptcache is kept)")
+                say(f"  removed {len(removed)} objects (the apt cache volume {prefix}-aptcache is kept)")
             except Exception as e:  # report, but do not hide the original error
                 results["lab"]["teardown_error"] = f"{type(e).__name__}: {e}"
                 say(f"teardown failed: {e}", "red")
             finally:
                 signal.signal(signal.SIGINT, old)
+
+
+FIRST_HOSTS = ["gpu1", "gpu2"]
+
+
+def first_bootstrap(args, runner: Runner, results: dict, lab, cwd: Path) -> None:
+    """`bootstrap` of two bare servers (gpu1 with systemd, gpu2 without), the apt cache already warm."""
+    out: dict = {"hosts": FIRST_HOSTS}
+    results["first_bootstrap"] = out
+    if len(lab.server_names) < len(FIRST_HOSTS):
+        info = lab.up(hosts=len(FIRST_HOSTS))
+        say(f"first bootstrap: lab grown to {', '.join(info.servers)}")
+    inv = lab.inventory_path
+    hosts = ",".join(FIRST_HOSTS)
+    if not any(s.get("converged") for s in results["lab"]["sizes"]):
+        # nothing was installed through this lab's apt proxy in this run: fill its cache first
+        warm = runner.fab("first-bootstrap-warm-up", ["-H", hosts, "bootstrap"], cwd, inv, json_out=True)
+        out["warm_up"] = summary(warm)
+        say(f"first bootstrap: warm-up (fills the apt cache) rc={warm.rc} {warm.seconds:.1f}s")
+    lab.recreate_servers(FIRST_HOSTS)
+    out["load_before"] = loadavg()
+    runner.meter = CpuMeter(bench_members(lab))  # the new servers' cgroups; their inner containers come later
+    run = runner.fab("first-bootstrap-2-bare", ["-H", hosts, "bootstrap"], cwd, inv, json_out=True)
+    runner.meter = None
+    out["run"] = summary(run)
+    out["seconds"] = round(run.seconds, 1)
+    out["rc"] = run.rc
+    out["round_trips"] = round_trips(run)
+    out["load_after"] = loadavg()
+    say(f"first bootstrap of {hosts} (bare, apt cache warm): rc={run.rc} {run.seconds:.1f}s, "
+        f"changed={run.sum_of('changed')}; round trips per host: "
+        + ", ".join(f"{h}: {r['commands']} cmds + {r['connections']} conns" for h, r in out["round_trips"].items())
+        + f"; CPU-s: {cpu_line(run)}")
+
+
+def round_trips(run: FabRun) -> dict:
+    """Per host: remote commands + SSH connections, from the --json recap."""
+    return {h["host"]: {"commands": h.get("remote_commands"), "connections": h.get("ssh_connections"),
+                        "round_trips": (h.get("remote_commands") or 0) + (h.get("ssh_connections") or 0)}
+            for h in run.hosts()}
+
+
+def server_cpu(runs: list[FabRun], n: int, idle: dict) -> dict:
+    """Server-side CPU-s per host of converged re-runs on N servers (all N targeted): median over the runs."""
+    per_run = [r.cpu["server_total"] / n for r in runs if r.cpu and "server_total" in r.cpu]
+    out = {"per_host_runs": [round(v, 3) for v in per_run],
+           "per_host_median": round(statistics.median(per_run), 3) if per_run else None,
+           "per_host_max": max((round(v, 3) for r in runs if r.cpu for v in (r.cpu.get("servers") or {}).values()),
+                               default=None),
+           "bastion_median": None}
+    bastion = [r.cpu["others_in_lab"].get("bastion") for r in runs if r.cpu and "others_in_lab" in r.cpu]
+    if bastion and None not in bastion:
+        out["bastion_median"] = round(statistics.median(bastion), 3)
+    if idle.get("servers") and idle.get("seconds"):
+        out["idle_per_host_per_second"] = round(sum(idle["servers"].values()) / n / idle["seconds"], 4)
+    return out
 
 
 def summary(run: FabRun) -> dict:
@@ -475,7 +557,8 @@ def group(runs: list[FabRun]) -> dict:
         "changed": [r.sum_of("changed") for r in with_recap],
         "peak_rss_mb": maxn(r.peak_rss_mb for r in runs),
         "cpu_seconds_median": {k: round(statistics.median(r.cpu[k] for r in runs), 2)
-                               for k in (runs[0].cpu or {}) if all(r.cpu and k in r.cpu for r in runs)},
+                               for k in (runs[0].cpu or {})
+                               if all(r.cpu and isinstance(r.cpu.get(k), (int, float)) for r in runs)},
         "runs": [summary(r) for r in runs],
     }
 
@@ -665,6 +748,23 @@ def targets(results: dict) -> list[dict]:
             ", ".join(f"N={n}: {v}" for n, v in cmds.items()), f"<= {MAX_COMMANDS}",
             have and all(v <= MAX_COMMANDS for v in cmds.values()) if have else None,
             "max over hosts and repetitions, from the --json recap")
+        if 1 not in sizes:
+            add("converged bootstrap re-run of one host (N=1), whole fab process", "not measured (no N=1 in --sizes)",
+                f"<= {MAX_CONVERGED_ONE} s", None)
+        else:
+            t1 = sizes[1]["bootstrap_rerun"]["seconds"]
+            add("converged bootstrap re-run of one host (N=1), whole fab process", f"median {fmt(t1['median'])}s, "
+                f"min {fmt(t1['min'])}s", f"<= {MAX_CONVERGED_ONE} s",
+                None if t1["median"] is None else t1["median"] <= MAX_CONVERGED_ONE,
+                "python -m fabric, Python start-up included")
+        cpu = {n: s["bootstrap_rerun"].get("server_cpu", {}).get("per_host_median") for n, s in sizes.items()}
+        if any(v is not None for v in cpu.values()):
+            first_n = min(n for n, v in cpu.items() if v is not None)
+            add("server-side CPU per converged host, one converged run",
+                ", ".join(f"N={n}: {fmt(v, '.3f')} CPU-s" for n, v in cpu.items()), f"<= {MAX_SERVER_CPU} CPU-s",
+                cpu[first_n] <= MAX_SERVER_CPU,
+                f"checked at N={first_n}; the server's cgroup (dockerd, sshd, docker CLI) and its inner containers' "
+                f"cgroups, median over repetitions, per host")
         idem = {n: s["bootstrap_rerun"]["changed"] for n, s in sizes.items()}
         add("converged bootstrap changes nothing", ", ".join(f"N={n}: {v}" for n, v in idem.items()),
             "0 changed", all(not any(v) for v in idem.values()), "steps reported `changed`, summed over hosts, per repetition")
@@ -687,6 +787,20 @@ def targets(results: dict) -> list[dict]:
                 f"{fmt(rss['bootstrap_rerun'], '.0f')} MB, converge {fmt(rss['converge'], '.0f')} MB)",
                 f"< {MAX_RSS_MB} MB", rss["any_fab"] is not None and rss["any_fab"] < MAX_RSS_MB,
                 "max over every fab process at N=8")
+        else:
+            add("peak RSS of fab at N=8", "not measured (no N=8 in --sizes)", f"< {MAX_RSS_MB} MB", None)
+        if not (1 in sizes and 8 in sizes):
+            add("scaling: converged bootstrap N=8 / N=1 (median)", "not measured (needs N=1 and N=8 in --sizes)",
+                f"<= {MAX_SCALING}x", None)
+    first = results.get("first_bootstrap") or {}
+    if "seconds" in first:
+        trips = ", ".join(f"{h}: {r['round_trips']}" for h, r in first["round_trips"].items())
+        add("first bootstrap of two bare servers (apt cache warm), whole fab process",
+            f"{first['seconds']:.1f}s (rc {first['rc']}; round trips per host {trips})",
+            f"<= {MAX_FIRST_BOOTSTRAP:.0f} s", first["rc"] == 0 and first["seconds"] <= MAX_FIRST_BOOTSTRAP)
+    else:
+        add("first bootstrap of two bare servers (apt cache warm), whole fab process", "not measured",
+            f"<= {MAX_FIRST_BOOTSTRAP:.0f} s", None)
     syn = results.get("synthetic")
     if syn and "cli_gen_ssh_config_unchanged" in syn:
         start = syn["cli_python_startup"]["seconds"]["median"]
@@ -756,6 +870,23 @@ def print_tables(results: dict) -> None:
                           ("inprocess_gen_ssh_config_core", "in-process entries + render_block + update")):
             t.add_row(name, fmt(syn[key]["median"], ".3f"), fmt(syn[key]["min"], ".3f"), "")
         console.print(t)
+    trips = round_trip_rows(results)
+    if trips:
+        t = Table(title="round trips per host (remote commands + SSH connections, from the --json recap)",
+                  title_justify="left")
+        for col in ("run", "host", "remote commands", "SSH connections", "round trips"):
+            t.add_column(col, justify="left" if col in ("run", "host") else "right")
+        for row in trips:
+            t.add_row(*(str(v) for v in row))
+        console.print(t)
+    cpu = server_cpu_rows(results)
+    if cpu:
+        t = Table(title="server-side CPU of converged bootstrap re-runs (CPU-s; lab cgroups)", title_justify="left")
+        for col in ("N", "per host, median", "one server, max", "bastion, median", "idle per server (CPU-s/s)"):
+            t.add_column(col, justify="right")
+        for row in cpu:
+            t.add_row(*row)
+        console.print(t)
     t = Table(title="targets", title_justify="left")
     for col in ("target", "measured", "target value", "status"):
         t.add_column(col)
@@ -763,6 +894,48 @@ def print_tables(results: dict) -> None:
         style = {"pass": "green", "MISS": "bold red"}.get(row["status"], "yellow")
         t.add_row(Text(row["target"]), Text(row["measured"]), Text(row["target_value"]), Text(row["status"], style=style))
     console.print(t)
+    console.print(Text(targets_met_line(results)))
+    console.print(Text(load_line(results)))
+
+
+def round_trip_rows(results: dict) -> list[tuple]:
+    """(run, host, remote commands, SSH connections, round trips) for the first bootstrap and converged re-runs."""
+    rows = []
+    first = results.get("first_bootstrap") or {}
+    for host, r in (first.get("round_trips") or {}).items():
+        rows.append(("first bootstrap, 2 bare servers", host, r["commands"], r["connections"], r["round_trips"]))
+    for s in results.get("lab", {}).get("sizes", []):
+        br = s.get("bootstrap_rerun")
+        if br and br.get("max_remote_commands") is not None:
+            cmds, conns = br["max_remote_commands"], br["max_ssh_connections"]
+            rows.append((f"converged re-run, N={s['n']}", "max over hosts", cmds, conns, cmds + (conns or 0)))
+    return rows
+
+
+def server_cpu_rows(results: dict) -> list[tuple[str, ...]]:
+    rows = []
+    for s in results.get("lab", {}).get("sizes", []):
+        c = (s.get("bootstrap_rerun") or {}).get("server_cpu")
+        if c and c.get("per_host_median") is not None:
+            rows.append((str(s["n"]), fmt(c["per_host_median"], ".3f"), fmt(c.get("per_host_max"), ".3f"),
+                         fmt(c.get("bastion_median"), ".3f"), fmt(c.get("idle_per_host_per_second"), ".4f")))
+    return rows
+
+
+def targets_met_line(results: dict) -> str:
+    rows = [r for r in results["targets"] if r["status"] in ("pass", "MISS")]
+    met = [r["target"] for r in rows if r["status"] == "pass"]
+    missed = [r["target"] for r in rows if r["status"] == "MISS"]
+    return (f"targets met: {len(met)} of {len(rows)}" + (f"; missed: {'; '.join(missed)}" if missed else "")
+            + (f"; not measured in this run: {sum(1 for r in results['targets'] if r['status'] == 'n/a')}"
+               if any(r["status"] == "n/a" for r in results["targets"]) else ""))
+
+
+def load_line(results: dict) -> str:
+    def avg(line: str) -> str:
+        return line.split("load average:")[-1].strip() if line else "-"
+    return (f"load average (1, 5, 15 min): at start {avg(results['machine'].get('uptime_at_start', ''))}, "
+            f"at end {avg(results.get('uptime_at_end', ''))} on {results['machine'].get('nproc')} CPUs")
 
 
 def probe_cell(block: dict) -> str:
@@ -824,10 +997,28 @@ def figures_markdown(results: dict) -> str:
                           ("inprocess_load", "`inventory.load` in-process")):
             lines.append(f"| {name} | {fmt(syn[key]['median'], '.3f')} | {fmt(syn[key]['min'], '.3f')} |")
         lines.append("")
+    first = results.get("first_bootstrap") or {}
+    if "seconds" in first:
+        lines += [f"First `bootstrap` of two bare servers (gpu1 systemd, gpu2 without; apt cache warm): "
+                  f"{first['seconds']:.1f} s, exit {first['rc']}; load 1m {first['load_before'][0]:.1f} → "
+                  f"{first['load_after'][0]:.1f}.", ""]
+    trips = round_trip_rows(results)
+    if trips:
+        lines += ["| run | host | remote commands | SSH connections | round trips |", "|---|---|---|---|---|"]
+        lines += [f"| {' | '.join(str(v) for v in row)} |" for row in trips]
+        lines.append("")
+    cpu = server_cpu_rows(results)
+    if cpu:
+        lines += ["Server-side CPU of one converged `bootstrap` re-run (CPU-s, from the lab containers' cgroups: "
+                  "each server with its dockerd, and the containers inside it):", "",
+                  "| N | per host, median | one server, max | bastion, median | idle per server (CPU-s/s) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {' | '.join(row)} |" for row in cpu]
+        lines.append("")
     lines += ["| target | measured | target | status |", "|---|---|---|---|"]
     for row in results["targets"]:
         lines.append(f"| {row['target']} | {row['measured']} | {row['target_value']} | {row['status']} |")
-    lines += ["", FIGURES_END]
+    lines += ["", targets_met_line(results) + ".", "", load_line(results) + ".", "", FIGURES_END]
     return "\n".join(lines)
 
 
@@ -849,7 +1040,7 @@ def write_readme(results: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="1,4,8", help="lab sizes, in order (default 1,4,8; empty: no lab)")
+    p.add_argument("--sizes", default="1,4,8", help="lab sizes, in order (default 1,4,8; empty: none)")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "latest.json"), help="JSON results")
     p.add_argument("--reps", type=int, default=3, help="repetitions of each timed lab command (default 3)")
     p.add_argument("--synthetic-reps", type=int, default=5, help="repetitions of each synthetic measure (default 5)")
@@ -857,6 +1048,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-synthetic", action="store_true", help="skip the 1,000-host synthetic part")
     p.add_argument("--idle-seconds", type=float, default=10, help="idle CPU sample after each converge (default 10)")
     p.add_argument("--keep-lab", action="store_true", help="leave the bench lab up at the end")
+    p.add_argument("--lab", default=f"{PREFIX} {SUBNET}", metavar="'PREFIX SUBNET'",
+                   help=f"the bench lab's name prefix and subnet (default '{PREFIX} {SUBNET}')")
+    p.add_argument("--no-first-bootstrap", action="store_true",
+                   help="skip the first bootstrap of two bare servers (after the sizes)")
     p.add_argument("--keep-synthetic", action="store_true", help="keep the synthetic inventory's temp dir")
     p.add_argument("--readme", action="store_true", help="also rewrite the figures block of bench/README.md")
     p.add_argument("--readme-from", type=Path, metavar="JSON",
@@ -868,6 +1063,11 @@ def main(argv=None) -> int:
         write_readme(results)
         return 0
     args.sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    try:
+        prefix, subnet = args.lab.split()
+    except ValueError:
+        p.error(f"--lab: expected 'PREFIX SUBNET', got {args.lab!r}")
+    args.lab = (prefix, subnet)
 
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _on_signal)
@@ -881,7 +1081,7 @@ def main(argv=None) -> int:
     results["peak_rss_method"] = "GNU time %M" if runner.use_gnu_time else "VmHWM polled every 5 ms"
     code = 0
     try:
-        if args.sizes:
+        if args.sizes or not args.no_first_bootstrap:
             lab_sizes(args, runner, results)
         if not args.no_synthetic:
             synthetic(args, runner, results)

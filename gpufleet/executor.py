@@ -24,7 +24,7 @@ from gpufleet import inventory as inv
 from gpufleet.fleet import load_inventory
 from gpufleet.connect import Connector
 from gpufleet.errors import ConnectError, FleetError, InputError
-from gpufleet.output import Display
+from gpufleet.output import Display, plain_progress_every
 from gpufleet.paths import probe_request
 from gpufleet.plan import FAILED, HostContext, HostReport, StepResult
 from gpufleet.remote import LocalSession, Session, SshSession
@@ -117,6 +117,7 @@ class FleetExecutor(Executor):
     def run_on_hosts(self, call) -> list[HostReport]:
         inventory = load_inventory()
         names = self.host_names(call, inventory)
+        plain_every = plain_progress_every()
         if call.task.body.fleet_before:
             call.task.body.fleet_before(inventory, **call.kwargs)
         dry_run = bool(call.kwargs.get("dry_run"))
@@ -126,7 +127,7 @@ class FleetExecutor(Executor):
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(inventory.run.log_dir, 0o700)  # logs hold command output: the owner's alone
         display = Display(names, title=f"{call.called_as}{' (dry run: nothing is changed)' if dry_run else ''}",
-                          show_diffs=dry_run)
+                          show_diffs=dry_run, plain_every=plain_every)
         reports: dict[str, HostReport] = {}  # filled by the hosts' threads as they finish
         contexts: dict[str, HostContext] = {}
         sessions: list[Session] = []

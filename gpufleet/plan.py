@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from gpufleet import facts as facts_mod
+from gpufleet import progress
 from gpufleet.errors import CommandFailed, FleetError
 from gpufleet.inventory import Host, Inventory
-from gpufleet.remote import Session
+from gpufleet.remote import Session, mask
 
 OK, CHANGED, FAILED, SKIPPED = "ok", "changed", "failed", "skipped"
 
@@ -121,7 +122,16 @@ class HostContext:
         return self.host.name
 
     def run(self, command, **kwargs):
-        return self.session.run(command, **kwargs)
+        """Run a command on the host; what its output says it is doing goes to the display as
+        `progress` events (apt's package, docker pull's layers, the data-root copy's size)."""
+        if "on_output" in kwargs:
+            return self.session.run(command, **kwargs)
+        watcher = progress.OutputWatcher(
+            lambda text: self._on_event(self.name, "progress", mask(text, self.session.secrets)))
+        try:
+            return self.session.run(command, on_output=watcher, **kwargs)
+        finally:
+            watcher.close()
 
     def facts(self) -> facts_mod.HostFacts:
         """The host's facts, probed once and again only after a change."""

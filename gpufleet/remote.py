@@ -6,11 +6,13 @@ connections and commands so that the benchmark can read them from the log.
 """
 from __future__ import annotations
 
+import codecs
 import io
 import os
 import pwd
 import re
 import select
+import selectors
 import shlex
 import signal
 import socket
@@ -19,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from gpufleet.errors import CommandFailed, ConnectError
 
@@ -35,6 +37,7 @@ class Script(str):
 
 
 Command = Sequence[str] | Script
+OutputCallback = Callable[[str], None]
 
 
 def render(command: Command) -> tuple[str, str]:
@@ -90,22 +93,28 @@ class Session:
                 self._log.flush()
 
     def run(self, command: Command, *, sudo: bool = False, check: bool = True,
-            timeout: float | None = None, stdin: str | None = None) -> Result:
-        """Run a command (feeding `stdin` to it); raise CommandFailed on a non-zero exit when `check`."""
+            timeout: float | None = None, stdin: str | None = None,
+            on_output: OutputCallback | None = None) -> Result:
+        """Run a command (feeding `stdin` to it); raise CommandFailed on a non-zero exit when `check`.
+
+        `on_output` is called with each piece of the command's stdout as it arrives (for live
+        progress); the whole output still goes to the log and the Result."""
         real, shown = render(command)
         if not isinstance(command, Script):
             self.secrets.extend(a for a in command if isinstance(a, Secret))
         self.commands += 1
         started = time.monotonic()
         self.log(f"$ {shown}" + ("   [sudo]" if sudo and not self.is_root else ""))
-        exit_code, out, err = self._exec(real, sudo=sudo and not self.is_root, timeout=timeout, stdin=stdin)
+        exit_code, out, err = self._exec(real, sudo=sudo and not self.is_root, timeout=timeout, stdin=stdin,
+                                         on_output=on_output)
         self.log(f"# exit {exit_code} in {time.monotonic() - started:.2f}s\n{out}{err and '[stderr] ' + err}")
         result = Result(exit_code, mask(out, self.secrets), mask(err, self.secrets))
         if check and exit_code != 0:
             raise CommandFailed(shown, exit_code, result.stderr or result.stdout, host=self.name)
         return result
 
-    def _exec(self, command: str, *, sudo: bool, timeout: float | None, stdin: str | None) -> tuple[int, str, str]:
+    def _exec(self, command: str, *, sudo: bool, timeout: float | None, stdin: str | None,
+              on_output: OutputCallback | None = None) -> tuple[int, str, str]:
         raise NotImplementedError
 
     def open(self) -> None:
@@ -172,28 +181,36 @@ class LocalSession(Session):
             return ["sudo", "-S", "-k", "-p", "", "--", "sh", "-c", command], self.sudo_password + "\n"
         return ["sudo", "-n", "--", "sh", "-c", command], ""
 
-    def _exec(self, command, *, sudo, timeout, stdin):
+    def _exec(self, command, *, sudo, timeout, stdin, on_output=None):
         argv, prefix = self._sudo(command) if sudo else (["sh", "-c", command], "")
         with self._lock:
             if self._aborted:
                 return 130, "", "interrupted"
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, encoding="utf-8", errors="replace",
                                         start_new_session=True)
             except OSError as e:  # no sudo on this machine
                 return 127, "", f"{argv[0]}: {e.strerror}"
             self._running[proc] = sudo
+        pipes = _Pipes(proc, on_output)
+        threading.Thread(target=_write_stdin, args=(proc.stdin, (prefix + (stdin or "")).encode()),
+                         daemon=True).start()
+        deadline = time.monotonic() + timeout if timeout else None
         try:
-            out, err = proc.communicate(prefix + (stdin or ""), timeout=timeout)
-        except subprocess.TimeoutExpired:
+            if pipes.read_until(deadline):
+                try:
+                    proc.wait(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+                    return proc.returncode, *pipes.text()
+                except subprocess.TimeoutExpired:
+                    pass
             self._stop(proc, sudo)
-            out, err = self._rest(proc)
+            pipes.read_until(time.monotonic() + 5)  # something that left the group may still hold them
+            out, err = pipes.text()
             return 124, out, f"{err}timed out after {timeout}s"
         finally:
+            pipes.close()
             with self._lock:
                 self._running.pop(proc, None)
-        return proc.returncode, out, err
 
     def _stop(self, proc: subprocess.Popen, sudo: bool) -> None:
         """SIGTERM to the command's process group (traps run), SIGKILL if it is still there after 5 s."""
@@ -212,15 +229,6 @@ class LocalSession(Session):
                 return
             except subprocess.TimeoutExpired:
                 continue
-
-    @staticmethod
-    def _rest(proc: subprocess.Popen) -> tuple[str, str]:
-        try:
-            return proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:  # something that left the group still holds the pipes
-            for pipe in (proc.stdout, proc.stderr):
-                pipe.close()
-            return "", ""
 
     def abort(self) -> None:
         """Stop the running commands (Ctrl-C); later ones are not started."""
@@ -263,20 +271,21 @@ class SshSession(Session):
         self.connections += 1
         self.log(f"# connected to {self.connection.user}@{self.connection.host}:{self.connection.port}")
 
-    def _exec(self, command, *, sudo, timeout, stdin):
+    def _exec(self, command, *, sudo, timeout, stdin, on_output=None):
         self.open()
         if sudo and self.sudo_password:
             return self._exec_invoke(command, sudo=sudo, timeout=timeout, stdin=stdin)
         if sudo:
             command = shlex.join(["sudo", "-n", "--", "sh", "-c", command])
         try:
-            return self._exec_channel(command, timeout=timeout, stdin=stdin)
+            return self._exec_channel(command, timeout=timeout, stdin=stdin, on_output=on_output)
         except (OSError, EOFError) as e:
             raise ConnectError(f"{self.name}: connection lost while running a command: {e}") from None
         except Exception as e:  # paramiko's SSHException and friends
             raise ConnectError(f"{self.name}: connection lost while running a command: {e}") from None
 
-    def _exec_channel(self, command: str, *, timeout: float | None, stdin: str | None) -> tuple[int, str, str]:
+    def _exec_channel(self, command: str, *, timeout: float | None, stdin: str | None,
+                      on_output: OutputCallback | None = None) -> tuple[int, str, str]:
         """One exec channel on the open connection.  Invoke's runner feeds stdin one byte per 10 ms
         (a 1 KB file took 11 s to write), so stdin and output go through the channel directly."""
         channel = self.connection.client.get_transport().open_session(timeout=30)
@@ -288,11 +297,15 @@ class SshSession(Session):
             else:
                 channel.shutdown_write()
             out, err = bytearray(), bytearray()
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             deadline = time.monotonic() + timeout if timeout else None
             while not channel.exit_status_ready():
                 select.select([channel], [], [], 0.2)
                 while channel.recv_ready():
-                    out += channel.recv(65536)
+                    chunk = channel.recv(65536)
+                    out += chunk
+                    if on_output:
+                        on_output(decoder.decode(chunk))
                 while channel.recv_stderr_ready():
                     err += channel.recv_stderr(65536)
                 if deadline and time.monotonic() > deadline:
@@ -331,6 +344,55 @@ class SshSession(Session):
     def close(self) -> None:
         self.connection.close()
         super().close()
+
+
+class _Pipes:
+    """A local command's stdout and stderr, read as they come (stdout also to `on_output`)."""
+
+    def __init__(self, proc: subprocess.Popen, on_output: OutputCallback | None):
+        self.selector = selectors.DefaultSelector()
+        self.data = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+        for pipe in self.data:
+            self.selector.register(pipe, selectors.EVENT_READ)
+        self.stdout = proc.stdout
+        self.on_output = on_output
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def read_until(self, deadline: float | None) -> bool:
+        """Read until both pipes end (True) or the deadline passes (False)."""
+        while self.selector.get_map():
+            wait = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if wait <= 0:
+                return False
+            for key, _ in self.selector.select(wait):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    self.selector.unregister(key.fileobj)
+                    continue
+                self.data[key.fileobj] += chunk
+                if self.on_output and key.fileobj is self.stdout:
+                    self.on_output(self.decoder.decode(chunk))
+        return True
+
+    def text(self) -> tuple[str, str]:
+        """(stdout, stderr) as text, newlines as universal-newlines mode gives them."""
+        def decode(data: bytearray) -> str:
+            return data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+        return decode(self.data[self.stdout]), decode(next(d for p, d in self.data.items() if p is not self.stdout))
+
+    def close(self) -> None:
+        self.selector.close()
+        for pipe in self.data:
+            pipe.close()
+
+
+def _write_stdin(pipe, data: bytes) -> None:
+    try:
+        if data:
+            pipe.write(data)
+        pipe.close()
+    except (OSError, ValueError):
+        pass  # the command ended before it read everything: its exit code says so
 
 
 def _feed(channel, data: bytes) -> None:

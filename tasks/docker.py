@@ -6,7 +6,7 @@ import shlex
 
 from invoke import Collection, task
 
-from gpufleet import apt_repo, daemon_json, osinfo
+from gpufleet import apt_repo, daemon_json, osinfo, progress
 from gpufleet.apt_repo import apt_install
 from gpufleet.errors import FleetError
 from gpufleet.fleet import fleet_task
@@ -212,14 +212,33 @@ def verify_docker_info(c, config: dict) -> None:
         raise FleetError("docker info after the restart: " + "; ".join(problems))
 
 
+def copy_script(old_root: str, new_root: str, stop: str = SERVICE_STOP) -> Script:
+    """`stop` Docker and `cp -a` the data root; while cp runs, `du -sm` of the target every 5 s
+    says how far it got (lines that gpufleet.progress reads).  The same shell does it: no second
+    connection or channel, and the poller ends with the script (its trap)."""
+    q = shlex.quote
+    start = progress.COPY_START.format(source="$source", target="$target", megabytes="$total")
+    so_far = progress.COPY_DONE_SO_FAR.format(megabytes="$(du -sm -- \"$target\" 2>/dev/null | cut -f1)")
+    return Script("\n".join([
+        "set -e", stop,
+        f"source={q(old_root)}; target={q(new_root)}",
+        'mkdir -p -- "$target"',
+        'total=$(du -sm -- "$source" | cut -f1)',
+        f'echo "{start}"',
+        f'( while sleep 5 >/dev/null 2>&1 </dev/null; do echo "{so_far}"; done ) &',
+        "poller=$!",
+        "trap 'kill \"$poller\" 2>/dev/null || :' EXIT",
+        'cp -a -- "$source/." "$target/"',
+    ]))
+
+
 def migrate_data_root(c, change: FileChange, old_root: str, new_root: str) -> None:
     """Stop Docker, copy the data root (owners, hard links, xattrs kept), switch, check the images."""
     q = shlex.quote
     c.run(Script(f"if [ -d {q(new_root)} ] && [ -n \"$(ls -A -- {q(new_root)})\" ]; then "
                  f"echo {q(new_root + ' is not empty; not copying over it')} >&2; exit 1; fi"), sudo=True)
     before = c.run(["docker", "image", "ls", "-q", "--no-trunc"], sudo=True).stdout.split()
-    copied = c.run(Script("\n".join(["set -e", SERVICE_STOP, f"mkdir -p {q(new_root)}",
-                                      f"cp -a {q(old_root)}/. {q(new_root)}/"])), sudo=True, check=False)
+    copied = c.run(copy_script(old_root, new_root), sudo=True, check=False)
     if copied.exit_code != 0:
         c.run(Script(f"{SERVICE_START}\n{WAIT_FOR_DOCKER}"), sudo=True, check=False)
         raise FleetError(f"copying {old_root} to {new_root} failed ({copied.stderr.strip()[-200:]}); "

@@ -84,6 +84,8 @@ def test_data_root_change_refused_then_migrated_without_losing_images(lab, fab, 
                                                                'data_root = "/data/docker2"\nallow_data_root_migration = true'})
     result = fab("-H", "gpu2", "docker.configure", inventory=allowed)
     assert result.returncode == 0, result.hosts["gpu2"]
+    log = (fab.cwd / re.search(r"^logs: (\S+)/$", result.stdout, re.M).group(1) / "gpu2.log").read_text()
+    assert re.search(r"^copying /data/docker to /data/docker2: \d+ MB$", log, re.M)  # the copy's size, for progress
     assert docker_info(lab, "gpu2")["DockerRootDir"] == "/data/docker2"
     assert sorted(sh(lab, "gpu2", "docker image ls -q --no-trunc")[1].split()) == images_before
     assert sh(lab, "gpu2", "docker inspect -f '{{.State.Running}}' dev")[1] == "true"

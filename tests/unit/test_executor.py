@@ -154,6 +154,19 @@ def test_unknown_host_is_bad_input(project):
     assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_a_bad_progress_interval_is_bad_input_and_no_host_is_contacted(project):
+    root, marker = project
+    runs = set(os.listdir(root / "logs")) if (root / "logs").exists() else set()
+    env = dict(os.environ, PYTHONPATH=REPO, FABRIC_INVENTORY=str(root / "hosts.toml"), GPUFLEET_PROGRESS_EVERY="soon")
+    result = subprocess.run([sys.executable, "-m", "fabric", "-H", "a", "converge"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: GPUFLEET_PROGRESS_EVERY: expected seconds between progress lines (a number > 0), got 'soon'"]
+    assert not Path(marker + "a").exists()
+    assert (set(os.listdir(root / "logs")) if (root / "logs").exists() else set()) == runs
+
+
 def test_secrets_never_reach_logs_or_output(project, tmp_path):
     root, _ = project
     out = tmp_path / "r.json"

@@ -39,7 +39,7 @@ class RecordingHost(Session):
         super().__init__()
         self.probe_text, self.lines = probe_text, []
 
-    def _exec(self, command, *, sudo, timeout, stdin):
+    def _exec(self, command, *, sudo, timeout, stdin, on_output=None):
         self.lines.append(command)
         if "sec os_release" in command:
             return 0, self.probe_text, ""
