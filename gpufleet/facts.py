@@ -216,11 +216,15 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
     body = lambda name: s.get(name, (1, ""))[1]  # noqa: E731
     rc = lambda name: s.get(name, (1, ""))[0]  # noqa: E731
 
-    docker_info = None
+    docker_info, docker_error = None, body("docker_info").strip()[-300:]
     if rc("docker_info") == 0:
         try:
             docker_info = json.loads(body("docker_info").strip().splitlines()[-1])
         except (ValueError, IndexError):
+            docker_info = None
+        # a CLI of Docker 23+ prints its own half and exits 0 when no daemon answers
+        if docker_info is not None and (docker_info.get("ServerErrors") or not docker_info.get("ServerVersion")):
+            docker_error = "; ".join(docker_info.get("ServerErrors") or ["no server version"])
             docker_info = None
     gpus, driver, cuda, source = [], "", "", ""
     if rc("nvidia_smi") == 0:
@@ -269,7 +273,7 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
         wsl=osinfo.is_wsl(uname),
         packages=parse_packages(body("packages")),
         docker_info=docker_info,
-        docker_error="" if docker_info is not None else body("docker_info").strip()[-300:],
+        docker_error="" if docker_info is not None else docker_error,
         docker_enabled=body("docker_enabled").strip(),
         gpus=gpus,
         gpu_driver=driver,

@@ -47,6 +47,11 @@ run() {
         [ -e "$f" ] && mv "$f" "$WORK/apt-sources-set-aside/"
     done
     [ -s /etc/apt/sources.list ] && mv /etc/apt/sources.list "$WORK/apt-sources-set-aside/"
+    # this VM cannot raise RLIMIT_NOFILE as far as Docker's SysV script asks (a real server can): raise
+    # the kernel's ceiling, and, as in the lab, let the script's ulimit lines fail softly after each dpkg run
+    [ "$(cat /proc/sys/fs/nr_open)" -ge 1048576 ] || sysctl -q -w fs.nr_open=1048576 || true
+    install -m 0755 lab/files/relax-docker-ulimits.sh /usr/local/sbin/gpufleet-relax-docker-ulimits
+    echo 'DPkg::Post-Invoke { "/usr/local/sbin/gpufleet-relax-docker-ulimits"; };' > /etc/apt/apt.conf.d/99gpufleet-proof
     setsid python3 -m http.server --bind 127.0.0.1 --directory "$PROOF/mirror" 8000 >"$WORK/http.log" 2>&1 </dev/null &
     export PYTHONPATH="$WORK/site:$PWD" GPUFLEET_PROOF_DIR="$PROOF" PYTHONUNBUFFERED=1
     python3 -m pytest -p no:cacheprovider -m gpu tests/gpu -v -s

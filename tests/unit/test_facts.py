@@ -89,3 +89,11 @@ def test_managed_containers_from_the_probes_inspect_format_carry_no_env():
     assert dev["State"]["Running"] is True and dev["Config"]["Labels"]["gpufleet.container"] == "dev"
     assert dev["HostConfig"]["PortBindings"]["22/tcp"][0]["HostIp"] == "127.0.0.1"
     assert "Env" not in json.dumps(dev)
+
+
+def test_docker_info_of_a_client_without_its_daemon_is_not_a_running_docker():
+    """Docker 26's CLI, no dockerd running: it prints its client half and ServerErrors, and exits 0
+    (captured on the GPU proof's host)."""
+    body = (Path(REPO) / "tests" / "fixtures" / "docker" / "info-26-no-daemon.json").read_text()
+    f = facts.parse_probe(section("os_release", "ID=debian\n") + section("docker_info", body), facts.ProbeRequest())
+    assert not f.docker_running and "Cannot connect to the Docker daemon" in f.docker_error
