@@ -230,6 +230,11 @@ def start_tracking(c) -> None:
     before = c.run_state["tool_writes_before"] = {name: read_state(c, name) for name in running}
 
     def finish(ctx) -> None:
-        for name, mounts in running.items():
-            save_tool_writes(ctx, name, before[name], mounts)
+        try:
+            for name, mounts in running.items():
+                save_tool_writes(ctx, name, before[name], mounts)
+        except FleetError as e:
+            # safe side: writes left unrecorded count as the user's, so a re-creation snapshots them
+            raise FleetError(f"the tool's own writes in the containers were not recorded ({e}); "
+                             "a later re-creation may take a snapshot it does not need") from None
     c.on_finish(finish)

@@ -169,10 +169,10 @@ class HostContext:
             for finish in finishers:
                 try:
                     finish(self)
-                except FleetError as e:
-                    self.report.steps.append(StepResult("finish", FAILED, str(e)))
-                    self.report.error = self.report.error or str(e)
-                    self.report.failed_step = self.report.failed_step or "finish"
+                except FleetError as e:  # bookkeeping after the work: a warning, not a failed host
+                    if self.report.steps:
+                        last = self.report.steps[-1]
+                        last.warning = "; ".join(w for w in (last.warning, f"afterwards: {e}") if w)
         return self.report
 
     def _run_step(self, step: Step) -> bool:

@@ -86,8 +86,9 @@ image = "{IMAGE}"
 ssh_port = 2222
 shm_size = "16g"
 gpus = "all"
-# the driver lives in /usr/local/nvidia on this machine (read-only), torch in /opt/torch
-volumes = ["/opt/torch:/opt/torch:ro", "/usr/local/nvidia:/usr/local/nvidia:ro", "{WORK}/workspace:/workspace"]
+# torch lives in /opt/torch on this machine; the driver in /usr/local/nvidia, whose libraries the toolkit
+# mounts in but whose nvidia-smi (behind /usr/bin/nvidia-smi, a wrapper) it does not
+volumes = ["/opt/torch:/opt/torch:ro", "/usr/local/nvidia/bin:/usr/local/nvidia/bin:ro", "{WORK}/workspace:/workspace"]
 {extra}'''
     path = WORK / ("hosts-extra.toml" if extra else "hosts.toml")
     path.write_text(text)
