@@ -198,7 +198,9 @@ def test_a_line_break_that_would_inject_into_the_ssh_config_is_refused_by_the_wr
 
 # one of each kind (a syntax error, a wrong type, a cross-reference, bytes): each run starts Python and Fabric
 CLI_SAMPLE = ["inv-toml-unterminated-string.toml", "inv-port-is-string.toml", "inv-jump-cycle.toml",
-              "inv-not-utf8.toml", "inv-local-is-jump.toml"]
+              "inv-not-utf8.toml", "inv-local-is-jump.toml",
+              # strings that would reach a shell or an argv as something else
+              "inv-address-newline.toml", "inv-image-leading-dash.toml", "inv-env-key-dash.toml"]
 
 
 def snapshot(*dirs: Path) -> dict:
