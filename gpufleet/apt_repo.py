@@ -97,8 +97,7 @@ def repo_actions(repo: SignedRepo, facts: HostFacts) -> tuple[list[Action], bool
                    f"({repo.fingerprint_setting}), write {repo.keyring}")
         if why:
             summary = f"re-{summary} (the keyring on the host {why})"
-        make_dir = not facts.files.get(repo.keyrings_dir, ABSENT).exists
-        actions.append(Action(summary, lambda c: install_key(c, repo, keyring, make_dir)))
+        actions.append(Action(summary, lambda c: install_key(c, repo, keyring)))
     else:
         permissions = FileChange(repo.keyring, keyring, keyring.content)
         if permissions.needed:
@@ -140,12 +139,11 @@ def fetch_key(c, repo: SignedRepo) -> bytes:
     return result.stdout.encode()
 
 
-def install_key(c, repo: SignedRepo, current: RemoteFile, make_dir: bool) -> None:
-    """Fetch the key, refuse it unless it is the pinned one, then write the keyring (0644)."""
+def install_key(c, repo: SignedRepo, current: RemoteFile) -> None:
+    """Fetch the key, refuse it unless it is the pinned one, then write the keyring (0644; the writer
+    makes a missing /etc/apt/keyrings 0755)."""
     data = fetch_key(c, repo)
     check_key(repo, data)
-    if make_dir:
-        c.run(["install", "-m", "0755", "-d", repo.keyrings_dir], sudo=True)
     apply_file(c.session, FileChange(repo.keyring, current, data, mode="0644"))
 
 

@@ -45,7 +45,7 @@ def container_host_files(name: str) -> list[str]:
 def probe_request(ctx) -> ProbeRequest:
     """Everything any stage may need to read on this host, in one probe."""
     host = ctx.host
-    files = [APT_PROXY_CONF, APT_KEYRINGS, DOCKER_KEYRING, DOCKER_SOURCES, DAEMON_JSON, DAEMON_JSON_KEYS,
+    files = [APT_PROXY_CONF, DOCKER_KEYRING, DOCKER_SOURCES, DAEMON_JSON, DAEMON_JSON_KEYS,
              NVIDIA_KEYRING, NVIDIA_SOURCES, authorized_keys_of(host.user), f"{home_of(host.user)}/.ssh"]
     for name in host.containers:
         files += container_host_files(name)

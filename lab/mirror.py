@@ -27,7 +27,6 @@ import gzip
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
