@@ -31,6 +31,19 @@ PROBE_FUNCTIONS = r"""
 sec() { n=$1; shift; echo "@@gpufleet-begin $n@@"; "$@" 2>&1; r=$?; echo; echo "@@gpufleet-end $n rc=$r@@"; }
 readfile() { if [ -e "$1" ]; then stat -c '%a %U %G' "$1" && { [ ! -f "$1" ] || base64 -w0 "$1"; }; else echo absent; fi; }
 """
+PROBE_DONE = "@@gpufleet-probe-done@@"
+
+# The docker calls are most of the probe's time (docker info ~100 ms, a docker exec ~130 ms), so
+# they run side by side, each into its own file of a temp dir, printed when all are done.  Without
+# a temp dir they run one after the other.  `gather` checks that every section came back.
+PROBE_JOBS = r"""
+T=$(mktemp -d 2>/dev/null) && trap 'rm -rf "$T"' EXIT && trap 'exit 129' HUP INT TERM PIPE || T=
+job() { j=$1; shift; if [ -n "$T" ]; then "$@" > "$T/$j" 2>&1 & else "$@"; fi; }
+"""
+PROBE_END = f"""
+[ -z "$T" ] || {{ wait; cat "$T"/*; }}
+echo {PROBE_DONE}
+"""
 
 # What the stages read of each managed container; not its Env, which holds secrets in clear
 # (everything a command prints goes to the command log)
@@ -120,31 +133,14 @@ class HostFacts:
 
 def probe_script(request: ProbeRequest) -> Script:
     q = shlex.quote
-    lines = [PROBE_FUNCTIONS,
-             "sec os_release cat /etc/os-release",
-             "sec uname uname -a",
-             "sec arch dpkg --print-architecture",
-             "sec systemd test -d /run/systemd/system",
-             "sec packages dpkg-query -W -f '${Package}\\t${db:Status-Abbrev}\\t${Version}\\n' "
-             + " ".join(HOST_PACKAGES),
-             "sec meminfo grep MemTotal /proc/meminfo",
-             "sec docker_info docker info --format '{{json .}}'",
-             "sec docker_enabled systemctl is-enabled docker",
-             "sec nvidia_smi nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,pci.bus_id --format=csv,noheader,nounits",
-             "sec nvidia_smi_table sh -c 'nvidia-smi | head -n 5'",
-             "sec lspci sh -c 'lspci -nn 2>/dev/null | grep -i \"\\[10de:\"'"]
-    for i, path in enumerate(request.files):
-        lines.append(f"sec file:{i} readfile {q(path)}")
-    for i, image in enumerate(request.images):
-        lines.append(f"sec image:{i} docker image inspect --format '{{{{json .}}}}' {q(image)}")
-    for i, user in enumerate(request.users):
-        lines.append(f"sec user:{i} id -nG {q(user)}")
-    lines.append("sec df df -Pm /var/lib/docker /data /")
-    lines.append(f"listed() {{ ids=$(docker ps -aq --filter label={MANAGED_LABEL}) || return 1; "
-                 f"[ -z \"$ids\" ] || docker inspect --format {q(CONTAINER_FORMAT)} $ids; }}")
-    lines.append('CONTAINERS=$(listed 2>&1); listed_rc=$?; export CONTAINERS')
-    lines.append('sec containers sh -c \'printf "%s\\n" "$1"; exit "$2"\' sh "$CONTAINERS" "$listed_rc"')
-    lines.append(f"sec snapshots docker image ls --filter label={SNAPSHOT_LABEL} --format '{{{{json .}}}}'")
+    lines = [PROBE_FUNCTIONS, PROBE_JOBS,
+             "job docker_info sec docker_info docker info --format '{{json .}}'",
+             "job docker_enabled sec docker_enabled systemctl is-enabled docker",
+             f"listed() {{ ids=$(docker ps -aq --filter label={MANAGED_LABEL}) || return 1; "
+             f"[ -z \"$ids\" ] || docker inspect --format {q(CONTAINER_FORMAT)} $ids; }}",
+             "managed() {",
+             'CONTAINERS=$(listed 2>&1); listed_rc=$?; export CONTAINERS',
+             'sec containers sh -c \'printf "%s\\n" "$1"; exit "$2"\' sh "$CONTAINERS" "$listed_rc"']
     inner_pkgs = " ".join(q(p) for p in request.container_packages) or "openssh-server"
     for i, (name, files) in enumerate(request.containers.items()):
         inner = [PROBE_FUNCTIONS,
@@ -156,8 +152,57 @@ def probe_script(request: ProbeRequest) -> Script:
         listed_as = '{"Name":"/' + name + '",'
         running = f"printf '%s\\n' \"$CONTAINERS\" | grep -F {q(listed_as)} | grep -qF '\"Running\":true'"
         inside = f"{running} && docker exec {q(name)} sh -c {q(chr(10).join(inner))}"
-        lines.append(f"sec inside:{i} sh -c {q(inside)}")
+        lines.append(f"job inside:{i} sec inside:{i} sh -c {q(inside)}")
+    lines += ["wait", "}",
+              "job managed managed",
+              "images() {",
+              *(f"sec image:{i} docker image inspect --format '{{{{json .}}}}' {q(image)}"
+                for i, image in enumerate(request.images)),
+              f"sec snapshots docker image ls --filter label={SNAPSHOT_LABEL} --format '{{{{json .}}}}'",
+              "}",
+              "job images images",
+              "sec os_release cat /etc/os-release",
+              "sec uname uname -a",
+              "sec arch dpkg --print-architecture",
+              "sec systemd test -d /run/systemd/system",
+              "sec packages dpkg-query -W -f '${Package}\\t${db:Status-Abbrev}\\t${Version}\\n' "
+              + " ".join(HOST_PACKAGES),
+              "sec meminfo grep MemTotal /proc/meminfo",
+              "sec nvidia_smi nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,pci.bus_id --format=csv,noheader,nounits",
+              "sec nvidia_smi_table sh -c 'nvidia-smi | head -n 5'",
+              "sec lspci sh -c 'lspci -nn 2>/dev/null | grep -i \"\\[10de:\"'"]
+    for i, path in enumerate(request.files):
+        lines.append(f"sec file:{i} readfile {q(path)}")
+    for i, user in enumerate(request.users):
+        lines.append(f"sec user:{i} id -nG {q(user)}")
+    lines.append("sec df df -Pm /var/lib/docker /data /")
+    lines.append(PROBE_END)
     return Script("\n".join(lines) + "\n")
+
+
+def probe_sections(request: ProbeRequest) -> list[str]:
+    """The sections a whole probe output holds for `request` (`inside:N` only says the container ran)."""
+    return (["os_release", "uname", "arch", "systemd", "packages", "meminfo", "docker_info", "docker_enabled",
+             "nvidia_smi", "nvidia_smi_table", "lspci", "df", "containers", "snapshots"]
+            + [f"file:{i}" for i in range(len(request.files))]
+            + [f"image:{i}" for i in range(len(request.images))]
+            + [f"user:{i}" for i in range(len(request.users))]
+            + [f"inside:{i}" for i in range(len(request.containers))])
+
+
+def missing_sections(text: str, request: ProbeRequest) -> list[str]:
+    """Pure: the sections a probe output lacks (a full temp dir or a cut connection loses some);
+    facts read from an incomplete probe would make a step rewrite or restart what is fine."""
+    if PROBE_DONE not in text:
+        return ["the end of the probe"]
+    s = split_sections(text)
+    missing = [name for name in probe_sections(request) if name not in s]
+    for i, files in enumerate(request.containers.values()):
+        inner = split_sections(s.get(f"inside:{i}", (1, ""))[1])
+        if "sshd_bin" in inner:
+            missing += [f"inside:{i}/{n}" for n in ["sshd_run", "pkgs", *(f"ifile:{j}" for j in range(len(files)))]
+                        if n not in inner]
+    return missing
 
 
 def split_sections(text: str) -> dict[str, tuple[int, str]]:
@@ -296,4 +341,8 @@ def gather(session: Session, request: ProbeRequest) -> HostFacts:
     result = session.run(probe_script(request), sudo=True, check=False)
     if "@@gpufleet-end os_release" not in result.stdout:
         raise CommandFailed("fact probe", result.exit_code, result.stderr or result.stdout, session.name)
+    missing = missing_sections(result.stdout, request)
+    if missing:
+        raise CommandFailed("fact probe", result.exit_code,
+                            f"output incomplete, missing {', '.join(missing[:5])}: {result.stderr}", session.name)
     return parse_probe(result.stdout, request)

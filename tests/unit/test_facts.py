@@ -81,6 +81,42 @@ def test_probe_runs_on_this_machine(tmp_path):
     assert f.mem_total_mb > 0 and "/" in f.disk_free_mb
 
 
+def test_probe_without_a_temp_dir_runs_its_sections_one_by_one(tmp_path, monkeypatch):
+    """The docker calls run side by side through files in a temp dir; where none can be made, in order."""
+    target = tmp_path / "managed.conf"
+    target.write_text("hello\n")
+    request = facts.ProbeRequest(files=[str(target)], users=["root"])
+    side_by_side = facts.gather(LocalSession(), request)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "no-such-dir"))
+    one_by_one = facts.gather(LocalSession(), request)
+    assert one_by_one.files == side_by_side.files and one_by_one.users == side_by_side.users
+    assert one_by_one.docker_running == side_by_side.docker_running
+
+
+def whole_probe(request, leave_out=(), inner_leave_out=(), done=True):
+    inner = "".join(section(n, "") for n in ["sshd_bin", "sshd_run", "pkgs", "ifile:0", "ifile:1"]
+                    if n not in inner_leave_out)
+    text = "".join(section(name, inner if name.startswith("inside:") else "", 1)
+                   for name in facts.probe_sections(request) if name not in leave_out)
+    return text + (facts.PROBE_DONE + "\n" if done else "")
+
+
+PROBE_REQUEST = facts.ProbeRequest(files=["/a", "/b"], images=["img"], users=["ada"],
+                                   containers={"dev": ["/etc/os-release", "/root/.ssh"]})
+INCOMPLETE = [
+    ("whole", {}, []),
+    ("cut before the end", {"done": False}, ["the end of the probe"]),
+    ("a lost job's file", {"leave_out": ["docker_info"]}, ["docker_info"]),
+    ("a lost file section", {"leave_out": ["file:1"]}, ["file:1"]),
+    ("a container's lost file", {"inner_leave_out": ["ifile:1"]}, ["inside:0/ifile:1"]),
+]
+
+
+@pytest.mark.parametrize("kwargs,missing", [c[1:] for c in INCOMPLETE], ids=[c[0] for c in INCOMPLETE])
+def test_an_incomplete_probe_is_named_not_read_as_absent_files(kwargs, missing):
+    assert facts.missing_sections(whole_probe(PROBE_REQUEST, **kwargs), PROBE_REQUEST) == missing
+
+
 def test_managed_containers_from_the_probes_inspect_format_carry_no_env():
     """Captured with `docker inspect --format CONTAINER_FORMAT dev` on a lab server (Docker 20.10)."""
     body = (Path(REPO) / "tests" / "fixtures" / "docker" / "inspect-format-dev.txt").read_text()

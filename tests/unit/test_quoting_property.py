@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from gpufleet import inventory, openpgp
+from gpufleet import facts, inventory, openpgp
 from gpufleet.errors import InventoryError
 from gpufleet.paths import probe_request
 from gpufleet.plan import HostContext
@@ -70,7 +70,7 @@ def probe_text(ctx, running: bool) -> str:
             + section("systemd", "", 0) + section("meminfo", "MemTotal: 16000000 kB")
             + "".join(section(f"user:{i}", f"{u} users") for i, u in enumerate(request.users)))
     if not running:
-        return text + section("packages", "") + section("docker_info", "not found", 127)
+        return complete(text + section("packages", "") + section("docker_info", "not found", 127), request)
     label = json.dumps({"image": "old/image", "env": {}, "volumes": []})
     containers = "".join(json.dumps({
         "Name": f"/{name}", "Id": "0" * 64, "Image": "sha256:" + "1" * 64,
@@ -79,10 +79,20 @@ def probe_text(ctx, running: bool) -> str:
         "HostConfig": {"PortBindings": {}}}) + "\n" for name in request.containers)
     os_release = base64.b64encode(b'ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n').decode()
     inside = "".join(section(f"inside:{i}", section("sshd_bin", "", 0) + section("sshd_run", "", 1) + section("pkgs", "")
-                             + section("ifile:0", f"644 root root\n{os_release}"))  # /etc/os-release, as readfile prints it
-                     for i in range(len(request.containers)))
-    return (text + section("packages", "docker.io\tii \t20.10.24\ndocker-ce\tii \t5:24.0.7\n")
-            + section("docker_info", json.dumps(DOCKER_INFO)) + section("containers", containers) + inside)
+                             + section("ifile:0", f"644 root root\n{os_release}")  # /etc/os-release, as readfile prints it
+                             + "".join(section(f"ifile:{j}", "absent") for j in range(1, len(files))))
+                     for i, files in enumerate(request.containers.values()))
+    return complete(text + section("packages", "docker.io\tii \t20.10.24\ndocker-ce\tii \t5:24.0.7\n")
+                    + section("docker_info", json.dumps(DOCKER_INFO)) + section("containers", containers) + inside,
+                    request)
+
+
+def complete(text: str, request) -> str:
+    """A whole probe output: each section left out above is empty (a file: absent), then the end mark."""
+    have = facts.split_sections(text)
+    text += "".join(section(name, "absent" if name.startswith("file:") else "", 1)
+                    for name in facts.probe_sections(request) if name not in have)
+    return text + facts.PROBE_DONE + "\n"
 
 
 def quoted_positions(script: str) -> list[bool]:

@@ -1,0 +1,47 @@
+"""The facts probe on a real, bootstrapped lab server, through the real bastion."""
+import socket
+from types import SimpleNamespace
+
+import paramiko
+import pytest
+
+from gpufleet import facts
+from gpufleet.connect import Connector
+from gpufleet.inventory import load
+from gpufleet.paths import probe_request
+from gpufleet.remote import Script, SshSession
+from tests.integration.helpers import sh
+
+
+@pytest.fixture
+def gpu1(lab, bootstrapped):
+    connector = Connector(load(lab.inventory_path))
+    session = SshSession("gpu1", connector.connection("gpu1"))
+    session.open()
+    yield connector, session, probe_request(SimpleNamespace(host=connector.inventory.hosts["gpu1"]))
+    session.close()
+    connector.close()
+
+
+def test_connections_send_at_once(gpu1):
+    """Nagle's algorithm made every command wait for a delayed ACK (about 40 ms each)."""
+    connector, session, _ = gpu1
+    bastion = connector.jump_connection("bastion").client.get_transport().sock
+    assert bastion.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    assert isinstance(session.connection.client.get_transport().sock, paramiko.Channel)  # rides the bastion's
+
+
+def test_the_probe_runs_its_docker_calls_side_by_side_and_leaves_no_temp_dir(lab, gpu1):
+    _, session, request = gpu1
+    before = sh(lab, "gpu1", "ls -a /tmp")
+    side_by_side = session.run(facts.probe_script(request), sudo=True, check=False).stdout
+    assert sh(lab, "gpu1", "ls -a /tmp") == before
+    # where no temp dir can be made, the same sections come one after the other
+    one_by_one = session.run(Script("TMPDIR=/no-such-dir; export TMPDIR\n" + facts.probe_script(request)),
+                             sudo=True, check=False).stdout
+    assert facts.missing_sections(side_by_side, request) == [] == facts.missing_sections(one_by_one, request)
+    a, b = facts.parse_probe(side_by_side, request), facts.parse_probe(one_by_one, request)
+    assert a.docker_running and a.containers["dev"]["State"]["Running"] and a.inside["dev"].sshd_running
+    assert "openssh-server" in a.inside["dev"].packages and a.images
+    for field in ("packages", "containers", "inside", "images", "files", "users", "snapshots"):
+        assert getattr(a, field) == getattr(b, field), field
