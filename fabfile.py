@@ -3,12 +3,21 @@
 `fab --list` shows every task; `fab -H gpu1,gpu2 bootstrap` runs the whole recipe.
 Host tasks run in parallel (see fabric.yaml and gpufleet/executor.py).
 """
-from invoke import Collection, task
+import os
+import sys
 
-from gpufleet.fleet import exit_on_interrupt, fleet_task
-from tasks import HOST_TASK_HELP, apt, containers, docker, doctor, hosts, inside, keys, lab, nvidia, ops, sshconfig
+# Invoke stops Python writing .pyc files while it loads a fabfile, so every module of this
+# project would be compiled from source on each run (about 0.1 s); PYTHONDONTWRITEBYTECODE
+# still wins.
+sys.dont_write_bytecode = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
+
+from invoke import Collection, task  # noqa: E402
+
+from gpufleet.fleet import exit_on_interrupt, fleet_task, skip_last_collection  # noqa: E402
+from tasks import HOST_TASK_HELP, apt, containers, docker, doctor, hosts, inside, keys, lab, nvidia, ops, sshconfig  # noqa: E402,E501
 
 exit_on_interrupt()
+skip_last_collection()
 
 BOOTSTRAP = [
     apt.PROXY, docker.INSTALL, docker.SERVICE, nvidia.TOOLKIT_STEP, docker.CONFIGURE, docker.USERS,

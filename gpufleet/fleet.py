@@ -2,6 +2,8 @@
 checks (doctor-local on a GPU box) need only Invoke."""
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import signal
 import sys
@@ -29,6 +31,13 @@ def load_inventory() -> inv.Inventory:
     return inv.load(inv.inventory_path(project_dir=Path.cwd()))
 
 
+
+
+def skip_last_collection() -> None:
+    """Let the process end without the interpreter's last garbage collection: it walks every
+    object Fabric, Paramiko and Rich made, about 0.1 s of a 0.7 s run.  The command logs are
+    flushed line by line, so nothing is left in a buffer."""
+    atexit.register(gc.freeze)
 
 
 def exit_on_interrupt() -> None:
