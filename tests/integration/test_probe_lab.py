@@ -1,4 +1,5 @@
-"""The facts probe on a real, bootstrapped lab server, through the real bastion."""
+"""The facts probe on a real, bootstrapped lab server, through the real bastion: its docker calls side by
+side and through the Engine API, read alike one by one through the docker CLI."""
 import socket
 from types import SimpleNamespace
 
@@ -36,12 +37,16 @@ def test_the_probe_runs_its_docker_calls_side_by_side_and_leaves_no_temp_dir(lab
     before = sh(lab, "gpu1", "ls -a /tmp")
     side_by_side = session.run(facts.probe_script(request), sudo=True, check=False).stdout
     assert sh(lab, "gpu1", "ls -a /tmp") == before
-    # where no temp dir can be made, the same sections come one after the other
-    one_by_one = session.run(Script("TMPDIR=/no-such-dir; export TMPDIR\n" + facts.probe_script(request)),
-                             sudo=True, check=False).stdout
+    # where no temp dir can be made, the same sections come one after the other; without curl
+    # (or where the daemon's socket is elsewhere), from the docker CLI
+    assert sh(lab, "gpu1", "command -v curl")[0] == 0
+    cli = facts.probe_script(request).replace(facts.ENGINE_API, "false")
+    one_by_one = session.run(Script("TMPDIR=/no-such-dir; export TMPDIR\n" + cli), sudo=True, check=False).stdout
     assert facts.missing_sections(side_by_side, request) == [] == facts.missing_sections(one_by_one, request)
     a, b = facts.parse_probe(side_by_side, request), facts.parse_probe(one_by_one, request)
     assert a.docker_running and a.containers["dev"]["State"]["Running"] and a.inside["dev"].sshd_running
     assert "openssh-server" in a.inside["dev"].packages and a.images
     for field in ("packages", "containers", "inside", "images", "files", "users", "snapshots"):
         assert getattr(a, field) == getattr(b, field), field
+    for key in ("ServerVersion", "DockerRootDir", "Runtimes", "ContainersRunning", "Images"):
+        assert a.docker_info[key] == b.docker_info[key], key

@@ -1,12 +1,13 @@
 """Facts: the probe's sections, parsed from real outputs; the probe itself run on this machine."""
 import base64
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from gpufleet import facts
-from gpufleet.remote import LocalSession
+from gpufleet.remote import LocalSession, Script
 from tests.conftest import REPO
 
 GPU_FIXTURES = Path(REPO) / "tests" / "fixtures" / "gpu" / "h200-driver580"  # captured on a real H200
@@ -115,6 +116,35 @@ INCOMPLETE = [
 @pytest.mark.parametrize("kwargs,missing", [c[1:] for c in INCOMPLETE], ids=[c[0] for c in INCOMPLETE])
 def test_an_incomplete_probe_is_named_not_read_as_absent_files(kwargs, missing):
     assert facts.missing_sections(whole_probe(PROBE_REQUEST, **kwargs), PROBE_REQUEST) == missing
+
+
+def test_snapshots_read_alike_from_the_engine_api_and_the_cli():
+    """Both captured on a lab server (Docker 20.10) with one snapshot image tagged twice."""
+    api = facts.parse_snapshots((HERE / "docker" / "images-snapshots-api.json").read_text())
+    cli = facts.parse_snapshots((HERE / "docker" / "images-snapshots-cli.txt").read_text())
+    pairs = lambda snaps: sorted((s["Repository"], s["Tag"]) for s in snaps)  # noqa: E731
+    assert pairs(api) == pairs(cli) == [("dev-snapshot", "20261202-014000"), ("dev-snapshot", "20261202-014500")]
+    assert facts.parse_snapshots('[{"RepoTags":["reg:5000/dev-snapshot:t1"]},{"RepoTags":null}]') == [
+        {"Repository": "reg:5000/dev-snapshot", "Tag": "t1"}]
+
+
+@pytest.mark.skipif(not shutil.which("docker") or not shutil.which("curl"), reason="needs docker and curl here")
+def test_probe_reads_docker_alike_through_the_engine_api_and_the_cli(tmp_path):
+    """This machine's engine (the one `make test` starts), read through curl and, with the API
+    call turned off, through the docker CLI."""
+    request = facts.ProbeRequest(images=["no-such-image:gpufleet-test"])
+    script = facts.probe_script(request)
+    assert facts.ENGINE_API in script
+    api = LocalSession().run(script, sudo=True, check=False).stdout
+    cli = LocalSession().run(Script(script.replace(facts.ENGINE_API, "false")), sudo=True, check=False).stdout
+    a, b = facts.parse_probe(api, request), facts.parse_probe(cli, request)
+    if not a.docker_running:
+        pytest.skip("no Docker engine answers here")
+    read = lambda info: (info["ServerVersion"], info["DockerRootDir"], info["Containers"],  # noqa: E731
+                         info["ContainersRunning"], info["Images"], sorted(info["Runtimes"]),
+                         info["RegistryConfig"]["Mirrors"], info.get("ServerErrors"))
+    assert read(a.docker_info) == read(b.docker_info)  # what the steps read of it
+    assert a.containers == b.containers and a.snapshots == b.snapshots and a.images == b.images == {}
 
 
 def test_managed_containers_from_the_probes_inspect_format_carry_no_env():
