@@ -157,9 +157,7 @@ def probe_script(request: ProbeRequest) -> Script:
              f"else docker ps -aq --filter label={MANAGED_LABEL}; fi; }}",
              f"listed() {{ ids=$(ids) || return 1; "
              f"[ -z \"$ids\" ] || docker inspect --format {q(CONTAINER_FORMAT)} $ids; }}",
-             "managed() {",
-             'CONTAINERS=$(listed 2>&1); listed_rc=$?; export CONTAINERS',
-             'sec containers sh -c \'printf "%s\\n" "$1"; exit "$2"\' sh "$CONTAINERS" "$listed_rc"']
+             "job containers sec containers listed"]
     inner_pkgs = " ".join(q(p) for p in request.container_packages) or "openssh-server"
     for i, (name, files) in enumerate(request.containers.items()):
         inner = [PROBE_FUNCTIONS,
@@ -167,13 +165,10 @@ def probe_script(request: ProbeRequest) -> Script:
                  "sec sshd_run sh -c 'test -s /run/sshd.pid && kill -0 $(cat /run/sshd.pid)'",
                  f"sec pkgs dpkg-query -W -f '${{Package}}\\t${{db:Status-Abbrev}}\\t${{Version}}\\n' {inner_pkgs}"]
         inner += [f"sec ifile:{j} readfile {q(p)}" for j, p in enumerate(files)]
-        # running? from the listing above, not one more docker call per container
-        listed_as = '{"Name":"/' + name + '",'
-        running = f"printf '%s\\n' \"$CONTAINERS\" | grep -F {q(listed_as)} | grep -qF '\"Running\":true'"
-        inside = f"{running} && docker exec {q(name)} sh -c {q(chr(10).join(inner))}"
-        lines.append(f"job inside:{i} sec inside:{i} sh -c {q(inside)}")
-    lines += ["wait", "}",
-              "job managed managed",
+        # beside the listing, not after it (a stopped or missing container just fails here);
+        # parse_probe keeps what it read only for a running container of ours
+        lines.append(f"job inside:{i} sec inside:{i} docker exec {q(name)} sh -c {q(chr(10).join(inner))}")
+    lines += [
               "images() {",
               *(f"sec image:{i} image {q(image)}"
                 for i, image in enumerate(request.images)),
@@ -329,8 +324,8 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
         if rc(f"inside:{i}") not in (0, 1) or f"inside:{i}" not in s:
             continue
         inner = split_sections(body(f"inside:{i}"))
-        if "sshd_bin" not in inner:
-            continue  # not running
+        if "sshd_bin" not in inner or not (containers.get(name) or {}).get("State", {}).get("Running"):
+            continue  # not running, or not one of ours
         inside[name] = ContainerFacts(
             files={p: parse_file(inner.get(f"ifile:{j}", (1, "absent"))[1]) for j, p in enumerate(files)},
             sshd_installed=inner["sshd_bin"][0] == 0,

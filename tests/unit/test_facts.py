@@ -147,6 +147,18 @@ def test_probe_reads_docker_alike_through_the_engine_api_and_the_cli(tmp_path):
     assert a.containers == b.containers and a.snapshots == b.snapshots and a.images == b.images == {}
 
 
+def test_what_docker_exec_read_counts_only_for_a_running_container_of_ours():
+    """The exec runs beside the listing: a container of that name that is not ours, or is stopped, is
+    not read as ours."""
+    request = facts.ProbeRequest(containers={"dev": ["/etc/os-release"]})
+    inner = section("sshd_bin", "") + section("sshd_run", "") + section("pkgs", "") + section("ifile:0", "absent")
+    listing = (Path(REPO) / "tests" / "fixtures" / "docker" / "inspect-format-dev.txt").read_text()
+    stopped = listing.replace('"Running":true', '"Running":false')
+    for containers, read in ((listing, True), (stopped, False), ("", False)):
+        text = section("os_release", "ID=debian\n") + section("containers", containers) + section("inside:0", inner)
+        assert ("dev" in facts.parse_probe(text, request).inside) is read
+
+
 def test_managed_containers_from_the_probes_inspect_format_carry_no_env():
     """Captured with `docker inspect --format CONTAINER_FORMAT dev` on a lab server (Docker 20.10)."""
     body = (Path(REPO) / "tests" / "fixtures" / "docker" / "inspect-format-dev.txt").read_text()
