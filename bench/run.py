@@ -30,6 +30,7 @@ and with `--readme` the figures block of bench/README.md.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -1069,6 +1070,10 @@ def main(argv=None) -> int:
         p.error(f"--lab: expected 'PREFIX SUBNET', got {args.lab!r}")
     args.lab = (prefix, subnet)
 
+    # the tool as installed has its bytecode (pip compiles it; `make setup` too), whatever
+    # PYTHONDONTWRITEBYTECODE says in this shell
+    compileall.compile_dir(str(REPO / "gpufleet"), quiet=1)
+    compileall.compile_dir(str(REPO / "tasks"), quiet=1)
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
