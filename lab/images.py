@@ -49,9 +49,11 @@ def rootfs(suite: str) -> ImageRecipe:
 
 def server(suite: str) -> ImageRecipe:
     """A bare Debian server of `suite`: sshd, sudo, systemd available, no Docker."""
+    files = (("relax-docker-ulimits.sh", "/tmp/relax-docker-ulimits"),)
+    if suite == TRIXIE:  # its docker-ce is 26, which needs this to start a container inside a lab server
+        files += (("docker-allow-ipv6.conf", "/etc/systemd/system/docker.service.d/gpufleet-lab.conf"),)
     return ImageRecipe("gpufleet-lab/server", suite=suite, base=rootfs(suite), script="server.sh",
-                       files=(("relax-docker-ulimits.sh", "/tmp/relax-docker-ulimits"),),
-                       changes=('CMD ["/sbin/init"]',))
+                       files=files, changes=('CMD ["/sbin/init"]',))
 
 
 ROOTFS = rootfs(BOOKWORM)

@@ -10,7 +10,7 @@ import pytest
 from tests.integration.helpers import inventory_variant, sh, ssh
 
 SERVERS = ("gpu1", "gpu2")
-# sync-keys on the hosts the session bootstrapped (gpu3, Debian 13, has no container)
+# sync-keys on the hosts the session bootstrapped (gpu3, Debian 13, is the package mirror tests' own)
 BOOTSTRAPPED = "bastion,gpu1,gpu2"
 
 

@@ -272,3 +272,18 @@ def test_docker_26_validates_daemon_json_with_dockerd_before_it_is_installed(lab
     assert "no-such-option" in result.hosts["gpu3"]["error"]
     assert sh(lab, "gpu3", "md5sum /etc/docker/daemon.json")[1] == before
     assert sh(lab, "gpu3", "docker info --format '{{.ServerVersion}}'")[0] == 0
+
+
+def test_the_whole_bootstrap_on_debian_13_runs_its_container_on_docker_26(lab, fab, tool_on_gpu3):
+    """After the stages above, the rest of `bootstrap` on gpu3: daemon.json, the container with sshd,
+    keys and tools; then again, changing nothing; then OpenSSH through the generated config."""
+    from tests.integration.helpers import ssh
+    first, second = fab("-H", "gpu3", "bootstrap"), fab("-H", "gpu3", "bootstrap")
+    assert first.returncode == 0 and first.hosts["gpu3"]["changed"] >= 1, first.stdout[-3000:]
+    assert second.returncode == 0 and second.hosts["gpu3"]["changed"] == 0, second.stdout[-3000:]
+    code, out = sh(lab, "gpu3", "docker version --format '{{.Server.Version}}'; "
+                                "docker inspect --format '{{.State.Running}} {{.Config.Hostname}}' dev")
+    assert code == 0 and out.splitlines()[0].startswith("26.") and out.splitlines()[1] == "true gpu3-dev", out
+    assert fab("gen-ssh-config").returncode == 0
+    result = ssh(lab, "gpu3-dev", "hostname; test -x /usr/sbin/sshd && echo sshd")
+    assert result.returncode == 0 and result.stdout.split() == ["gpu3-dev", "sshd"], result.stderr
