@@ -8,7 +8,6 @@ pins its key; a different key later is refused.
 from __future__ import annotations
 
 import base64
-import os
 import socket
 import threading
 from pathlib import Path
@@ -17,6 +16,7 @@ import paramiko
 from fabric import Config, Connection
 
 from gpufleet.inventory import Inventory
+from gpufleet.local_files import write_atomically
 
 
 class KnownHosts:
@@ -61,12 +61,8 @@ class KnownHosts:
                 self._save()
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         lines = [f"{alias} {t} {b}\n" for alias in sorted(self.keys) for t, b in self.keys[alias]]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(lines), encoding="utf-8")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+        write_atomically(self.path, "".join(lines).encode())
 
 
 class NoDelayConnection(Connection):

@@ -20,11 +20,11 @@ import jinja2
 
 from gpufleet.errors import CommandFailed, FleetError, InputError, ValidationFailed
 from gpufleet.facts import RemoteFile
+from gpufleet.local_files import BACKUP_SUFFIX
 from gpufleet.plan import Action, Plan
 from gpufleet.remote import Script, Session
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-BACKUP_SUFFIX = ".gpufleet.bak"
 ORIGINAL_SUFFIX = ".gpufleet.orig"
 TEMP_MARK = ".gpufleet-tmp-"
 VALIDATION_FAILED = 97

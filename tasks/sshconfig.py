@@ -9,10 +9,7 @@ of the user's that also match an alias are reported as warnings.  A local host
 """
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from invoke import task
@@ -22,6 +19,7 @@ from gpufleet.connect import KnownHosts
 from gpufleet.fleet import load_inventory
 from gpufleet.files import unified_diff
 from gpufleet.inventory import Inventory
+from gpufleet.local_files import BACKUP_SUFFIX, write_atomically
 
 
 def entries(inventory: Inventory) -> list[ssh_config.SshHostEntry]:
@@ -49,25 +47,6 @@ def unpinned(inventory: Inventory, all_entries) -> list[str]:
     return [e.alias for e in all_entries if not known.get(e.alias)]
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temp file beside the target, backup of the old one, then rename; mode 600 for a new file."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.gpufleet-tmp-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        if path.exists():
-            shutil.copy2(path, f"{path}.gpufleet.bak")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @task(name="gen-ssh-config", help={"dry-run": "print the unified diff and write nothing"})
 def gen_ssh_config(c, dry_run=False):
     """Write the managed block for every host and container at the top of [local] ssh_config."""
@@ -86,9 +65,9 @@ def gen_ssh_config(c, dry_run=False):
         sys.stdout.write(diff)
         print(f"dry run: {path} not written")
         return
-    write_atomically(path, new)
+    write_atomically(path, new, backup=True)
     sys.stdout.write(diff if len(diff) < 20000 else f"({diff.count(chr(10))} diff lines)\n")
-    print(f"{path}: wrote {len(all_entries)} entries (backup: {path}.gpufleet.bak)")
+    print(f"{path}: wrote {len(all_entries)} entries (backup: {path}{BACKUP_SUFFIX})")
     missing = unpinned(inventory, all_entries)
     if missing:
         print(f"note: no pinned host key yet for {', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}; "
