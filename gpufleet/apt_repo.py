@@ -147,10 +147,18 @@ def install_key(c, repo: SignedRepo, current: RemoteFile) -> None:
     apply_file(c.session, FileChange(repo.keyring, current, data, mode="0644"))
 
 
+# An install cut short (a host that went down mid-run) leaves dpkg half-configured; after a Ctrl-C
+# the remote apt may still run (sshd does not hang up a command without a tty), and dpkg's own
+# `--configure -a` does not wait for its lock as apt does: then it is tried again for 5 minutes.
+CONFIGURE_WHEN_FREE = ("configure_when_free() { n=0; until said=$(dpkg --configure -a 2>&1); do "
+                       'case "$said" in *lock*) ;; *) echo "$said" >&2; return 1;; esac; '
+                       '[ $((n += 1)) -lt 60 ] || { echo "$said" >&2; return 1; }; sleep 5; done; }')
+
+
 def apt_install(packages, update: bool = True, recommends: bool = True) -> Script:
-    """Install packages non-interactively, waiting for another apt to finish."""
-    # an install cut short (a host that went down mid-run) leaves dpkg half-configured
-    lines = ["set -e", "export DEBIAN_FRONTEND=noninteractive", "dpkg --configure -a"]
+    """Install packages non-interactively, waiting for another apt or dpkg to finish."""
+    lines = ["set -e", "export DEBIAN_FRONTEND=noninteractive", CONFIGURE_WHEN_FREE,
+             "dpkg --configure -a 2>/dev/null || configure_when_free"]
     if update:
         lines.append("apt-get -q -o DPkg::Lock::Timeout=300 update")
     lines.append("apt-get -q -y -o DPkg::Lock::Timeout=300 install " + ("" if recommends else "--no-install-recommends ")

@@ -145,7 +145,7 @@ class HostFacts:
 
 def probe_script(request: ProbeRequest) -> Script:
     q = shlex.quote
-    lines = [PROBE_FUNCTIONS, API_FUNCTIONS, PROBE_JOBS,
+    lines = ["# gpufleet facts probe (read only)", PROBE_FUNCTIONS, API_FUNCTIONS, PROBE_JOBS,
              "dinfo() { api /info || docker info --format '{{json .}}'; }",
              "image() { api \"/images/$1/json\" || docker image inspect --format '{{json .}}' \"$1\"; }",
              f"snapshots() {{ api {q(SNAPSHOT_FILTER)} || docker image ls --filter label={SNAPSHOT_LABEL} "

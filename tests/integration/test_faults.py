@@ -155,3 +155,29 @@ def test_a_server_lost_mid_run_fails_alone_and_a_rerun_of_failed_hosts_completes
         assert sh(lab, "gpu4", "docker inspect -f '{{.State.Running}}' dev")[1] == "true"
     finally:
         lab.up()
+
+
+SLOW_PACKAGE = r"""set -e
+d=$(mktemp -d); mkdir -p "$d/DEBIAN"
+printf 'Package: gpufleet-slow-postinst\nVersion: 1.0\nArchitecture: all\nMaintainer: tests <t@localhost>\nDescription: configured in 15 s\n' > "$d/DEBIAN/control"
+printf '#!/bin/sh\nsleep 15\n' > "$d/DEBIAN/postinst"; chmod 755 "$d/DEBIAN/postinst"
+dpkg-deb --build "$d" /tmp/gpufleet-slow.deb >/dev/null
+setsid sh -c 'dpkg -i /tmp/gpufleet-slow.deb > /tmp/gpufleet-slow.log 2>&1' < /dev/null > /dev/null 2>&1 &
+for i in $(seq 50); do [ -z "$(dpkg --audit 2>/dev/null)" ] || exit 0; sleep 0.2; done; exit 1"""
+
+
+def test_an_install_waits_for_a_dpkg_still_running_from_an_interrupted_run(lab):
+    """After a Ctrl-C the remote apt runs on (sshd does not hang up a command without a tty): the next
+    run's install waits for dpkg's lock instead of failing on it."""
+    from gpufleet.apt_repo import apt_install
+    assert sh(lab, "gpu1", SLOW_PACKAGE)[0] == 0  # another dpkg holds the lock, a package half-configured
+    connector = Connector(load(lab.inventory_path))
+    session = SshSession("gpu1", connector.connection("gpu1"))
+    try:
+        result = session.run(apt_install(["dpkg"], update=False), sudo=True, check=False)
+        assert result.exit_code == 0, result.stderr
+        assert sh(lab, "gpu1", "dpkg-query -W -f '${Status}' gpufleet-slow-postinst") == (0, "install ok installed")
+    finally:
+        session.close()
+        connector.close()
+        sh(lab, "gpu1", "dpkg -r gpufleet-slow-postinst >/dev/null 2>&1; rm -f /tmp/gpufleet-slow.*")
