@@ -10,7 +10,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/python -m compileall -q gpufleet tasks lab
 	touch $(STAMP)
 
 setup: $(STAMP)

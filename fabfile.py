@@ -3,13 +3,12 @@
 `fab --list` shows every task; `fab -H gpu1,gpu2 bootstrap` runs the whole recipe.
 Host tasks run in parallel (see fabric.yaml and gpufleet/executor.py).
 """
-import os
 import sys
 
 # Invoke stops Python writing .pyc files while it loads a fabfile, so every module of this
-# project would be compiled from source on each run (about 0.1 s); PYTHONDONTWRITEBYTECODE
-# still wins.
-sys.dont_write_bytecode = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
+# project would be compiled from source on each run (about 0.1 s); `python -B` and
+# PYTHONDONTWRITEBYTECODE still win.
+sys.dont_write_bytecode = bool(sys.flags.dont_write_bytecode)
 
 from invoke import Collection, task  # noqa: E402
 

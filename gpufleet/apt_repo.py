@@ -121,7 +121,8 @@ def plan_repo_packages(repo: SignedRepo, facts: HostFacts, packages, conflicts=(
         if conflicting:
             actions.append(Action(f"remove {', '.join(conflicting)}, which conflict with {packages[0]}",
                                   lambda c: c.run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-y",
-                                                   "remove", *conflicting], sudo=True)))
+                                                   "-o", "DPkg::Lock::Timeout=300", "remove", "--", *conflicting],
+                                                  sudo=True)))
         wanted = missing or list(packages)
         actions.append(Action(f"install {' '.join(wanted)} from {repo.base_url}",
                               lambda c: c.run(apt_install(wanted), sudo=True)))
@@ -150,9 +151,10 @@ def install_key(c, repo: SignedRepo, current: RemoteFile) -> None:
 # An install cut short (a host that went down mid-run) leaves dpkg half-configured; after a Ctrl-C
 # the remote apt may still run (sshd does not hang up a command without a tty), and dpkg's own
 # `--configure -a` does not wait for its lock as apt does: then it is tried again for 5 minutes.
-CONFIGURE_WHEN_FREE = ("configure_when_free() { n=0; until said=$(dpkg --configure -a 2>&1); do "
-                       'case "$said" in *lock*) ;; *) echo "$said" >&2; return 1;; esac; '
-                       '[ $((n += 1)) -lt 60 ] || { echo "$said" >&2; return 1; }; sleep 5; done; }')
+CONFIGURE_WHEN_FREE = ("configure_when_free() { n=0; until said=$(LC_ALL=C dpkg --configure -a 2>&1); do "
+                       'case "$said" in *"locked by another process"*) ;; *) echo "$said" >&2; return 1;; esac; '
+                       '[ $((n += 1)) -lt 60 ] || { echo "$said" >&2; return 1; }; sleep 5; done; '
+                       'printf \'%s\\n\' "$said"; }')
 
 
 def apt_install(packages, update: bool = True, recommends: bool = True) -> Script:

@@ -36,8 +36,8 @@ readfile() { if [ -e "$1" ]; then stat -c '%a %U %G' "$1" && { [ ! -f "$1" ] || 
 """
 PROBE_DONE = "@@gpufleet-probe-done@@"
 
-# Docker's Engine API through curl where the host has it, the docker CLI otherwise (or where the
-# daemon listens elsewhere): `docker info` costs ~70 ms of CPU (the CLI runs each of its plugins to
+# Docker's Engine API through curl where the host has it, the docker CLI where it has no curl or
+# no /var/run/docker.sock: `docker info` costs ~70 ms of CPU (the CLI runs each of its plugins to
 # list them), the API's /info ~15 ms; each CLI call starts a Go program (~25 ms of CPU).  The API's
 # answers are the CLI's JSON, without its ClientInfo.  Only a whole answer is printed.
 ENGINE_API = "curl -sf --max-time 30 --unix-socket /var/run/docker.sock"
@@ -46,15 +46,13 @@ api() {{ out=$({ENGINE_API} "http://localhost$1" 2>/dev/null) && printf '%s\\n' 
 """
 
 # The docker calls are most of the probe's time (docker info ~100 ms, a docker exec ~130 ms), so
-# they run side by side, each into its own file of a temp dir, printed when all are done.  Without
-# a temp dir they run one after the other.  `gather` checks that every section came back.
+# they run as jobs side by side, each into its own file of a temp dir, printed when all are done.
+# A job whose file did not come out whole (a full /tmp) runs again at the end, in the foreground;
+# without a temp dir every job runs there.  `gather` checks that every section came back.
 PROBE_JOBS = r"""
 T=$(mktemp -d 2>/dev/null) && trap 'rm -rf "$T"' EXIT && trap 'exit 129' HUP INT TERM PIPE || T=
-job() { j=$1; shift; if [ -n "$T" ]; then "$@" > "$T/$j" 2>&1 & else "$@"; fi; }
-"""
-PROBE_END = f"""
-[ -z "$T" ] || {{ wait; cat "$T"/*; }}
-echo {PROBE_DONE}
+job() { if [ -n "$T" ]; then "j$1" > "$T/$1" 2>&1 & fi; }
+finish() { if [ -n "$T" ] && tail -n 1 "$T/$1" 2>/dev/null | grep -q '^@@gpufleet-end '; then cat "$T/$1"; else "j$1"; fi; }
 """
 
 # What the stages read of each managed container; not its Env, which holds secrets in clear
@@ -143,74 +141,87 @@ class HostFacts:
         return self.files[path]
 
 
-def probe_script(request: ProbeRequest) -> Script:
+def probe_sections(request: ProbeRequest) -> tuple[list[tuple[str, str]], list[list[tuple[str, str]]]]:
+    """(name, command) of every section of the probe: those run in order, and the jobs run side
+    by side (the sections of one job in order)."""
     q = shlex.quote
-    lines = ["# gpufleet facts probe (read only)", PROBE_FUNCTIONS, API_FUNCTIONS, PROBE_JOBS,
-             "dinfo() { api /info || docker info --format '{{json .}}'; }",
-             "image() { api \"/images/$1/json\" || docker image inspect --format '{{json .}}' \"$1\"; }",
-             f"snapshots() {{ api {q(SNAPSHOT_FILTER)} || docker image ls --filter label={SNAPSHOT_LABEL} "
-             "--format '{{json .}}'; }",
-             "job docker_info sec docker_info dinfo",
-             "job docker_enabled sec docker_enabled systemctl is-enabled docker",
-             f"ids() {{ if l=$(api {q(MANAGED_FILTER)}); then printf '%s\\n' \"$l\" "
-             f"| grep -o '\"Id\":\"[0-9a-f]\\{{64\\}}\"' | cut -d'\"' -f4; "
-             f"else docker ps -aq --filter label={MANAGED_LABEL}; fi; }}",
-             f"listed() {{ ids=$(ids) || return 1; "
-             f"[ -z \"$ids\" ] || docker inspect --format {q(CONTAINER_FORMAT)} $ids; }}",
-             "job containers sec containers listed"]
+    in_order = [
+        ("os_release", "cat /etc/os-release"),
+        ("uname", "uname -a"),
+        ("arch", "dpkg --print-architecture"),
+        ("systemd", "test -d /run/systemd/system"),
+        ("packages", "dpkg-query -W -f '${Package}\\t${db:Status-Abbrev}\\t${Version}\\n' " + " ".join(HOST_PACKAGES)),
+        ("meminfo", "grep MemTotal /proc/meminfo"),
+        ("nvidia_smi", "nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,pci.bus_id "
+                       "--format=csv,noheader,nounits"),
+        ("nvidia_smi_table", "sh -c 'nvidia-smi | head -n 5'"),
+        ("lspci", "sh -c 'lspci -nn 2>/dev/null | grep -i \"\\[10de:\"'"),
+        *((f"file:{i}", f"readfile {q(path)}") for i, path in enumerate(request.files)),
+        *((f"user:{i}", f"id -nG {q(user)}") for i, user in enumerate(request.users)),
+        ("df", "df -Pm /var/lib/docker /data /"),
+    ]
     inner_pkgs = " ".join(q(p) for p in request.container_packages) or "openssh-server"
+    inside = []
     for i, (name, files) in enumerate(request.containers.items()):
         inner = [PROBE_FUNCTIONS,
                  "sec sshd_bin test -x /usr/sbin/sshd",
                  "sec sshd_run sh -c 'test -s /run/sshd.pid && kill -0 $(cat /run/sshd.pid)'",
                  f"sec pkgs dpkg-query -W -f '${{Package}}\\t${{db:Status-Abbrev}}\\t${{Version}}\\n' {inner_pkgs}"]
         inner += [f"sec ifile:{j} readfile {q(p)}" for j, p in enumerate(files)]
-        # beside the listing, not after it (a stopped or missing container just fails here);
-        # parse_probe keeps what it read only for a running container of ours
-        lines.append(f"job inside:{i} sec inside:{i} docker exec {q(name)} sh -c {q(chr(10).join(inner))}")
-    lines += [
-              "images() {",
-              *(f"sec image:{i} image {q(image)}"
-                for i, image in enumerate(request.images)),
-              f"sec snapshots snapshots",
-              "}",
-              "job images images",
-              "sec os_release cat /etc/os-release",
-              "sec uname uname -a",
-              "sec arch dpkg --print-architecture",
-              "sec systemd test -d /run/systemd/system",
-              "sec packages dpkg-query -W -f '${Package}\\t${db:Status-Abbrev}\\t${Version}\\n' "
-              + " ".join(HOST_PACKAGES),
-              "sec meminfo grep MemTotal /proc/meminfo",
-              "sec nvidia_smi nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,pci.bus_id --format=csv,noheader,nounits",
-              "sec nvidia_smi_table sh -c 'nvidia-smi | head -n 5'",
-              "sec lspci sh -c 'lspci -nn 2>/dev/null | grep -i \"\\[10de:\"'"]
-    for i, path in enumerate(request.files):
-        lines.append(f"sec file:{i} readfile {q(path)}")
-    for i, user in enumerate(request.users):
-        lines.append(f"sec user:{i} id -nG {q(user)}")
-    lines.append("sec df df -Pm /var/lib/docker /data /")
-    lines.append(PROBE_END)
+        inside.append([(f"inside:{i}", f"inside {q(name)} {q(chr(10).join(inner))}")])
+    jobs = [[("docker_info", "dinfo")],
+            [("docker_enabled", "systemctl is-enabled docker")],
+            [("containers", "listed")],
+            *inside,
+            [*((f"image:{i}", f"image {q(image)}") for i, image in enumerate(request.images)),
+             ("snapshots", "snapshots")]]
+    return in_order, jobs
+
+
+def section_names(request: ProbeRequest) -> list[str]:
+    """Every top-level section a whole probe output holds for `request`."""
+    in_order, jobs = probe_sections(request)
+    return [name for name, _ in in_order + [section for job in jobs for section in job]]
+
+
+def probe_script(request: ProbeRequest) -> Script:
+    q = shlex.quote
+    in_order, jobs = probe_sections(request)
+    lines = [
+        "# gpufleet facts probe (read only)", PROBE_FUNCTIONS, API_FUNCTIONS, PROBE_JOBS,
+        "dinfo() { api /info || docker info --format '{{json .}}'; }",
+        "image() { api \"/images/$1/json\" || docker image inspect --format '{{json .}}' \"$1\"; }",
+        f"snapshots() {{ api {q(SNAPSHOT_FILTER)} || docker image ls --filter label={SNAPSHOT_LABEL} "
+        "--format '{{json .}}'; }",
+        # our containers from the API's list (their ids, names, labels; not their environment),
+        # once, before the jobs start
+        f"LISTED=$(api {q(MANAGED_FILTER)}) || LISTED=",
+        "ids() { if [ -n \"$LISTED\" ]; then printf '%s\\n' \"$LISTED\" "
+        "| grep -o '\"Id\":\"[0-9a-f]\\{64\\}\"' | cut -d'\"' -f4; "
+        f"else docker ps -aq --filter label={MANAGED_LABEL}; fi; }}",
+        f"listed() {{ ids=$(ids) || return 1; [ -z \"$ids\" ] || docker inspect --format {q(CONTAINER_FORMAT)} $ids; }}",
+        # the exec runs beside the listing, so it first asks whether the container is one of ours:
+        # a container of someone else's that has the name is not read (its files would reach the log)
+        "ours() { if [ -n \"$LISTED\" ]; then printf '%s\\n' \"$LISTED\" | grep -qF \"\\\"Names\\\":[\\\"/$1\\\"\"; "
+        f"else [ \"$(docker inspect --format '{{{{index .Config.Labels \"{MANAGED_LABEL}\"}}}}' -- \"$1\" 2>/dev/null)\" "
+        f"= \"$1\" ]; fi; }}",
+        'inside() { ours "$1" && docker exec "$1" sh -c "$2"; }',
+    ]
+    for k, job in enumerate(jobs):
+        lines.append(f"j{k}() {{ " + "; ".join(f"sec {name} {command}" for name, command in job) + "; }")
+    lines += [f"job {k}" for k in range(len(jobs))]
+    lines += [f"sec {name} {command}" for name, command in in_order]
+    lines += ['[ -z "$T" ] || wait', *(f"finish {k}" for k in range(len(jobs))), f"echo {PROBE_DONE}"]
     return Script("\n".join(lines) + "\n")
 
 
-def probe_sections(request: ProbeRequest) -> list[str]:
-    """The sections a whole probe output holds for `request` (`inside:N` only says the container ran)."""
-    return (["os_release", "uname", "arch", "systemd", "packages", "meminfo", "docker_info", "docker_enabled",
-             "nvidia_smi", "nvidia_smi_table", "lspci", "df", "containers", "snapshots"]
-            + [f"file:{i}" for i in range(len(request.files))]
-            + [f"image:{i}" for i in range(len(request.images))]
-            + [f"user:{i}" for i in range(len(request.users))]
-            + [f"inside:{i}" for i in range(len(request.containers))])
-
-
 def missing_sections(text: str, request: ProbeRequest) -> list[str]:
-    """Pure: the sections a probe output lacks (a full temp dir or a cut connection loses some);
+    """Pure: the sections a probe output lacks (a cut connection loses some);
     facts read from an incomplete probe would make a step rewrite or restart what is fine."""
     if PROBE_DONE not in text:
         return ["the end of the probe"]
     s = split_sections(text)
-    missing = [name for name in probe_sections(request) if name not in s]
+    missing = [name for name in section_names(request) if name not in s]
     for i, files in enumerate(request.containers.values()):
         inner = split_sections(s.get(f"inside:{i}", (1, ""))[1])
         if "sshd_bin" in inner:
@@ -318,6 +329,8 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
         for line in body("containers").splitlines():
             if line.startswith("{"):
                 item = json.loads(line)
+                # Docker lists the mounts in no fixed order
+                item["Mounts"] = sorted(item.get("Mounts") or [], key=lambda m: m.get("Destination", ""))
                 containers[item["Name"].lstrip("/")] = item
     inside = {}
     for i, (name, files) in enumerate(request.containers.items()):

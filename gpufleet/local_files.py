@@ -1,4 +1,4 @@
-"""The one way the tool changes files on this machine (the ssh config, the known_hosts file).
+"""The one way the tool changes your files on this machine: the ssh config and the known_hosts file.
 
 A temp file beside the target, flushed to disk, given the old file's mode (0600 for a new
 one), then renamed over the target: a crash leaves the old file or the new one.

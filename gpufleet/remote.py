@@ -47,7 +47,7 @@ def render(command: Command) -> tuple[str, str]:
         # name the script by its first line that does something (not set -e, umask, a variable,
         # a one-line function)
         lines = [l.strip() for l in command.strip().splitlines()]
-        telling = [l for l in lines if l and not re.match(r"^(set -e|umask |export |[a-z]+=|trap |[a-z_]+\(\) \{)", l)]
+        telling = [l for l in lines if l and not re.match(r"^(set -e|umask |export |[a-z]+=|trap |[a-z_]+\(\) \{.*\}$)", l)]
         first = (telling or lines or [""])[0]
         return real, f"sh -c <script: {first[:70]}{'…' if len(first) > 70 or len(lines) > 1 else ''}>"
     real = shlex.join([str(a) for a in command])

@@ -82,23 +82,48 @@ def test_probe_runs_on_this_machine(tmp_path):
     assert f.mem_total_mb > 0 and "/" in f.disk_free_mb
 
 
-def test_probe_without_a_temp_dir_runs_its_sections_one_by_one(tmp_path, monkeypatch):
-    """The docker calls run side by side through files in a temp dir; where none can be made, in order."""
+def run_probe(request, before="", replace=("", "")):
+    """The real probe on this machine, with shell lines put before it and one piece of it replaced."""
+    script = facts.probe_script(request)
+    assert replace[0] in script
+    text = LocalSession().run(Script(before + script.replace(*replace)), sudo=True, check=False).stdout
+    assert facts.missing_sections(text, request) == []
+    return facts.parse_probe(text, request)
+
+
+@pytest.fixture
+def local_request(tmp_path):
     target = tmp_path / "managed.conf"
     target.write_text("hello\n")
-    request = facts.ProbeRequest(files=[str(target)], users=["root"])
-    side_by_side = facts.gather(LocalSession(), request)
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "no-such-dir"))
-    one_by_one = facts.gather(LocalSession(), request)
-    assert one_by_one.files == side_by_side.files and one_by_one.users == side_by_side.users
-    assert one_by_one.docker_running == side_by_side.docker_running
+    return facts.ProbeRequest(files=[str(target), str(tmp_path / "missing")], users=["root"],
+                              images=["no-such-image:gpufleet-test"])
+
+
+def same_facts(a, b):
+    assert (a.files, a.users, a.images, a.containers) == (b.files, b.users, b.images, b.containers)
+    assert a.docker_running == b.docker_running
+
+
+def test_probe_without_a_temp_dir_runs_its_jobs_one_by_one(tmp_path, local_request):
+    """The docker calls run side by side through files in a temp dir; where none can be made, in order."""
+    same_facts(run_probe(local_request), run_probe(local_request, f"TMPDIR={tmp_path}/no-such-dir; export TMPDIR\n"))
+
+
+def test_a_job_whose_file_cannot_be_written_runs_again_and_no_temp_dir_is_left(tmp_path, local_request):
+    """A full /tmp: every job's writes fail (ENOSPC, as /dev/full gives), so each runs again at the end."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    full = run_probe(local_request, f"TMPDIR={temp}; export TMPDIR\n",
+                     ('"j$1" > "$T/$1" 2>&1 &', '"j$1" > /dev/full 2>&1 &'))
+    same_facts(full, run_probe(local_request))
+    assert list(temp.iterdir()) == []
 
 
 def whole_probe(request, leave_out=(), inner_leave_out=(), done=True):
     inner = "".join(section(n, "") for n in ["sshd_bin", "sshd_run", "pkgs", "ifile:0", "ifile:1"]
                     if n not in inner_leave_out)
     text = "".join(section(name, inner if name.startswith("inside:") else "", 1)
-                   for name in facts.probe_sections(request) if name not in leave_out)
+                   for name in facts.section_names(request) if name not in leave_out)
     return text + (facts.PROBE_DONE + "\n" if done else "")
 
 

@@ -91,7 +91,7 @@ def complete(text: str, request) -> str:
     """A whole probe output: each section left out above is empty (a file: absent), then the end mark."""
     have = facts.split_sections(text)
     text += "".join(section(name, "absent" if name.startswith("file:") else "", 1)
-                    for name in facts.probe_sections(request) if name not in have)
+                    for name in facts.section_names(request) if name not in have)
     return text + facts.PROBE_DONE + "\n"
 
 
