@@ -285,9 +285,12 @@ def parse_snapshots(body: str) -> list[dict]:
     or from `docker image ls --format '{{json .}}'` (an object per line)."""
     text = body.strip()
     if text.startswith("["):
-        return [{"Repository": ref.rsplit(":", 1)[0], "Tag": ref.rsplit(":", 1)[1]}
-                for image in json.loads(text) for ref in image.get("RepoTags") or [] if ":" in ref and "<none>" not in ref]
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        tagged = [ref.rsplit(":", 1) for image in json.loads(text) for ref in image.get("RepoTags") or [] if ":" in ref]
+    else:
+        tagged = [(row.get("Repository", ""), row.get("Tag", ""))
+                  for row in (json.loads(line) for line in text.splitlines() if line.startswith("{"))]
+    # an image left without a tag is no snapshot of anything
+    return [{"Repository": repo, "Tag": tag} for repo, tag in tagged if "<none>" not in (repo, tag)]
 
 
 def parse_probe(text: str, request: ProbeRequest) -> HostFacts:

@@ -151,6 +151,9 @@ def test_snapshots_read_alike_from_the_engine_api_and_the_cli():
     assert pairs(api) == pairs(cli) == [("dev-snapshot", "20261202-014000"), ("dev-snapshot", "20261202-014500")]
     assert facts.parse_snapshots('[{"RepoTags":["reg:5000/dev-snapshot:t1"]},{"RepoTags":null}]') == [
         {"Repository": "reg:5000/dev-snapshot", "Tag": "t1"}]
+    # an untagged image: the API and the CLI say so differently, neither is a snapshot
+    assert facts.parse_snapshots('[{"RepoTags":["<none>:<none>"]}]') == [] == facts.parse_snapshots(
+        '{"Repository":"<none>","Tag":"<none>","ID":"b17f4e32ffa7"}\n')
 
 
 @pytest.mark.skipif(not shutil.which("docker") or not shutil.which("curl"), reason="needs docker and curl here")

@@ -120,6 +120,9 @@ def test_a_write_killed_halfway_leaves_the_old_file_and_no_temp(tmp_path):
         assert time.monotonic() < deadline, "the temp file never appeared"
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGHUP)
+    # and its stdin goes: a SIGHUP that reaches base64 between fork and exec is lost, and the shell
+    # runs its trap only once base64 ends (a flake when stdin stayed open)
+    proc.stdin.close()
     proc.wait(timeout=5)
     assert target.read_bytes() == b"old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sshd_config"]
