@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -446,6 +447,8 @@ def lab_sizes(args, runner: Runner, results: dict) -> None:
                 f"{statistics.median(r.seconds for r in gens):.2f}s; CPU-s: {cpu_line(gens[-1])}")
             size["gen_ssh_config_first"] = summary(first)
             size["gen_ssh_config"] = group(gens)
+            if args.ansible:
+                size["ansible"] = ansible_side_by_side(args, runner, info.servers, inv, lab_dir / "ssh_config", n)
 
             every = converge + reruns + syncs + [first] + gens
             size["peak_rss_mb"] = {"any_fab": maxn(r.peak_rss_mb for r in every),
@@ -475,6 +478,59 @@ def lab_sizes(args, runner: Runner, results: dict) -> None:
                 say(f"teardown failed: {e}", "red")
             finally:
                 signal.signal(signal.SIGINT, old)
+
+
+ANSIBLE_CORE = "ansible-core>=2.16,<2.18"
+ANSIBLE_PLAYBOOK = REPO / "bench" / "ansible" / "converged.yml"
+
+
+def ansible_playbook(workdir: Path) -> Path | None:
+    """ansible-playbook from a venv of its own under the workdir (pip install ansible-core), or None."""
+    venv = workdir / "ansible-venv"
+    exe = venv / "bin" / "ansible-playbook"
+    if not exe.exists():
+        say(f"installing {ANSIBLE_CORE} into {venv} for the side-by-side")
+        made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
+        installed = made.returncode == 0 and subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", ANSIBLE_CORE], capture_output=True, text=True).returncode == 0
+        if not installed:
+            say("  could not install ansible-core: no side-by-side", "yellow")
+            return None
+    return exe
+
+
+def ansible_side_by_side(args, runner: Runner, servers: list[str], inventory: Path, ssh_config: Path,
+                         n: int) -> dict:
+    """The playbook in bench/ansible/ on the same converged servers, through the ssh config that
+    `gen-ssh-config` wrote (the bastion as ProxyJump, the pinned host keys): `--reps` cold runs,
+    each with a control path dir of its own (fab keeps no connection between runs either)."""
+    exe = ansible_playbook(args.workdir)
+    if exe is None:
+        return {"skipped": "ansible-core could not be installed"}
+    users = {name: host.get("user", "root") for name, host in tomllib.loads(inventory.read_text())["hosts"].items()}
+    hosts_ini = args.workdir / f"ansible-hosts-{n}.ini"
+    hosts_ini.write_text("[servers]\n" + "".join(f"{s} ansible_user_login={users.get(s, 'root')}\n" for s in servers)
+                         + f"[servers:vars]\nansible_ssh_common_args=-F {ssh_config}\n"
+                         "ansible_python_interpreter=/usr/bin/python3\n")
+    home = args.workdir / "ansible-home"
+    runs = []
+    for rep in range(args.reps):
+        control = args.workdir / f"ansible-cp-{n}-{rep}"
+        shutil.rmtree(control, ignore_errors=True)
+        env = {"ANSIBLE_HOME": str(home), "ANSIBLE_LOCAL_TEMP": str(home / "tmp"), "ANSIBLE_NOCOLOR": "1",
+               "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control), "ANSIBLE_FORKS": str(max(5, n)),
+               "ANSIBLE_HOST_KEY_CHECKING": "True"}
+        run = runner.process(f"N{n}-ansible{rep + 1}", [str(exe), "-i", str(hosts_ini), str(ANSIBLE_PLAYBOOK)],
+                             args.workdir, env=env)
+        recap = re.findall(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
+                           Path(run.output).read_text(errors="replace"), re.MULTILINE)
+        run.ansible = {"hosts": len(recap), "changed": sum(int(r[2]) for r in recap),
+                       "failed": sum(int(r[3]) + int(r[4]) for r in recap)}
+        runs.append(run)
+        say(f"  ansible-playbook #{rep + 1}: rc={run.rc} {run.seconds:.2f}s, hosts={run.ansible['hosts']} "
+            f"changed={run.ansible['changed']} failed={run.ansible['failed']}; CPU-s: {cpu_line(run)}")
+    return group(runs) | {"tasks": ANSIBLE_PLAYBOOK.read_text().count("- name:") - 1,
+                          "recaps": [r.ansible for r in runs], "version": ANSIBLE_CORE}
 
 
 FIRST_HOSTS = ["gpu1", "gpu2"]
@@ -758,6 +814,13 @@ def targets(results: dict) -> list[dict]:
                 f"min {fmt(t1['min'])}s", f"<= {MAX_CONVERGED_ONE} s",
                 None if t1["median"] is None else t1["median"] <= MAX_CONVERGED_ONE,
                 "python -m fabric, Python start-up included")
+        side = {n: (s["bootstrap_rerun"]["seconds"]["median"], s["ansible"]["seconds"]["median"])
+                for n, s in sizes.items() if s.get("ansible", {}).get("seconds")}
+        if side:
+            add("converged re-run: fab bootstrap faster than the Ansible playbook (same servers, same run)",
+                ", ".join(f"N={n}: {fmt(a)}s vs {fmt(b)}s" for n, (a, b) in side.items()), "faster",
+                all(a is not None and b is not None and a < b for a, b in side.values()),
+                "bench/ansible/converged.yml checks less than bootstrap does")
         cpu = {n: s["bootstrap_rerun"].get("server_cpu", {}).get("per_host_median") for n, s in sizes.items()}
         if any(v is not None for v in cpu.values()):
             first_n = min(n for n, v in cpu.items() if v is not None)
@@ -976,6 +1039,20 @@ def figures_markdown(results: dict) -> str:
                          f"{fmt(s['peak_rss_mb']['any_fab'], '.0f')} | {probe_cell(br)} | {cpu_cell(br)} | "
                          f"{s['load_before'][0]:.1f} → {s['load_after'][0]:.1f} |")
         lines.append("")
+        side = [s for s in sizes if s.get("ansible", {}).get("seconds")]
+        if side:
+            lines += [f"Side by side on the same converged servers, same run: `fab bootstrap` (everything, one probe "
+                      f"per host) and `ansible-playbook bench/ansible/converged.yml` ({side[0]['ansible']['tasks']} "
+                      f"checks with ansible-core's own modules, cold: no connection kept from the run before):", "",
+                      "| N | fab bootstrap re-run median / min (s) | ansible-playbook median / min (s) | ansible changed / failed | "
+                      "CPU-s fab / ansible (median) |", "|---|---|---|---|---|"]
+            for s in side:
+                br, an = s["bootstrap_rerun"], s["ansible"]
+                lines.append(f"| {s['n']} | {fmt(br['seconds']['median'])} / {fmt(br['seconds']['min'])} | "
+                             f"{fmt(an['seconds']['median'])} / {fmt(an['seconds']['min'])} | "
+                             f"{max(r['changed'] for r in an['recaps'])} / {max(r['failed'] for r in an['recaps'])} | "
+                             f"{fmt(br['cpu_seconds_median'].get('fab'))} / {fmt(an['cpu_seconds_median'].get('fab'))} |")
+            lines.append("")
     syn = results.get("synthetic")
     if syn:
         lines += [f"Synthetic inventory, {syn['hosts']} hosts ({syn['servers']} servers + bastion), "
@@ -1054,6 +1131,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-first-bootstrap", action="store_true",
                    help="skip the first bootstrap of two bare servers (after the sizes)")
     p.add_argument("--keep-synthetic", action="store_true", help="keep the synthetic inventory's temp dir")
+    p.add_argument("--no-ansible", dest="ansible", action="store_false",
+                   help="skip the side-by-side with ansible-playbook (bench/ansible/converged.yml)")
     p.add_argument("--readme", action="store_true", help="also rewrite the figures block of bench/README.md")
     p.add_argument("--readme-from", type=Path, metavar="JSON",
                    help="only rewrite bench/README.md's figures from an earlier results file, and exit")
