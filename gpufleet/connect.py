@@ -131,8 +131,8 @@ class Connector:
         if identity:
             connect_kwargs.update(key_filename=[str(identity)], look_for_keys=False)
         conn = NoDelayConnection(host.address, user=host.user, port=host.port, config=self.config(),
-                          gateway=gateway, connect_kwargs=connect_kwargs,
-                          connect_timeout=self.inventory.run.connect_timeout)
+                                 gateway=gateway, connect_kwargs=connect_kwargs,
+                                 connect_timeout=self.inventory.run.connect_timeout)
         client = conn.client
         client.set_missing_host_key_policy(_PinOnFirstUse(self.known_hosts, name))
         lookup = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
