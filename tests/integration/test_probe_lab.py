@@ -53,3 +53,22 @@ def test_the_probe_runs_its_docker_calls_side_by_side_and_leaves_no_temp_dir(lab
                                       if one.get(k) != other.get(k)} if isinstance(one, dict) else other)
     for key in ("ServerVersion", "DockerRootDir", "Runtimes", "ContainersRunning", "Images"):
         assert a.docker_info[key] == b.docker_info[key], key
+
+
+def test_a_container_of_someone_elses_with_a_managed_name_is_not_read(lab, gpu1):
+    """The exec runs beside the listing: a container named as in the inventory but not made by the tool
+    (no label) gets no `docker exec`, so none of its files reach the command log; through the Engine
+    API and through the CLI."""
+    _, session, request = gpu1
+    image = sh(lab, "gpu1", "docker inspect --format '{{.Config.Image}}' dev")[1]
+    assert sh(lab, "gpu1", f"docker run -d --name theirs --entrypoint sleep {image} 300")[0] == 0
+    try:
+        request.containers["theirs"] = ["/etc/os-release"]
+        index = list(request.containers).index("theirs")
+        for script in (facts.probe_script(request), facts.probe_script(request).replace(facts.ENGINE_API, "false")):
+            out = session.run(Script(script), sudo=True, check=False).stdout
+            assert facts.missing_sections(out, request) == []
+            assert "sshd_bin" not in facts.split_sections(facts.split_sections(out)[f"inside:{index}"][1])
+            assert "sshd_bin" in facts.split_sections(facts.split_sections(out)["inside:0"][1])  # dev is read
+    finally:
+        sh(lab, "gpu1", "docker rm -f theirs")

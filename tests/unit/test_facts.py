@@ -187,6 +187,20 @@ def test_what_docker_exec_read_counts_only_for_a_running_container_of_ours():
         assert ("dev" in facts.parse_probe(text, request).inside) is read
 
 
+def test_a_probe_output_cut_short_fails_the_host():
+    """What gather does with the incomplete outputs the table above names: a clear error, no facts."""
+    from gpufleet.errors import CommandFailed
+    from gpufleet.remote import Session
+
+    class CutShort(Session):
+        name = "gpu1"
+
+        def _exec(self, command, **_):
+            return 0, whole_probe(PROBE_REQUEST, leave_out=["docker_info"]), ""
+    with pytest.raises(CommandFailed, match="output incomplete, missing docker_info"):
+        facts.gather(CutShort(), PROBE_REQUEST)
+
+
 def test_managed_containers_from_the_probes_inspect_format_carry_no_env():
     """Captured with `docker inspect --format CONTAINER_FORMAT dev` on a lab server (Docker 20.10)."""
     body = (Path(REPO) / "tests" / "fixtures" / "docker" / "inspect-format-dev.txt").read_text()
