@@ -55,11 +55,6 @@ class KnownHosts:
             self._save()
             return True
 
-    def forget(self, alias: str) -> None:
-        with self._lock:
-            if self.keys.pop(alias, None) is not None:
-                self._save()
-
     def _save(self) -> None:
         lines = [f"{alias} {t} {b}\n" for alias in sorted(self.keys) for t, b in self.keys[alias]]
         write_atomically(self.path, "".join(lines).encode())
