@@ -200,9 +200,12 @@ def probe_script(request: ProbeRequest) -> Script:
         "| grep -o '\"Id\":\"[0-9a-f]\\{64\\}\"' | cut -d'\"' -f4; "
         f"else docker ps -aq --filter label={MANAGED_LABEL}; fi; }}",
         f"listed() {{ ids=$(ids) || return 1; [ -z \"$ids\" ] || docker inspect --format {q(CONTAINER_FORMAT)} $ids; }}",
-        # the exec runs beside the listing, so it first asks whether the container is one of ours:
-        # a container of someone else's that has the name is not read (its files would reach the log)
-        "ours() { if [ -n \"$LISTED\" ]; then printf '%s\\n' \"$LISTED\" | grep -qF \"\\\"Names\\\":[\\\"/$1\\\"\"; "
+        # the exec runs beside the listing, so it first asks whether the container is one of ours (its
+        # label names it: one run from a snapshot image inherits a label naming another); a container of
+        # someone else's that has the name is not read (its files would reach the log).  The API's list
+        # is one line, split into one object a line where the next object's Id begins
+        "ours() { if [ -n \"$LISTED\" ]; then printf '%s\\n' \"$LISTED\" | sed 's/},{\"Id\":/}\\n{\"Id\":/g' "
+        f"| grep -F \"\\\"Names\\\":[\\\"/$1\\\"\" | grep -qF \"\\\"{MANAGED_LABEL}\\\":\\\"$1\\\"\"; "
         f"else [ \"$(docker inspect --format '{{{{index .Config.Labels \"{MANAGED_LABEL}\"}}}}' -- \"$1\" 2>/dev/null)\" "
         f"= \"$1\" ]; fi; }}",
         'inside() { ours "$1" && docker exec "$1" sh -c "$2"; }',
@@ -332,9 +335,13 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
         for line in body("containers").splitlines():
             if line.startswith("{"):
                 item = json.loads(line)
+                name = item["Name"].lstrip("/")
+                # a container run from a snapshot image inherits the label, naming the snapshot's container
+                if ((item.get("Config") or {}).get("Labels") or {}).get(MANAGED_LABEL) != name:
+                    continue
                 # Docker lists the mounts in no fixed order
                 item["Mounts"] = sorted(item.get("Mounts") or [], key=lambda m: m.get("Destination", ""))
-                containers[item["Name"].lstrip("/")] = item
+                containers[name] = item
     inside = {}
     for i, (name, files) in enumerate(request.containers.items()):
         if rc(f"inside:{i}") not in (0, 1) or f"inside:{i}" not in s:

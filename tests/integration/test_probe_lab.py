@@ -57,12 +57,14 @@ def test_the_probe_runs_its_docker_calls_side_by_side_and_leaves_no_temp_dir(lab
 
 def test_a_container_of_someone_elses_with_a_managed_name_is_not_read(lab, gpu1):
     """The exec runs beside the listing: a container named as in the inventory but not made by the tool
-    (no label) gets no `docker exec`, so none of its files reach the command log; through the Engine
-    API and through the CLI."""
+    gets no `docker exec`, so none of its files reach the command log; through the Engine API and
+    through the CLI. Theirs is run from a commit of dev, as from a snapshot: it inherits dev's label."""
     _, session, request = gpu1
-    image = sh(lab, "gpu1", "docker inspect --format '{{.Config.Image}}' dev")[1]
-    assert sh(lab, "gpu1", f"docker run -d --name theirs --entrypoint sleep {image} 300")[0] == 0
+    assert sh(lab, "gpu1", "docker commit dev theirs-image:probe-test")[0] == 0
+    assert sh(lab, "gpu1", "docker run -d --name theirs --entrypoint sleep theirs-image:probe-test 300")[0] == 0
     try:
+        label = sh(lab, "gpu1", "docker inspect --format '{{index .Config.Labels \"gpufleet.container\"}}' theirs")
+        assert label == (0, "dev")
         request.containers["theirs"] = ["/etc/os-release"]
         index = list(request.containers).index("theirs")
         for script in (facts.probe_script(request), facts.probe_script(request).replace(facts.ENGINE_API, "false")):
@@ -70,5 +72,7 @@ def test_a_container_of_someone_elses_with_a_managed_name_is_not_read(lab, gpu1)
             assert facts.missing_sections(out, request) == []
             assert "sshd_bin" not in facts.split_sections(facts.split_sections(out)[f"inside:{index}"][1])
             assert "sshd_bin" in facts.split_sections(facts.split_sections(out)["inside:0"][1])  # dev is read
+            read = facts.parse_probe(out, request)
+            assert "theirs" not in read.containers and "theirs" not in read.inside and "dev" in read.inside
     finally:
-        sh(lab, "gpu1", "docker rm -f theirs")
+        sh(lab, "gpu1", "docker rm -f theirs; docker rmi theirs-image:probe-test")

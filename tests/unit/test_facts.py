@@ -187,6 +187,19 @@ def test_what_docker_exec_read_counts_only_for_a_running_container_of_ours():
         assert ("dev" in facts.parse_probe(text, request).inside) is read
 
 
+def test_a_container_run_from_a_snapshot_image_is_not_ours():
+    """`docker commit` copies the container's labels into the snapshot image, so a container someone runs
+    from it carries `gpufleet.container=dev` under another name: neither listed nor read as ours."""
+    listing = (Path(REPO) / "tests" / "fixtures" / "docker" / "inspect-format-dev.txt").read_text()
+    theirs = listing.replace('"Name":"/dev"', '"Name":"/theirs"')
+    assert '"gpufleet.container":"dev"' in theirs and '"/theirs"' in theirs
+    request = facts.ProbeRequest(containers={"theirs": ["/etc/os-release"]})
+    inner = section("sshd_bin", "") + section("sshd_run", "") + section("pkgs", "") + section("ifile:0", "absent")
+    text = section("os_release", "ID=debian\n") + section("containers", listing + theirs) + section("inside:0", inner)
+    f = facts.parse_probe(text, request)
+    assert list(f.containers) == ["dev"] and f.inside == {}
+
+
 def test_a_probe_output_cut_short_fails_the_host():
     """What gather does with the incomplete outputs the table above names: a clear error, no facts."""
     from gpufleet.errors import CommandFailed
