@@ -17,6 +17,7 @@ import re
 import shlex
 import urllib.parse
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gpufleet import gpu, osinfo
 from gpufleet.errors import CommandFailed
@@ -44,6 +45,11 @@ ENGINE_API = "curl -sf --max-time 30 --unix-socket /var/run/docker.sock"
 API_FUNCTIONS = f"""
 api() {{ out=$({ENGINE_API} "http://localhost$1" 2>/dev/null) && printf '%s\\n' "$out"; }}
 """
+
+# Docker's sections from one Python process on the server (gpufleet/docker_reader.py: the Engine API,
+# and our containers' files read from the host) where it has python3 and the daemon's socket
+READER_GUARD = "command -v python3 >/dev/null 2>&1 && [ -S /var/run/docker.sock ]"
+READER_SOURCE = (Path(__file__).parent / "docker_reader.py").read_text()
 
 # The docker calls are most of the probe's time (docker info ~100 ms, a docker exec ~130 ms), so
 # they run as jobs side by side, each into its own file of a temp dir, printed when all are done.
@@ -160,22 +166,36 @@ def probe_sections(request: ProbeRequest) -> tuple[list[tuple[str, str]], list[l
         *((f"user:{i}", f"id -nG {q(user)}") for i, user in enumerate(request.users)),
         ("df", "df -Pm /var/lib/docker /data /"),
     ]
-    inner_pkgs = " ".join(q(p) for p in request.container_packages) or "openssh-server"
-    inside = []
-    for i, (name, files) in enumerate(request.containers.items()):
-        inner = [PROBE_FUNCTIONS,
-                 "sec sshd_bin test -x /usr/sbin/sshd",
-                 "sec sshd_run sh -c 'test -s /run/sshd.pid && kill -0 $(cat /run/sshd.pid)'",
-                 f"sec pkgs dpkg-query -W -f '${{Package}}\\t${{db:Status-Abbrev}}\\t${{Version}}\\n' {inner_pkgs}"]
-        inner += [f"sec ifile:{j} readfile {q(p)}" for j, p in enumerate(files)]
-        inside.append([(f"inside:{i}", f"inside {q(name)} {q(chr(10).join(inner))}")])
-    jobs = [[("docker_info", "dinfo")],
-            [("docker_enabled", "systemctl is-enabled docker")],
+    inside = [[(f"inside:{i}", f"inside {q(name)} {q(inside_script(request, files))}")]
+              for i, (name, files) in enumerate(request.containers.items())]
+    # the first job is the init system's; the others, Docker's, are the reader's where it runs
+    jobs = [[("docker_enabled", "systemctl is-enabled docker")],
+            [("docker_info", "dinfo")],
             [("containers", "listed")],
             *inside,
             [*((f"image:{i}", f"image {q(image)}") for i, image in enumerate(request.images)),
              ("snapshots", "snapshots")]]
     return in_order, jobs
+
+
+def inside_script(request: ProbeRequest, files: list[str]) -> str:
+    """What `docker exec` runs in a container to read it."""
+    q = shlex.quote
+    packages = " ".join(q(p) for p in request.container_packages) or "openssh-server"
+    return "\n".join([PROBE_FUNCTIONS,
+                      "sec sshd_bin test -x /usr/sbin/sshd",
+                      "sec sshd_run sh -c 'test -s /run/sshd.pid && kill -0 $(cat /run/sshd.pid)'",
+                      f"sec pkgs dpkg-query -W -f '${{Package}}\\t${{db:Status-Abbrev}}\\t${{Version}}\\n' {packages}",
+                      *(f"sec ifile:{j} readfile {q(p)}" for j, p in enumerate(files))])
+
+
+def reader_request(request: ProbeRequest) -> dict:
+    """What the Docker reader (gpufleet/docker_reader.py) is asked, as JSON on its command line."""
+    return {"managed": MANAGED_FILTER, "snapshots": SNAPSHOT_FILTER, "label": MANAGED_LABEL,
+            "containers": [[name, files] for name, files in request.containers.items()],
+            "packages": request.container_packages or ["openssh-server"],
+            "exec_scripts": [inside_script(request, files) for files in request.containers.values()],
+            "images": request.images}
 
 
 def section_names(request: ProbeRequest) -> list[str]:
@@ -212,9 +232,17 @@ def probe_script(request: ProbeRequest) -> Script:
     ]
     for k, job in enumerate(jobs):
         lines.append(f"j{k}() {{ " + "; ".join(f"sec {name} {command}" for name, command in job) + "; }")
-    lines += [f"job {k}" for k in range(len(jobs))]
+    docker = range(1, len(jobs))
+    # the reader prints all of Docker's sections or nothing; where it cannot, its job runs theirs
+    lines += [f"READER={q(READER_SOURCE)}",
+              f"jr() {{ python3 -I -S -c \"$READER\" {q(json.dumps(reader_request(request)))} 2>/dev/null "
+              f"|| {{ {'; '.join(f'j{k}' for k in docker)}; }}; }}",
+              f"if {READER_GUARD}; then R=1; job r; else R=; {'; '.join(f'job {k}' for k in docker)}; fi",
+              "job 0"]
     lines += [f"sec {name} {command}" for name, command in in_order]
-    lines += ['[ -z "$T" ] || wait', *(f"finish {k}" for k in range(len(jobs))), f"echo {PROBE_DONE}"]
+    lines += ['[ -z "$T" ] || wait', "finish 0",
+              f"if [ -n \"$R\" ]; then finish r; else {'; '.join(f'finish {k}' for k in docker)}; fi",
+              f"echo {PROBE_DONE}"]
     return Script("\n".join(lines) + "\n")
 
 

@@ -2,6 +2,7 @@
 import base64
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -157,22 +158,31 @@ def test_snapshots_read_alike_from_the_engine_api_and_the_cli():
 
 
 @pytest.mark.skipif(not shutil.which("docker") or not shutil.which("curl"), reason="needs docker and curl here")
-def test_probe_reads_docker_alike_through_the_engine_api_and_the_cli(tmp_path):
-    """This machine's engine (the one `make test` starts), read through curl and, with the API
-    call turned off, through the docker CLI."""
+def test_probe_reads_docker_alike_through_the_reader_the_engine_api_and_the_cli(tmp_path):
+    """This machine's engine (the one `make test` starts), read by the reader, through curl with the
+    reader turned off, and through the docker CLI with the API call turned off too."""
     request = facts.ProbeRequest(images=["no-such-image:gpufleet-test"])
     script = facts.probe_script(request)
-    assert facts.ENGINE_API in script
-    api = LocalSession().run(script, sudo=True, check=False).stdout
-    cli = LocalSession().run(Script(script.replace(facts.ENGINE_API, "false")), sudo=True, check=False).stdout
-    a, b = facts.parse_probe(api, request), facts.parse_probe(cli, request)
-    if not a.docker_running:
+    no_reader = script.replace(facts.READER_GUARD, "false")
+    paths = {"reader": script, "Engine API": no_reader, "CLI": no_reader.replace(facts.ENGINE_API, "false"),
+             # a python3 too old for the reader (or any failure of it): its job runs the shell's
+             "reader fails": script.replace('python3 -I -S -c "$READER"', 'python3 -I -S -c "import sys; sys.exit(1)"')}
+    assert all(a != b for a in paths.values() for b in paths.values() if a is not b)
+    read = {path: facts.parse_probe(LocalSession().run(Script(s), sudo=True, check=False).stdout, request)
+            for path, s in paths.items()}
+    if not read["CLI"].docker_running:
         pytest.skip("no Docker engine answers here")
-    read = lambda info: (info["ServerVersion"], info["DockerRootDir"], info["Containers"],  # noqa: E731
+    info = lambda info: (info["ServerVersion"], info["DockerRootDir"], info["Containers"],  # noqa: E731
                          info["ContainersRunning"], info["Images"], sorted(info["Runtimes"]),
                          info["RegistryConfig"]["Mirrors"], info.get("ServerErrors"))
-    assert read(a.docker_info) == read(b.docker_info)  # what the steps read of it
-    assert a.containers == b.containers and a.snapshots == b.snapshots and a.images == b.images == {}
+    direct = subprocess.run(["python3", "-I", "-S", "-c", facts.READER_SOURCE, json.dumps(facts.reader_request(request))],
+                            capture_output=True, text=True)
+    assert direct.returncode == 0 and sorted(facts.split_sections(direct.stdout)) == [
+        "containers", "docker_info", "image:0", "snapshots"]  # the reader ran, not the shell behind it
+    a = read["reader"]
+    for path, b in read.items():
+        assert info(a.docker_info) == info(b.docker_info), path  # what the steps read of it
+        assert a.containers == b.containers and a.snapshots == b.snapshots and a.images == b.images == {}, path
 
 
 def test_what_docker_exec_read_counts_only_for_a_running_container_of_ours():
