@@ -292,11 +292,13 @@ def parse_file(body: str) -> RemoteFile:
 
 
 def parse_packages(body: str) -> dict[str, str]:
-    """Pure: `dpkg-query -W -f '${Package}\\t${db:Status-Abbrev}\\t${Version}'` → installed {name: version}."""
+    """Pure: `dpkg-query -W -f '${Package}\\t${db:Status-Abbrev}\\t${Version}'` → installed {name: version}.
+    Installed is the state (the second letter), whatever was asked of it: `hi` is held, `ri` marked
+    for removal, both still installed."""
     out = {}
     for line in body.splitlines():
         parts = line.split("\t")
-        if len(parts) == 3 and parts[1].startswith("ii"):
+        if len(parts) == 3 and parts[1][1:3] == "i ":
             out[parts[0]] = parts[2]
     return out
 

@@ -98,6 +98,23 @@ def test_second_bootstrap_changes_nothing(lab, fab, first_run):
             == before[host]
 
 
+def test_packages_held_with_apt_mark_stay_converged(lab, fab, first_run):
+    """A held package is installed (dpkg's `hi`): teams hold Docker and the toolkit against upgrades."""
+    holds = {"gpu2": "apt-mark hold docker.io", "gpu1": "docker exec dev apt-mark hold git"}
+    try:
+        for host, hold in holds.items():
+            assert sh(lab, host, hold)[0] == 0
+        again = fab("-H", "gpu1,gpu2", "bootstrap")
+        assert again.returncode == 0, again.stdout[-3000:]
+        for host in SERVERS:
+            assert again.hosts[host]["changed"] == 0, [s for s in again.hosts[host]["steps"] if s["status"] == "changed"]
+        assert sh(lab, "gpu2", "apt-mark showhold")[1] == "docker.io"
+        assert sh(lab, "gpu1", "docker exec dev apt-mark showhold")[1] == "git"
+    finally:
+        for host, hold in holds.items():
+            sh(lab, host, hold.replace("apt-mark hold", "apt-mark unhold"))
+
+
 def test_generated_ssh_config_reaches_bastion_servers_and_containers(lab, fab, first_run):
     result = fab("gen-ssh-config")
     assert result.returncode == 0, result.stderr

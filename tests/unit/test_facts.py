@@ -42,8 +42,10 @@ def test_parse_file(body, expected):
 
 def test_parse_packages_keeps_only_installed():
     body = ("docker.io\tii \t20.10.24+dfsg1-1+b3\nnvidia-container-toolkit\tun \t\n"
-            "containerd\trc \t1.6.20~ds1-1+b1\n")
-    assert facts.parse_packages(body) == {"docker.io": "20.10.24+dfsg1-1+b3"}
+            "containerd\trc \t1.6.20~ds1-1+b1\ndocker-ce\thi \t5:26.1.5-1\ncurl\tri \t7.88\n"
+            "git\tiU \t1:2.39\nvim\tiF \t2:9.0\nless\tiiR\t590\n")
+    assert facts.parse_packages(body) == {"docker.io": "20.10.24+dfsg1-1+b3", "docker-ce": "5:26.1.5-1",
+                                          "curl": "7.88"}
 
 
 def test_parse_df():
