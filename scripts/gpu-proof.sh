@@ -18,7 +18,8 @@ PROOF=${GPUFLEET_PROOF_DIR:-$PWD/.proof}
 WORK=/tmp/gpufleet-proof
 IPTABLES="iptables libip4tc2 libip6tc2 libxtables12 libnetfilter-conntrack3 libnfnetlink0 libnftnl11 libmnl0 netbase"
 DEBS="$IPTABLES openssh-server openssh-client openssh-sftp-server libwrap0 libnsl2 libtirpc3"
-WHEELS="fabric==3.2.3 invoke==2.2.1 paramiko==5.1.0 decorator deprecated cryptography bcrypt pynacl cffi pycparser"
+# cryptography pinned: its newer wheels make the kit and the tree over the 64 MiB one call carries
+WHEELS="fabric==3.2.3 invoke==2.2.1 paramiko==5.1.0 decorator deprecated cryptography==46.0.3 bcrypt pynacl cffi pycparser"
 
 prepare() {
     [ -e "$PROOF" ] && { echo "gpu-proof: $PROOF exists; remove it first" >&2; exit 1; }

@@ -206,8 +206,9 @@ def test_through_the_generated_ssh_config_the_container_has_the_gpu_and_torch_cu
     note(f"\n### in the container, over ssh (`ssh -F {WORK}/ssh_config h200-dev`)\n\n```\n$ nvidia-smi -L\n"
          f"{listed.stdout}{listed.stderr}\n$ python3 -c '…'\n{torch.stdout}{torch.stderr[-1500:]}\n"
          f"$ df -h /dev/shm; cat /workspace/hello.txt; findmnt /workspace\n{shm.stdout}{shm.stderr}```")
-    assert listed.returncode == 0 and "NVIDIA H200" in listed.stdout, listed.stderr
-    assert torch.returncode == 0 and "cuda True NVIDIA H200" in torch.stdout and "cuda:0" in torch.stdout, torch.stderr
+    gpu_name = sh("nvidia-smi --query-gpu=name --format=csv,noheader").splitlines()[0]  # the host's own card
+    assert listed.returncode == 0 and gpu_name in listed.stdout, listed.stderr
+    assert torch.returncode == 0 and f"cuda True {gpu_name}" in torch.stdout and "cuda:0" in torch.stdout, torch.stderr
     assert " 16G " in shm.stdout and "from the host" in shm.stdout and "/workspace" in shm.stdout, shm.stdout
 
 
@@ -220,6 +221,36 @@ def test_doctor_passes_its_gpu_checks_on_the_host_and_in_the_container(proof):
 def test_a_second_bootstrap_changes_nothing(proof):
     second = proof["second"]
     assert second.returncode == 0 and second.host["changed"] == 0, second.stdout[-3000:]
+
+
+def test_the_probe_reads_the_gpu_host_alike_through_the_reader_the_engine_api_and_the_cli(proof):
+    """The facts probe's three ways to read Docker on this host (Docker 26, the nvidia runtime, this
+    machine's python3): the reader, which reads the container from the host, runs here, and all agree."""
+    from types import SimpleNamespace
+
+    from gpufleet import facts
+    from gpufleet.inventory import load
+    from gpufleet.paths import probe_request
+    from gpufleet.remote import LocalSession, Script
+    request = probe_request(SimpleNamespace(host=load(inventory()).hosts["h200"]))
+    direct = subprocess.run(["python3", "-I", "-S", "-c", facts.READER_SOURCE, json.dumps(facts.reader_request(request))],
+                            capture_output=True, text=True)
+    assert direct.returncode == 0 and "inside:0" in facts.split_sections(direct.stdout), direct.stderr[-2000:]
+    script = facts.probe_script(request)
+    no_reader = script.replace(facts.READER_GUARD, "false")
+    read, times = {}, []
+    for path, text in (("reader", script), ("Engine API", no_reader), ("CLI", no_reader.replace(facts.ENGINE_API, "false"))):
+        started = time.monotonic()
+        out = LocalSession().run(Script(text), sudo=True, check=False).stdout
+        times.append(f"{path} {time.monotonic() - started:.2f} s")
+        assert facts.missing_sections(out, request) == [], path
+        read[path] = facts.parse_probe(out, request)
+    note(f"\nthe facts probe, wall time through each path: {', '.join(times)}")
+    a = read["reader"]
+    assert "nvidia" in a.docker_info["Runtimes"] and a.inside["dev"].sshd_running and a.has_gpu
+    for path, b in read.items():
+        for field in ("packages", "containers", "inside", "images", "files", "users", "snapshots", "gpus"):
+            assert getattr(a, field) == getattr(b, field), (path, field)
 
 
 def test_an_image_that_needs_a_newer_cuda_is_refused_before_anything_is_created(proof):
