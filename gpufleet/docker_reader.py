@@ -27,7 +27,6 @@ import sys
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 MAX_LINKS = 40  # as the kernel's own limit on links in one lookup
-CANNOT = 3  # the exit code that sends the probe to its shell path
 
 
 class Unreadable(Exception):
@@ -292,6 +291,6 @@ def main(request: dict) -> str:
 if __name__ == "__main__":
     try:
         text = main(json.loads(sys.argv[1]))
-    except Exception:  # anything at all: the probe's shell path reads it instead
-        sys.exit(CANNOT)
+    except Exception:  # anything at all: the probe's shell path reads it instead (any exit code but 0)
+        sys.exit(1)
     sys.stdout.write(text)
