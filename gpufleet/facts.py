@@ -98,6 +98,11 @@ class ProbeRequest:
     containers: dict[str, list[str]] = field(default_factory=dict)  # name -> files inside it
     container_packages: list[str] = field(default_factory=list)
 
+    @property
+    def packages_inside(self) -> list[str]:
+        """The packages asked of dpkg in each container."""
+        return self.container_packages or ["openssh-server"]
+
 
 @dataclass
 class ContainerFacts:
@@ -181,7 +186,7 @@ def probe_sections(request: ProbeRequest) -> tuple[list[tuple[str, str]], list[l
 def inside_script(request: ProbeRequest, files: list[str]) -> str:
     """What `docker exec` runs in a container to read it."""
     q = shlex.quote
-    packages = " ".join(q(p) for p in request.container_packages) or "openssh-server"
+    packages = " ".join(q(p) for p in request.packages_inside)
     return "\n".join([PROBE_FUNCTIONS,
                       "sec sshd_bin test -x /usr/sbin/sshd",
                       "sec sshd_run sh -c 'test -s /run/sshd.pid && kill -0 $(cat /run/sshd.pid)'",
@@ -193,7 +198,7 @@ def reader_request(request: ProbeRequest) -> dict:
     """What the Docker reader (gpufleet/docker_reader.py) is asked, as JSON on its command line."""
     return {"managed": MANAGED_FILTER, "snapshots": SNAPSHOT_FILTER, "label": MANAGED_LABEL,
             "containers": [[name, files] for name, files in request.containers.items()],
-            "packages": request.container_packages or ["openssh-server"],
+            "packages": request.packages_inside,
             "exec_scripts": [inside_script(request, files) for files in request.containers.values()],
             "images": request.images}
 
