@@ -203,6 +203,11 @@ def reader_request(request: ProbeRequest) -> dict:
             "images": request.images}
 
 
+def reader_argv(request: ProbeRequest) -> list[str]:
+    """The reader's command line on the server: its source and the request, in isolated mode."""
+    return ["python3", "-I", "-S", "-c", READER_SOURCE, json.dumps(reader_request(request))]
+
+
 def section_names(request: ProbeRequest) -> list[str]:
     """Every top-level section a whole probe output holds for `request`."""
     in_order, jobs = probe_sections(request)
@@ -239,9 +244,7 @@ def probe_script(request: ProbeRequest) -> Script:
         lines.append(f"j{k}() {{ " + "; ".join(f"sec {name} {command}" for name, command in job) + "; }")
     docker = range(1, len(jobs))
     # the reader prints all of Docker's sections or nothing; where it cannot, its job runs theirs
-    lines += [f"READER={q(READER_SOURCE)}",
-              f"jr() {{ python3 -I -S -c \"$READER\" {q(json.dumps(reader_request(request)))} 2>/dev/null "
-              f"|| {{ {'; '.join(f'j{k}' for k in docker)}; }}; }}",
+    lines += [f"jr() {{ {shlex.join(reader_argv(request))} 2>/dev/null || {{ {'; '.join(f'j{k}' for k in docker)}; }}; }}",
               f"if {READER_GUARD}; then R=1; job r; else R=; {'; '.join(f'job {k}' for k in docker)}; fi",
               "job 0"]
     lines += [f"sec {name} {command}" for name, command in in_order]

@@ -233,8 +233,7 @@ def test_the_probe_reads_the_gpu_host_alike_through_the_reader_the_engine_api_an
     from gpufleet.paths import probe_request
     from gpufleet.remote import LocalSession, Script
     request = probe_request(SimpleNamespace(host=load(inventory()).hosts["h200"]))
-    direct = subprocess.run(["python3", "-I", "-S", "-c", facts.READER_SOURCE, json.dumps(facts.reader_request(request))],
-                            capture_output=True, text=True)
+    direct = subprocess.run(facts.reader_argv(request), capture_output=True, text=True)
     assert direct.returncode == 0 and "inside:0" in facts.split_sections(direct.stdout), direct.stderr[-2000:]
     script = facts.probe_script(request)
     no_reader = script.replace(facts.READER_GUARD, "false")

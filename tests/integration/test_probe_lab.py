@@ -1,7 +1,5 @@
 """The facts probe on a real, bootstrapped lab server, through the real bastion: its docker calls side by
 side and through the Engine API, read alike one by one through the docker CLI."""
-import json
-import shlex
 import socket
 from types import SimpleNamespace
 
@@ -43,8 +41,7 @@ def test_the_probe_runs_its_docker_calls_side_by_side_and_leaves_no_temp_dir(lab
     # where no temp dir can be made, the same sections come one after the other; without curl
     # (or where the daemon's socket is elsewhere), from the docker CLI
     assert sh(lab, "gpu1", "command -v curl")[0] == 0
-    reader = session.run(Script(f"python3 -I -S -c {shlex.quote(facts.READER_SOURCE)} "
-                                f"{shlex.quote(json.dumps(facts.reader_request(request)))}"), sudo=True, check=False)
+    reader = session.run(facts.reader_argv(request), sudo=True, check=False)
     assert reader.exit_code == 0 and "inside:0" in facts.split_sections(reader.stdout)  # the reader runs here
     outputs = {path: session.run(Script(script), sudo=True, check=False).stdout for path, script in variants(request)}
     outputs["one by one"] = session.run(Script("TMPDIR=/no-such-dir; export TMPDIR\n" + variants(request)[-1][1]),

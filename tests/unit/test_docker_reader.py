@@ -125,18 +125,43 @@ def test_dpkg_lines_abbreviate_every_state():
                                 "dpkg-query: no packages found matching not-a-package"]
 
 
-def test_a_container_with_a_pending_dpkg_journal_is_read_with_docker_exec(tmp_path):
-    """dpkg-query reads the journal in /var/lib/dpkg/updates; the reader does not, so it hands over."""
-    (tmp_path / "var" / "lib" / "dpkg" / "updates").mkdir(parents=True)
-    (tmp_path / "var" / "lib" / "dpkg" / "status").write_text(STATUS)
-    root = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
-    try:
-        assert "held\thi" in reader.inside(root, ["held"], [])
-        (tmp_path / "var" / "lib" / "dpkg" / "updates" / "0001").write_text("Package: held\n")
-        with pytest.raises(reader.Unreadable):
-            reader.inside(root, ["held"], [])
-    finally:
-        os.close(root)
+@pytest.fixture
+def rooted_process(tmp_path):
+    """A live process whose root is a folder (as a container's init is): its /proc/PID/root is what the
+    reader opens. The root folder and the pid."""
+    root = tmp_path / "root"
+    (root / "var" / "lib" / "dpkg" / "updates").mkdir(parents=True)
+    (root / "var" / "lib" / "dpkg" / "status").write_text(STATUS)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: chroot, say so, wait to be killed
+        try:
+            os.chroot(root)
+            os.write(write, b"1")
+            os.read(read, 1)
+        finally:
+            os._exit(0)
+    assert os.read(read, 1) == b"1", "chroot failed (needs root)"
+    yield root, pid
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+
+
+def test_a_container_with_a_pending_dpkg_journal_is_read_with_docker_exec(rooted_process, tmp_path, monkeypatch):
+    """dpkg-query reads the journal in /var/lib/dpkg/updates; the reader does not, so it hands that
+    container to `docker exec` with the shell path's script (a stand-in `docker` records the call)."""
+    root, pid = rooted_process
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text('#!/bin/sh\nprintf "%s|" "$@"\n')
+    (bin_dir / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    info = {"Config": {"Labels": {facts.MANAGED_LABEL: "dev"}}, "State": {"Running": True, "Pid": pid}}
+    read = lambda: reader.read_container("dev", info, facts.MANAGED_LABEL, ["held"], [], "SCRIPT")  # noqa: E731
+    rc, out = read()
+    assert rc == 0 and "held\thi" in out  # read from the host, through /proc/PID/root
+    (root / "var" / "lib" / "dpkg" / "updates" / "0001").write_text("Package: held\n")
+    assert read() == (0, "exec|dev|sh|-c|SCRIPT|")
 
 
 def test_only_a_running_container_of_ours_is_read():

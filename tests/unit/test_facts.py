@@ -1,6 +1,7 @@
 """Facts: the probe's sections, parsed from real outputs; the probe itself run on this machine."""
 import base64
 import json
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -168,7 +169,7 @@ def test_probe_reads_docker_alike_through_the_reader_the_engine_api_and_the_cli(
     no_reader = script.replace(facts.READER_GUARD, "false")
     paths = {"reader": script, "Engine API": no_reader, "CLI": no_reader.replace(facts.ENGINE_API, "false"),
              # a python3 too old for the reader (or any failure of it): its job runs the shell's
-             "reader fails": script.replace('python3 -I -S -c "$READER"', 'python3 -I -S -c "import sys; sys.exit(1)"')}
+             "reader fails": script.replace(shlex.quote(facts.READER_SOURCE), "'import sys; sys.exit(1)'")}
     assert all(a != b for a in paths.values() for b in paths.values() if a is not b)
     read = {path: facts.parse_probe(LocalSession().run(Script(s), sudo=True, check=False).stdout, request)
             for path, s in paths.items()}
@@ -177,8 +178,7 @@ def test_probe_reads_docker_alike_through_the_reader_the_engine_api_and_the_cli(
     info = lambda info: (info["ServerVersion"], info["DockerRootDir"], info["Containers"],  # noqa: E731
                          info["ContainersRunning"], info["Images"], sorted(info["Runtimes"]),
                          info["RegistryConfig"]["Mirrors"], info.get("ServerErrors"))
-    direct = subprocess.run(["python3", "-I", "-S", "-c", facts.READER_SOURCE, json.dumps(facts.reader_request(request))],
-                            capture_output=True, text=True)
+    direct = subprocess.run(facts.reader_argv(request), capture_output=True, text=True)
     assert direct.returncode == 0 and sorted(facts.split_sections(direct.stdout)) == [
         "containers", "docker_info", "image:0", "snapshots"]  # the reader ran, not the shell behind it
     a = read["reader"]
