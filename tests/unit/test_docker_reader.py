@@ -3,6 +3,7 @@ the shell `readfile` and `dpkg-query` it stands in for compared on this machine'
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,19 +133,16 @@ def rooted_process(tmp_path):
     root = tmp_path / "root"
     (root / "var" / "lib" / "dpkg" / "updates").mkdir(parents=True)
     (root / "var" / "lib" / "dpkg" / "status").write_text(STATUS)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: chroot, say so, wait to be killed
-        try:
-            os.chroot(root)
-            os.write(write, b"1")
-            os.read(read, 1)
-        finally:
-            os._exit(0)
-    assert os.read(read, 1) == b"1", "chroot failed (needs root)"
-    yield root, pid
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
+    # a new Python chroots itself (nothing more to load from disk after that), says so, and waits
+    child = subprocess.Popen([sys.executable, "-c", "import os, signal, sys; os.chroot(sys.argv[1]); "
+                              "print('rooted', flush=True); signal.pause()", str(root)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "rooted\n", "chroot failed (needs root)"
+        yield root, child.pid
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_a_container_with_a_pending_dpkg_journal_is_read_with_docker_exec(rooted_process, tmp_path, monkeypatch):
@@ -186,7 +184,6 @@ def test_the_reader_is_sent_alone_and_runs_on_python_3_8():
     """Its source goes to the server as it is (Ubuntu 20.04 has Python 3.8): no module of ours, only
     the standard library, and 3.8's grammar. An older Python fails it and the probe takes its shell path."""
     import ast
-    import sys
     source = Path(reader.__file__).read_text()
     tree = ast.parse(source, feature_version=(3, 8))
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
