@@ -17,7 +17,7 @@ import shlex
 from dataclasses import dataclass, replace
 
 from gpufleet.errors import FleetError
-from gpufleet.facts import PROBE_FUNCTIONS, RemoteFile, split_sections
+from gpufleet.facts import PROBE_FUNCTIONS, ProbeOutputError, RemoteFile, frame, split_sections
 from gpufleet.files import FileChange, apply_file
 from gpufleet.plan import Plan
 from gpufleet.remote import Script
@@ -130,12 +130,12 @@ class ContainerState:
 def unpack_state(text: str) -> str:
     """The state command's output is one section `state`: its sections diff, stamps and footprint,
     gzipped and base64-encoded; this gives them back (or the section itself when it failed)."""
-    rc, body = split_sections(text).get("state", (1, text[-200:] or "no output"))
     try:
+        rc, body = split_sections(text).get("state", (1, text[-200:] or "no output"))
         return gzip.decompress(base64.b64decode(body.strip(), validate=True)).decode("utf-8", "replace") if rc == 0 \
-            else f"@@gpufleet-begin diff@@\n{body}\n@@gpufleet-end diff rc={rc or 1}@@\n"
-    except (ValueError, OSError, EOFError):
-        return "@@gpufleet-begin diff@@\nunreadable state output\n@@gpufleet-end diff rc=1@@\n"
+            else frame("diff", body, rc or 1)
+    except (ValueError, OSError, EOFError, ProbeOutputError):
+        return frame("diff", "unreadable state output", 1)
 
 
 def parse_state(text: str) -> ContainerState:

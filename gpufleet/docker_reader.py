@@ -203,8 +203,11 @@ def dpkg_lines(status: str, packages: list[str]) -> tuple[int, str]:
 # --- the sections ---
 
 def section(name: str, body: str, rc: int = 0) -> str:
-    """A section as the probe's shell `sec` prints it."""
-    return f"@@gpufleet-begin {name}@@\n{body}\n@@gpufleet-end {name} rc={rc}@@\n"
+    """A section as the probe's shell `sec` prints it: one line, `@@gpufleet NAME PAYLOAD@@`, where PAYLOAD
+    is the base64 of the output, a newline and the exit code. Whatever the output holds (a container's
+    bytes among them), it cannot end the section or begin another."""
+    payload = base64.b64encode(body.encode("utf-8", "surrogateescape") + b"\n" + str(rc).encode()).decode()
+    return f"@@gpufleet {name} {payload}@@\n"
 
 
 def inside(root: int, packages: list[str], files: list[str]) -> str:

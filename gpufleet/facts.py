@@ -1,13 +1,16 @@
 """Host facts: one batched probe command per host, and pure parsers of its output.
 
-The probe is a shell script that prints sections
+The probe is a shell script that prints one line per section,
 
-    @@gpufleet-begin NAME@@
-    ...output...
-    @@gpufleet-end NAME rc=N@@
+    @@gpufleet NAME BASE64(output + "\n" + exit code)@@
 
 so that every fact the stages need (OS, init system, packages, Docker, daemon.json,
-GPUs, managed files, containers and what is inside them) costs one round trip.
+GPUs, managed files, containers and what is inside them) costs one round trip.  The
+framing is out of band: what a command prints (a container's files and output among
+it) is inside the base64 and can never end its section or begin another; a line that
+is not a section, or a section that comes twice, fails the host.  What is read inside
+a container is a section of its own (`inside:N`) whose payload is that container's
+sections: it can only ever be a fact about that container.
 """
 from __future__ import annotations
 
@@ -20,20 +23,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpufleet import gpu, osinfo
-from gpufleet.errors import CommandFailed
+from gpufleet.docker_reader import section as frame
+from gpufleet.errors import CommandFailed, FleetError
 from gpufleet.remote import Script, Session
 
-BEGIN = "@@gpufleet-begin "
-END_RE = re.compile(r"^@@gpufleet-end (\S+) rc=(\d+)@@$")
+SECTION_RE = re.compile(r"^@@gpufleet ([A-Za-z0-9_:.-]+) ([A-Za-z0-9+/]*={0,2})@@$")
 MANAGED_LABEL = "gpufleet.container"
 MANAGED_FILTER = "/containers/json?all=1&filters=" + urllib.parse.quote(json.dumps({"label": [MANAGED_LABEL]}))
 SNAPSHOT_LABEL = "gpufleet.snapshot-of"
 SNAPSHOT_FILTER = "/images/json?filters=" + urllib.parse.quote(json.dumps({"label": [SNAPSHOT_LABEL]}))
 CONTAINER_DIR = "/var/lib/gpufleet/containers"
 
+# `sec NAME COMMAND...` prints what `frame` (docker_reader.section) prints; `ourfile` reads a file of a
+# folder a container can see, never following a link there
 PROBE_FUNCTIONS = r"""
-sec() { n=$1; shift; echo "@@gpufleet-begin $n@@"; "$@" 2>&1; r=$?; echo; echo "@@gpufleet-end $n rc=$r@@"; }
+sec() { n=$1; shift; printf '@@gpufleet %s ' "$n"; { "$@" 2>&1; printf '\n%d' "$?"; } | base64 -w0; echo '@@'; }
 readfile() { if [ -e "$1" ]; then stat -c '%a %U %G' "$1" && { [ ! -f "$1" ] || base64 -w0 "$1"; }; else echo absent; fi; }
+ourfile() { if [ -L "$1" ]; then echo link; else readfile "$1"; fi; }
 """
 PROBE_DONE = "@@gpufleet-probe-done@@"
 
@@ -58,7 +64,7 @@ READER_SOURCE = (Path(__file__).parent / "docker_reader.py").read_text()
 PROBE_JOBS = r"""
 T=$(mktemp -d 2>/dev/null) && trap 'rm -rf "$T"' EXIT && trap 'exit 129' HUP INT TERM PIPE || T=
 job() { if [ -n "$T" ]; then "j$1" > "$T/$1" 2>&1 & fi; }
-finish() { if [ -n "$T" ] && tail -n 1 "$T/$1" 2>/dev/null | grep -q '^@@gpufleet-end '; then cat "$T/$1"; else "j$1"; fi; }
+finish() { if [ -n "$T" ] && tail -n 1 "$T/$1" 2>/dev/null | grep -q '^@@gpufleet .*@@$'; then cat "$T/$1"; else "j$1"; fi; }
 """
 
 # What the stages read of each managed container; not its Env, which holds secrets in clear
@@ -87,6 +93,7 @@ class RemoteFile:
 
 
 ABSENT = RemoteFile(False)
+LINK = RemoteFile(True, mode="link")  # a symbolic link where the tool keeps a file of its own: never followed
 
 
 @dataclass
@@ -167,7 +174,8 @@ def probe_sections(request: ProbeRequest) -> tuple[list[tuple[str, str]], list[l
                        "--format=csv,noheader,nounits"),
         ("nvidia_smi_table", "sh -c 'nvidia-smi | head -n 5'"),
         ("lspci", "sh -c 'lspci -nn 2>/dev/null | grep -i \"\\[10de:\"'"),
-        *((f"file:{i}", f"readfile {q(path)}") for i, path in enumerate(request.files)),
+        *((f"file:{i}", f"{'ourfile' if path.startswith(CONTAINER_DIR + '/') else 'readfile'} {q(path)}")
+          for i, path in enumerate(request.files)),
         *((f"user:{i}", f"id -nG {q(user)}") for i, user in enumerate(request.users)),
         ("df", "df -Pm /var/lib/docker /data /"),
     ]
@@ -254,46 +262,66 @@ def probe_script(request: ProbeRequest) -> Script:
     return Script("\n".join(lines) + "\n")
 
 
+class ProbeOutputError(FleetError):
+    """Output that should be sections and is not: a line outside any section, a section twice."""
+
+
 def missing_sections(text: str, request: ProbeRequest) -> list[str]:
     """Pure: the sections a probe output lacks (a cut connection loses some);
     facts read from an incomplete probe would make a step rewrite or restart what is fine."""
-    if PROBE_DONE not in text:
+    if not text.endswith(PROBE_DONE + "\n"):
         return ["the end of the probe"]
-    s = split_sections(text)
+    s = split_sections(text[:-len(PROBE_DONE) - 1])
     missing = [name for name in section_names(request) if name not in s]
-    for i, files in enumerate(request.containers.values()):
-        inner = split_sections(s.get(f"inside:{i}", (1, ""))[1])
-        if "sshd_bin" in inner:
+    for i, (name, files) in enumerate(request.containers.items()):
+        inner = inside_sections(name, s.get(f"inside:{i}"))
+        if inner and "sshd_bin" in inner:
             missing += [f"inside:{i}/{n}" for n in ["sshd_run", "pkgs", *(f"ifile:{j}" for j in range(len(files)))]
                         if n not in inner]
     return missing
 
 
 def split_sections(text: str) -> dict[str, tuple[int, str]]:
-    """Pure: the probe's output as {section: (exit code, body)}; nested sections stay in the body."""
+    """Pure: output of `sec` lines as {section: (exit code, output)}; the output of a section that ran
+    sections of its own is their lines, split in turn by whoever reads them.  Raises ProbeOutputError
+    for a line that is not a whole section and for a section that comes twice."""
     sections: dict[str, tuple[int, str]] = {}
-    current, body = None, []
-    for line in text.split("\n"):
-        if current is None:
-            if line.startswith(BEGIN) and line.endswith("@@"):
-                current, body = line[len(BEGIN):-2], []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line:
             continue
-        m = END_RE.match(line)
-        if m and m.group(1) == current:
-            # `sec` echoes one newline so that the end marker starts a line; the
-            # split has already consumed it, so the joined body is the exact output
-            sections[current] = (int(m.group(2)), "\n".join(body))
-            current = None
-        else:
-            body.append(line)
+        m = SECTION_RE.match(line)
+        try:
+            payload = base64.b64decode(m.group(2), validate=True) if m else b""
+        except ValueError:
+            m = None
+        body, newline, rc = payload.rpartition(b"\n")
+        if not m or not newline or not rc.isdigit():
+            raise ProbeOutputError(f"line {number} is not a section: {line[:60]!r}")
+        if m.group(1) in sections:
+            raise ProbeOutputError(f"section {m.group(1)} comes twice")
+        sections[m.group(1)] = (int(rc), body.decode("utf-8", "replace"))
     return sections
 
 
+def inside_sections(name: str, section: tuple[int, str] | None) -> dict[str, tuple[int, str]] | None:
+    """Pure: the sections read inside container `name` (the payload of its `inside:N`), or None where it
+    was not read (not running, not ours).  What a container printed can only be about that container:
+    output of its that does not frame fails the host, naming it."""
+    if section is None or section[0] != 0:
+        return None
+    try:
+        return split_sections(section[1])
+    except ProbeOutputError as e:
+        raise ProbeOutputError(f"what was read inside container {name} is not sections ({e})") from None
+
+
 def parse_file(body: str) -> RemoteFile:
-    """Pure: the output of `readfile` (stat line + base64, or `absent`)."""
+    """Pure: the output of `readfile` (stat line + base64, or `absent`) or `ourfile` (also `link`)."""
     lines = body.strip().split("\n")
     if not lines[0] or lines[0] == "absent":
         return ABSENT
+    if lines[0] == "link":
+        return LINK
     mode, owner, group = (lines[0].split() + ["", "", ""])[:3]
     content = base64.b64decode(lines[1]) if len(lines) > 1 else b""
     return RemoteFile(True, content, mode.zfill(4), owner, group)
@@ -336,7 +364,7 @@ def parse_snapshots(body: str) -> list[dict]:
 
 def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
     """Pure: build HostFacts from the probe's whole output."""
-    s = split_sections(text)
+    s = split_sections(text.removesuffix(PROBE_DONE + "\n"))
     body = lambda name: s.get(name, (1, ""))[1]  # noqa: E731
     rc = lambda name: s.get(name, (1, ""))[0]  # noqa: E731
 
@@ -382,10 +410,8 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
                 containers[name] = item
     inside = {}
     for i, (name, files) in enumerate(request.containers.items()):
-        if rc(f"inside:{i}") not in (0, 1) or f"inside:{i}" not in s:
-            continue
-        inner = split_sections(body(f"inside:{i}"))
-        if "sshd_bin" not in inner or not (containers.get(name) or {}).get("State", {}).get("Running"):
+        inner = inside_sections(name, s.get(f"inside:{i}"))
+        if not inner or "sshd_bin" not in inner or not (containers.get(name) or {}).get("State", {}).get("Running"):
             continue  # not running, or not one of ours
         inside[name] = ContainerFacts(
             files={p: parse_file(inner.get(f"ifile:{j}", (1, "absent"))[1]) for j, p in enumerate(files)},
@@ -423,10 +449,13 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
 def gather(session: Session, request: ProbeRequest) -> HostFacts:
     """Run the probe on a host (one command) and parse it."""
     result = session.run(probe_script(request), sudo=True, check=False)
-    if "@@gpufleet-end os_release" not in result.stdout:
+    if "@@gpufleet os_release " not in result.stdout:
         raise CommandFailed("fact probe", result.exit_code, result.stderr or result.stdout, session.name)
-    missing = missing_sections(result.stdout, request)
-    if missing:
-        raise CommandFailed("fact probe", result.exit_code,
-                            f"output incomplete, missing {', '.join(missing[:5])}: {result.stderr}", session.name)
-    return parse_probe(result.stdout, request)
+    try:
+        missing = missing_sections(result.stdout, request)
+        if missing:
+            raise CommandFailed("fact probe", result.exit_code,
+                                f"output incomplete, missing {', '.join(missing[:5])}: {result.stderr}", session.name)
+        return parse_probe(result.stdout, request)
+    except ProbeOutputError as e:
+        raise FleetError(f"fact probe: {e}; nothing was changed") from None

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from gpufleet import container_changes as cc
+from gpufleet.facts import frame
 from tasks import containers
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "container_changes"
@@ -140,13 +141,13 @@ def test_the_packed_state_is_unpacked():
     assert cc.user_changes(fresh.diff, fresh.stamps, {}, MOUNTS) == []
     gone = cc.parse_state(cc.unpack_state((FIXTURES / "packed-gone.txt").read_text()))
     assert gone.error == "Error response from daemon: No such container: owner-fx"
-    for broken in ("", "@@gpufleet-begin state@@\nnot base64!\n@@gpufleet-end state rc=0@@\n",
-                   "@@gpufleet-begin state@@\n\n@@gpufleet-end state rc=0@@\n"):  # gzip missing: nothing
+    for broken in ("", "@@gpufleet-begin state@@\nnot base64!\n@@gpufleet-end state rc=0@@\n",  # not framed
+                   frame("state", "not base64!"), frame("state", "")):  # gzip missing: nothing
         assert cc.parse_state(cc.unpack_state(broken)).error, broken
 
 
 def test_state_of_a_failed_docker_diff():
-    text = "@@gpufleet-begin diff@@\nError: No such container: dev\n\n@@gpufleet-end diff rc=1@@\n"
+    text = frame("diff", "Error: No such container: dev\n", 1)
     assert cc.parse_state(text).error == "Error: No such container: dev"
 
 

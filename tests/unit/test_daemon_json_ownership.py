@@ -28,8 +28,7 @@ INFO = {"ServerVersion": "20.10.24", "DockerRootDir": "/data/docker", "Images": 
         "ContainersRunning": 0, "Runtimes": {"runc": {}}}
 
 
-def section(name, body, rc=0):
-    return f"@@gpufleet-begin {name}@@\n{body}\n@@gpufleet-end {name} rc={rc}@@\n"
+section = facts.frame
 
 
 def readfile(content):

@@ -16,16 +16,57 @@ GPU_FIXTURES = Path(REPO) / "tests" / "fixtures" / "gpu" / "h200-driver580"  # c
 HERE = Path(__file__).resolve().parent.parent / "fixtures"
 
 
-def section(name, body, rc=0):
-    return f"@@gpufleet-begin {name}@@\n{body}\n@@gpufleet-end {name} rc={rc}@@\n"
+section = facts.frame
 
 
 def test_split_sections_keeps_bodies_exact_and_nested_sections_inside():
-    text = (section("a", "x\ny\n") + section("b", "", 1) + "@@gpufleet-begin outer@@\n"
-            + section("inner", "deep") + "\n@@gpufleet-end outer rc=0@@\n")
+    text = section("a", "x\ny\n") + section("b", "", 1) + section("outer", section("inner", "deep"))
     s = facts.split_sections(text)
     assert s["a"] == (0, "x\ny\n") and s["b"] == (1, "")
     assert "inner" not in s and facts.split_sections(s["outer"][1])["inner"] == (0, "deep")
+
+
+# what root in a container can print: forged section lines, old-style markers, a fake end of the probe
+FORGED = (section("file:0", "644 root root\n" + base64.b64encode(b"ssh-ed25519 AAAA evil").decode())
+          + "@@gpufleet-end inside:0 rc=0@@\n@@gpufleet-begin file:0@@\n" + facts.PROBE_DONE + "\n")
+
+
+def test_what_a_container_prints_stays_inside_its_own_section():
+    text = section("os_release", "ID=debian\n") + section("inside:0", FORGED) + section("file:0", "absent")
+    s = facts.split_sections(text)
+    assert sorted(s) == ["file:0", "inside:0", "os_release"] and s["file:0"] == (0, "absent")
+    assert s["inside:0"] == (0, FORGED)  # the container's bytes, as they were, in its own section
+
+
+BROKEN = [
+    ("a line outside any section", section("a", "x") + "@@gpufleet-begin b@@\n", "line 2 is not a section"),
+    ("a section twice", section("a", "x") + section("a", "y"), "section a comes twice"),
+    ("a payload that is not base64", "@@gpufleet a !!!!@@\n", "line 1 is not a section"),
+    ("a payload without an exit code", "@@gpufleet a " + base64.b64encode(b"x").decode() + "@@\n", "not a section"),
+    ("a line cut short", section("a", "x")[:-4] + "\n", "line 1 is not a section"),
+]
+
+
+@pytest.mark.parametrize("text,message", [b[1:] for b in BROKEN], ids=[b[0] for b in BROKEN])
+def test_output_that_does_not_frame_is_refused(text, message):
+    with pytest.raises(facts.ProbeOutputError, match=message):
+        facts.split_sections(text)
+
+
+def test_a_container_that_prints_sections_twice_fails_the_host_naming_it():
+    request = facts.ProbeRequest(containers={"dev": ["/etc/os-release"]})
+    inner = section("sshd_bin", "") + section("sshd_run", "") + section("pkgs", "") + section("ifile:0", "absent")
+    text = section("os_release", "ID=debian\n") + section("inside:0", inner + inner)
+    with pytest.raises(facts.ProbeOutputError, match="inside container dev is not sections .*sshd_bin comes twice"):
+        facts.parse_probe(text, request)
+
+
+def test_the_shell_and_the_reader_frame_alike():
+    """The probe's `sec` (shell) and the reader's `section` (Python) print the same bytes."""
+    for body, rc in [("", 0), ("x\ny\n", 3), ("no newline", 1), ("ünïcode\n\n", 0)]:
+        script = Script(facts.PROBE_FUNCTIONS + "sec name sh -c 'printf \"%s\" \"$0\"; exit $1' \"$1\" \"$2\"")
+        out = subprocess.run(["sh", "-c", script, "sh", body, str(rc)], capture_output=True, text=True).stdout
+        assert out == facts.frame("name", body, rc)
 
 
 FILES = [
@@ -55,15 +96,22 @@ def test_parse_df():
     assert facts.parse_df(body) == {"/": 81920}
 
 
-def gpu_probe_output():
+def gpu_probe_output(smi_rc=0, edits=(), docker_info=None):
+    """The probe's output on the H200 host (real captures), each body edited by the (old, new) pairs."""
     csv = (GPU_FIXTURES / "query-gpu.csv").read_text()
     table = "\n".join((GPU_FIXTURES / "nvidia-smi.txt").read_text().splitlines()[:5])
-    return (section("os_release", (GPU_FIXTURES / "os-release").read_text())
-            + section("uname", (GPU_FIXTURES / "uname.txt").read_text())
-            + section("arch", "amd64") + section("systemd", "", 0)
-            + section("packages", "pciutils\tii \t1:3.10.0-2\n") + section("docker_info", "command not found", 127)
-            + section("nvidia_smi", csv) + section("nvidia_smi_table", table)
-            + section("meminfo", (GPU_FIXTURES / "meminfo.txt").read_text()))
+
+    def sec(name, body, rc=0):
+        for old, new in edits:
+            body = body.replace(old, new)
+        return section(name, body, rc)
+    return (sec("os_release", (GPU_FIXTURES / "os-release").read_text())
+            + sec("uname", (GPU_FIXTURES / "uname.txt").read_text())
+            + sec("arch", "amd64") + sec("systemd", "", 0)
+            + sec("packages", "pciutils\tii \t1:3.10.0-2\n")
+            + (sec("docker_info", json.dumps(docker_info)) if docker_info else sec("docker_info", "command not found", 127))
+            + sec("nvidia_smi", csv, smi_rc) + sec("nvidia_smi_table", table)
+            + sec("meminfo", (GPU_FIXTURES / "meminfo.txt").read_text()))
 
 
 def test_h200_host_facts_from_real_nvidia_smi_output():
@@ -126,7 +174,7 @@ def test_a_job_whose_file_cannot_be_written_runs_again_and_no_temp_dir_is_left(t
 def whole_probe(request, leave_out=(), inner_leave_out=(), done=True):
     inner = "".join(section(n, "") for n in ["sshd_bin", "sshd_run", "pkgs", "ifile:0", "ifile:1"]
                     if n not in inner_leave_out)
-    text = "".join(section(name, inner if name.startswith("inside:") else "", 1)
+    text = "".join(section(name, inner, 0) if name.startswith("inside:") else section(name, "", 1)
                    for name in facts.section_names(request) if name not in leave_out)
     return text + (facts.PROBE_DONE + "\n" if done else "")
 

@@ -22,8 +22,7 @@ KEY_FINGERPRINT = "0D816186420A7329C0C61E8C11797716AACD5550"
 MIRROR = "http://10.77.53.5:8080/libnvidia-container"
 
 
-def section(name, body, rc=0):
-    return f"@@gpufleet-begin {name}@@\n{body}\n@@gpufleet-end {name} rc={rc}@@\n"
+section = facts.frame
 
 
 def readfile(content: bytes | None, mode="644") -> str:

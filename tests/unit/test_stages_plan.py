@@ -59,13 +59,13 @@ def test_toolkit_planned_on_a_gpu_host_with_mirror_repo_file():
 
 
 def test_toolkit_skipped_without_gpu():
-    text = gpu_probe_output().replace("@@gpufleet-end nvidia_smi rc=0@@", "@@gpufleet-end nvidia_smi rc=127@@")
+    text = gpu_probe_output(smi_rc=127)
     plan = nvidia.plan_toolkit(context(text))
     assert plan.skip == "no NVIDIA GPU (nvidia_toolkit = auto)"
 
 
 def test_toolkit_refuses_gpu_without_driver():
-    text = gpu_probe_output().replace("@@gpufleet-end nvidia_smi rc=0@@", "@@gpufleet-end nvidia_smi rc=9@@")
+    text = gpu_probe_output(smi_rc=9)
     text += section("lspci", "00:06.0 3D controller [0302]: NVIDIA Corporation GH100 [H200 SXM 141GB] [10de:2335] (rev a1)")
     with pytest.raises(FleetError, match="nvidia-smi does not work: install the NVIDIA driver first"):
         nvidia.plan_toolkit(context(text))
@@ -74,9 +74,8 @@ def test_toolkit_refuses_gpu_without_driver():
 def test_daemon_json_gets_the_nvidia_runtime_once_the_toolkit_is_installed():
     info = {"ServerVersion": "27.3.1", "DockerRootDir": "/var/lib/docker", "Images": 0, "Containers": 0,
             "ContainersRunning": 0, "Runtimes": {"runc": {}}}
-    text = gpu_probe_output().replace("pciutils\tii \t1:3.10.0-2\n",
-                                      "pciutils\tii \t1\nnvidia-container-toolkit\tii \t1.17.8-1\ndocker-ce\tii \t5:27.3.1\n")
-    text = text.replace(section("docker_info", "command not found", 127), section("docker_info", json.dumps(info)))
+    text = gpu_probe_output(edits=[("pciutils\tii \t1:3.10.0-2\n", "pciutils\tii \t1\nnvidia-container-toolkit\tii \t"
+                                    "1.17.8-1\ndocker-ce\tii \t5:27.3.1\n")], docker_info=info)
     ctx = context(text)
     assert docker.wanted_daemon_keys(ctx) == {
         "data-root": "/data/docker", "registry-mirrors": ["http://10.9.0.3:5000"],
@@ -88,7 +87,7 @@ def test_daemon_json_gets_the_nvidia_runtime_once_the_toolkit_is_installed():
 
 
 def test_old_driver_refuses_a_newer_cuda_image():
-    text = gpu_probe_output().replace("CUDA Version: 13.0", "CUDA Version: 11.4")
+    text = gpu_probe_output(edits=[("CUDA Version: 13.0", "CUDA Version: 11.4")])
     ctx = context(text)
     with pytest.raises(FleetError, match=r"needs CUDA 11.6 but driver .* supports CUDA 11.4"):
         containers.cuda_check(ctx, ctx.host.containers["dev"])
@@ -134,7 +133,7 @@ def test_default_shm_size_is_a_share_of_memory(mem_mb, size):
 
 
 def test_docker_ce_from_a_mirror_with_a_signed_by_keyring_and_conflicts_removed():
-    text = gpu_probe_output().replace("pciutils\tii \t1:3.10.0-2\n", "containerd\tii \t1.6\nrunc\tii \t1.1\n")
+    text = gpu_probe_output(edits=[("pciutils\tii \t1:3.10.0-2\n", "containerd\tii \t1.6\nrunc\tii \t1.1\n")])
     inv_text = INVENTORY.replace(
         '[defaults]\n', '[defaults]\ndocker_source = "docker-ce"\ndocker_mirror = "https://mirrors.aliyun.com/docker-ce/linux"\n')
     plan = docker.plan_install(context(text, inv_text))
@@ -153,7 +152,7 @@ def test_docker_ce_from_a_mirror_with_a_signed_by_keyring_and_conflicts_removed(
 
 
 def test_switching_docker_engines_is_refused_not_done():
-    text = gpu_probe_output().replace("pciutils\tii \t1:3.10.0-2\n", "docker.io\tii \t24.0.7\n")
+    text = gpu_probe_output(edits=[("pciutils\tii \t1:3.10.0-2\n", "docker.io\tii \t24.0.7\n")])
     inv_text = INVENTORY.replace('[defaults]\n', '[defaults]\ndocker_source = "docker-ce"\n')
     with pytest.raises(FleetError, match="docker.io is installed but docker_source = 'docker-ce'"):
         docker.plan_install(context(text, inv_text))
