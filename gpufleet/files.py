@@ -4,6 +4,12 @@ render (StrictUndefined) → compare with what is there → write a temp file be
 the target → validate it → back up the old file → atomic rename → owner and mode.
 The whole write is one remote command, so a dropped connection leaves the old
 file or the new one, never a partial one.
+
+The write never follows a symbolic link, whoever could plant one in the target's
+folder (a user in their ~/.ssh, root in a container in a folder mounted into it): the
+temp file is a new file (created exclusively), its owner and mode are set through
+the descriptor it was written through, the backup is a new hard link to the old file,
+and the rename replaces whatever has the target's name.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from typing import Callable
 import jinja2
 
 from gpufleet.errors import CommandFailed, FleetError, InputError, ValidationFailed
-from gpufleet.facts import RemoteFile
+from gpufleet.facts import LINK, RemoteFile
 from gpufleet.local_files import BACKUP_SUFFIX
 from gpufleet.plan import Action, Plan
 from gpufleet.remote import Script, Session
@@ -73,6 +79,8 @@ class FileChange:
     def summary(self) -> str:
         if not self.current.exists:
             return f"create {self.path}"
+        if self.current is LINK:
+            return f"replace the symbolic link {self.path} with the file"
         if self.content_changed:
             return f"update {self.path}"
         return f"fix owner/mode of {self.path} ({self.current.owner}:{self.current.group} {self.current.mode} -> {self.owner}:{self.group} {self.mode})"
@@ -116,23 +124,30 @@ def write_script(change: FileChange) -> tuple[Script, str]:
         "trap 'exit 129' HUP INT TERM PIPE",
         make_parent,
         f"rm -f -- {q(stale)}*",
-        "base64 -d > \"$t\"",
-        f"if [ \"$(wc -c < \"$t\")\" -ne {len(change.content)} ] || "
-        f"[ \"$(sha256sum < \"$t\")\" != {q(digest + '  -')} ]; then "
+        # noclobber: the temp file is created, never opened through a name someone else made
+        "set -C", "exec 3>\"$t\"", "set +C",
+        "base64 -d >&3",
+        "f=/proc/$$/fd/3",
+        f"if [ \"$(wc -c < \"$f\")\" -ne {len(change.content)} ] || "
+        f"[ \"$(sha256sum < \"$f\")\" != {q(digest + '  -')} ]; then "
         f"echo 'incomplete transfer: {len(change.content)} bytes expected, the file was not installed' >&2; "
         f"exit {INCOMPLETE}; fi",
-        f"chown -- {q(change.owner + ':' + change.group)} \"$t\"",
-        f"chmod -- {q(change.mode)} \"$t\"",
+        f"chown -- {q(change.owner + ':' + change.group)} \"$f\"",
+        f"chmod -- {q(change.mode)} \"$f\"",
+        "exec 3>&-",
     ]
     if change.validate:
         argv = shlex.join(change.validate(temp))
         steps.append(f"if ! out=$({argv} 2>&1); then printf '%s\\n' \"$out\" >&2; exit {VALIDATION_FAILED}; fi")
+    # a backup is a new name for the old file (for a link, for the link itself), never a write through a name
+    there = f"{{ [ -e {q(target)} ] || [ -L {q(target)} ]; }}"
     if change.keep_original:
-        steps.append(f"if [ -e {q(target)} ] && [ ! -e {q(target + ORIGINAL_SUFFIX)} ]; then "
-                     f"cp -p -- {q(target)} {q(target + ORIGINAL_SUFFIX)}; fi")
+        original = q(target + ORIGINAL_SUFFIX)
+        steps.append(f"if {there} && [ ! -e {original} ] && [ ! -L {original} ]; then "
+                     f"ln -P -T -- {q(target)} {original}; fi")
     if change.backup:
-        steps.append(f"if [ -e {q(target)} ]; then cp -p -- {q(target)} {q(target + BACKUP_SUFFIX)}; fi")
-    steps += [f"mv -f -- \"$t\" {q(target)}", "trap - EXIT HUP INT TERM PIPE"]
+        steps.append(f"if {there}; then ln -f -P -T -- {q(target)} {q(target + BACKUP_SUFFIX)}; fi")
+    steps += [f"mv -f -T -- \"$t\" {q(target)}", "trap - EXIT HUP INT TERM PIPE"]
     return Script("\n".join(steps)), temp
 
 

@@ -19,10 +19,10 @@ from gpufleet import gpu
 from gpufleet.container_changes import SNAPSHOT_MARKER, read_user_changes, tracks_tool_writes
 from gpufleet.errors import FleetError
 from gpufleet.fleet import fleet_task
-from gpufleet.facts import MANAGED_LABEL, SNAPSHOT_LABEL
+from gpufleet.facts import LINK, MANAGED_LABEL, SNAPSHOT_LABEL
 from gpufleet.files import FileChange, file_action, in_container, render_template
 from gpufleet.inventory import ContainerSpec
-from gpufleet.paths import IN_CONTAINER_DIR, container_dir
+from gpufleet.paths import CONTAINER_DIR, IN_CONTAINER_DIR, container_dir
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Secret, Script
 from tasks import HOST_TASK_HELP, inside
@@ -79,7 +79,8 @@ def run_argv(name: str, doc: dict) -> list[str]:
             "--label", f"{MANAGED_LABEL}={name}", "--label", f"{SPEC_LABEL}={jsonlib.dumps(doc, sort_keys=True)}",
             "--restart", doc["restart"], "--shm-size", doc["shm_size"],
             "-p", f"127.0.0.1:{doc['ssh_port']}:22",
-            "-v", f"{container_dir(name)}:{IN_CONTAINER_DIR}"]
+            # read-only: the server writes this folder as root, so nothing in it may come from the container
+            "-v", f"{container_dir(name)}:{IN_CONTAINER_DIR}:ro"]
     for volume in doc["volumes"]:
         argv += ["-v", volume]
     for key, value in sorted(doc["env"].items()):
@@ -113,6 +114,14 @@ def spec_differences(old: dict, new: dict) -> list[str]:
     """
     return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted((set(old) | set(new)) - {"restored_from"})
             if old.get(key) != new.get(key)]
+
+
+def writable_tool_folder(container: dict) -> list[str]:
+    """Pure: why a container made by an earlier version must be re-created: it can write the folder that
+    the server writes as root (its entrypoint, sshd_config, host key)."""
+    if any(m.get("Destination") == IN_CONTAINER_DIR and m.get("RW") for m in container.get("Mounts") or []):
+        return [f"{IN_CONTAINER_DIR} is writable from inside: mount it read-only"]
+    return []
 
 
 def cuda_check(c, spec: ContainerSpec) -> str:
@@ -158,7 +167,7 @@ def plan_run(c) -> Plan:
                                   lambda c, n=name, d=doc: docker_run(c, n, d)))
             continue
         old_doc = jsonlib.loads(((current.get("Config") or {}).get("Labels") or {}).get(SPEC_LABEL) or "{}")
-        differences = spec_differences(old_doc, doc)
+        differences = spec_differences(old_doc, doc) + writable_tool_folder(current)
         if differences:
             actions.append(Action(f"re-create container {name} ({'; '.join(differences)}), keeping its volumes "
                                   "(snapshot first if you changed its files)",
@@ -253,12 +262,9 @@ def plan_sshd(c) -> Plan:
             actions.append(Action(f"set up sshd in {name} once openssh-server is installed", lambda c: None))
             continue
         key_pub = f.file(f"{container_dir(name)}/ssh_host_ed25519_key.pub")
-        if not key_pub.exists:
-            key = f"{IN_CONTAINER_DIR}/ssh_host_ed25519_key"
-            actions.append(Action(f"generate {name}'s SSH host key (kept on the host across re-creation)",
-                                  lambda c, n=name, k=key: c.run(in_container(n, ["ssh-keygen", "-q", "-t", "ed25519",
-                                                                                   "-N", "", "-C", f"{n}", "-f", k]),
-                                                                 sudo=True)))
+        if not key_pub.exists or key_pub is LINK:
+            actions.append(Action(f"generate {name}'s SSH host key on the server (kept across re-creation) "
+                                  f"and pin it as {alias}", lambda c, n=name, a=alias: generate_host_key(c, n, a)))
         config = FileChange(f"{container_dir(name)}/sshd_config", f.file(f"{container_dir(name)}/sshd_config"),
                             render_template("sshd_config.j2", name=name, config_dir=IN_CONTAINER_DIR).encode(),
                             validate=sshd_validator(name))
@@ -267,13 +273,11 @@ def plan_sshd(c) -> Plan:
         if not inside.sshd_running or config.content_changed:
             actions.append(Action(f"start sshd in {name}" if not inside.sshd_running else f"reload sshd in {name}",
                                   lambda c, n=name: start_sshd(c, n)))
-        if key_pub.exists:
-            parts = key_pub.text.split()
-            if c.known_hosts is not None and c.known_hosts.get(alias) != [(parts[0], parts[1])]:
-                actions.append(Action(f"pin {alias}'s host key in {c.inventory.local.known_hosts}",
-                                      lambda c, a=alias, p=parts: c.known_hosts.replace(a, [(p[0], p[1])])))
-        else:
-            actions.append(Action(f"pin {alias}'s host key locally", lambda c, n=name, a=alias: pin_container_key(c, n, a)))
+        parts = key_pub.text.split()
+        if key_pub.exists and key_pub is not LINK and len(parts) >= 2 and c.known_hosts is not None \
+                and c.known_hosts.get(alias) != [(parts[0], parts[1])]:
+            actions.append(Action(f"pin {alias}'s host key in {c.inventory.local.known_hosts}",
+                                  lambda c, a=alias, p=parts: c.known_hosts.replace(a, [(p[0], p[1])])))
         if len(actions) == before:
             fine.append(name)
     if not actions:
@@ -297,8 +301,25 @@ def start_sshd(c, name: str) -> None:
     c.run(in_container(name, Script(script)), sudo=True)
 
 
-def pin_container_key(c, name: str, alias: str) -> None:
-    pub = c.run(["cat", f"{container_dir(name)}/ssh_host_ed25519_key.pub"], sudo=True).stdout.split()
+def host_key_script(name: str) -> Script:
+    """Generates the container's host key with the server's ssh-keygen in a folder of the server's own,
+    prints its public half from there, and renames both into the container's folder (replacing whatever
+    has those names, a link too)."""
+    q = shlex.quote
+    key = q(f"{container_dir(name)}/ssh_host_ed25519_key")
+    return Script("\n".join([
+        "set -e",
+        "command -v ssh-keygen >/dev/null || { echo 'ssh-keygen is not installed on the server "
+        "(apt-get install openssh-client)' >&2; exit 1; }",
+        f"t=$(mktemp -d {q(CONTAINER_DIR + '/.keygen.XXXXXX')})", "trap 'rm -rf \"$t\"' EXIT",
+        f"ssh-keygen -q -t ed25519 -N '' -C {q(name)} -f \"$t/key\"",
+        "cat \"$t/key.pub\"",
+        f"mv -f -T -- \"$t/key\" {key}", f"mv -f -T -- \"$t/key.pub\" {key}.pub",
+    ]))
+
+
+def generate_host_key(c, name: str, alias: str) -> None:
+    pub = c.run(host_key_script(name), sudo=True).stdout.split()
     if c.known_hosts is not None:
         c.known_hosts.replace(alias, [(pub[0], pub[1])])
 

@@ -8,7 +8,7 @@ import pytest
 from gpufleet.errors import InputError, ValidationFailed
 from gpufleet.facts import ABSENT, RemoteFile, parse_file
 from gpufleet.files import FileChange, apply_file, render_template, unified_diff, write_script
-from gpufleet.remote import LocalSession
+from gpufleet.remote import LocalSession, Script
 
 ME = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
 GROUP = subprocess.run(["id", "-gn"], capture_output=True, text=True).stdout.strip()
@@ -170,3 +170,60 @@ def test_a_missing_parent_without_parent_mode_is_world_readable(tmp_path):
     target = tmp_path / "keyrings" / "docker.asc"
     apply_file(LocalSession(), FileChange(str(target), ABSENT, b"key\n", owner=ME, group=GROUP))
     assert state(target.parent).mode == "0755"
+
+
+# links someone who can write the target's folder plants there (root in a container in its mounted folder,
+# a user in ~/.ssh): the write never follows one, and the server's file they point at stays as it was
+PLANTED = [
+    # (id, name in the folder -> the victim, keep_original)
+    ("backup", "thing.conf.gpufleet.bak", False),
+    ("original", "thing.conf.gpufleet.orig", True),
+    ("the target itself", "thing.conf", False),
+]
+
+
+@pytest.mark.parametrize("planted,keep_original", [p[1:] for p in PLANTED], ids=[p[0] for p in PLANTED])
+def test_a_write_never_follows_a_planted_link(tmp_path, planted, keep_original):
+    folder, victim = tmp_path / "shared", tmp_path / "victim"
+    folder.mkdir()
+    victim.write_bytes(b"server secret\n")
+    victim.chmod(0o600)
+    target = folder / "thing.conf"
+    if planted != "thing.conf":
+        target.write_bytes(b"old\n")
+    (folder / planted).symlink_to(victim)
+    apply_file(LocalSession(), FileChange(str(target), state(target), b"new\n", mode="0644", owner=ME, group=GROUP,
+                                          keep_original=keep_original))
+    assert victim.read_bytes() == b"server secret\n" and stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert not target.is_symlink() and target.read_bytes() == b"new\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    if planted == "thing.conf":  # the backup is the link itself, not what it points at
+        assert os.readlink(folder / "thing.conf.gpufleet.bak") == str(victim)
+    else:
+        assert not (folder / "thing.conf.gpufleet.bak").is_symlink()
+        assert (folder / "thing.conf.gpufleet.bak").read_bytes() == b"old\n"
+
+
+def test_a_link_at_the_temp_name_fails_the_write_and_is_not_followed(tmp_path):
+    folder, victim = tmp_path / "shared", tmp_path / "victim"
+    folder.mkdir()
+    victim.write_bytes(b"server secret\n")
+    target = folder / "thing.conf"
+    script, temp = write_script(FileChange(str(target), ABSENT, b"new\n", owner=ME, group=GROUP))
+    # planted after the stale temp files are removed, as a racing writer of the folder would
+    script = Script(script.replace("set -C\n", f"ln -s {victim} \"$t\"\nset -C\n"))
+    result = LocalSession().run(script, check=False, stdin="bmV3Cg==")
+    assert result.exit_code != 0 and "exists" in result.stderr
+    assert victim.read_bytes() == b"server secret\n" and not target.exists()
+
+
+def test_the_probe_reports_a_link_in_our_folders_and_never_its_content(tmp_path):
+    from gpufleet.facts import LINK, PROBE_FUNCTIONS
+    victim, link = tmp_path / "victim", tmp_path / "entrypoint.sh"
+    victim.write_bytes(b"server secret\n")
+    link.symlink_to(victim)
+    out = subprocess.run(["sh", "-c", PROBE_FUNCTIONS + 'ourfile "$1"', "sh", str(link)], capture_output=True,
+                         text=True).stdout
+    assert parse_file(out) is LINK and "c2VydmVy" not in out
+    change = FileChange(str(link), LINK, b"#!/bin/sh\n", mode="0755")
+    assert change.needed and change.summary() == f"replace the symbolic link {link} with the file"
