@@ -4,7 +4,7 @@ containers, read by one Python process instead of the docker CLI and a `docker e
 A `docker exec` costs the server about 90 ms of CPU (the CLI, dockerd, containerd and runc start for
 it) and the CLI's `docker inspect` about 35 ms; on a lab server the whole probe went from 0.21 to
 0.09 CPU-s with this reader in their place. It
-prints the same sections as the probe's shell path (`facts.probe_sections`), so one parser reads
+prints the same sections as the probe's shell path (`facts.facts_table`), so one parser reads
 both, and prints nothing at all when it cannot do the whole job (no Engine API on the socket, a
 Python older than 3.8): the probe then takes the shell path.
 

@@ -21,6 +21,7 @@ import shlex
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from gpufleet import gpu, osinfo
 from gpufleet.docker_reader import section as frame
@@ -159,35 +160,52 @@ class HostFacts:
         return self.files[path]
 
 
-def probe_sections(request: ProbeRequest) -> tuple[list[tuple[str, str]], list[list[tuple[str, str]]]]:
-    """(name, command) of every section of the probe: those run in order, and the jobs run side
-    by side (the sections of one job in order)."""
+@dataclass(frozen=True)
+class Fact:
+    """One fact of the probe: the section it is printed in, the shell command that prints it, and the pure
+    parser of that section's exit code and output (a section that is not there parses as (1, ""))."""
+    name: str
+    command: str
+    parse: Callable[[int, str], Any]
+
+
+def strip(rc: int, out: str) -> str:
+    return out.strip()
+
+
+def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
+    """Every fact of the probe for `request`: those read in order, and the jobs read side by side (the
+    facts of one job in order).  The first job is the init system's; the others, Docker's, are printed by
+    the reader where it runs (docker_reader.main prints exactly their sections)."""
     q = shlex.quote
     in_order = [
-        ("os_release", "cat /etc/os-release"),
-        ("uname", "uname -a"),
-        ("arch", "dpkg --print-architecture"),
-        ("systemd", "test -d /run/systemd/system"),
-        ("packages", "dpkg-query -W -f '${Package}\\t${db:Status-Abbrev}\\t${Version}\\n' " + " ".join(HOST_PACKAGES)),
-        ("meminfo", "grep MemTotal /proc/meminfo"),
-        ("nvidia_smi", "nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,pci.bus_id "
-                       "--format=csv,noheader,nounits"),
-        ("nvidia_smi_table", "sh -c 'nvidia-smi | head -n 5'"),
-        ("lspci", "sh -c 'lspci -nn 2>/dev/null | grep -i \"\\[10de:\"'"),
-        *((f"file:{i}", f"{'ourfile' if path.startswith(CONTAINER_DIR + '/') else 'readfile'} {q(path)}")
-          for i, path in enumerate(request.files)),
-        *((f"user:{i}", f"id -nG {q(user)}") for i, user in enumerate(request.users)),
-        ("df", "df -Pm /var/lib/docker /data /"),
+        Fact("os_release", "cat /etc/os-release", lambda rc, out: osinfo.parse_os_release(out)),
+        Fact("uname", "uname -a", strip),
+        Fact("arch", "dpkg --print-architecture", strip),
+        Fact("systemd", "test -d /run/systemd/system", lambda rc, out: rc == 0),
+        Fact("packages", "dpkg-query -W -f '${Package}\\t${db:Status-Abbrev}\\t${Version}\\n' "
+             + " ".join(HOST_PACKAGES), lambda rc, out: parse_packages(out)),
+        Fact("meminfo", "grep MemTotal /proc/meminfo", parse_meminfo),
+        Fact("nvidia_smi", "nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,"
+             "pci.bus_id --format=csv,noheader,nounits", lambda rc, out: gpu.parse_query_gpu(out) if rc == 0 else None),
+        Fact("nvidia_smi_table", "sh -c 'nvidia-smi | head -n 5'", lambda rc, out: gpu.parse_smi_table_cuda(out)),
+        Fact("lspci", "sh -c 'lspci -nn 2>/dev/null | grep -i \"\\[10de:\"'",
+             lambda rc, out: gpu.parse_lspci_nvidia(out) if rc == 0 and out.strip() else []),
+        *(Fact(f"file:{i}", f"{'ourfile' if path.startswith(CONTAINER_DIR + '/') else 'readfile'} {q(path)}",
+               lambda rc, out: parse_file(out)) for i, path in enumerate(request.files)),
+        *(Fact(f"user:{i}", f"id -nG {q(user)}", lambda rc, out: out.split() if rc == 0 else None)
+          for i, user in enumerate(request.users)),
+        Fact("df", "df -Pm /var/lib/docker /data /", lambda rc, out: parse_df(out)),
     ]
-    inside = [[(f"inside:{i}", f"inside {q(name)} {q(inside_script(request, files))}")]
+    inside = [[Fact(f"inside:{i}", f"inside {q(name)} {q(inside_script(request, files))}",
+                    lambda rc, out, name=name, files=files: parse_inside(name, files, rc, out))]
               for i, (name, files) in enumerate(request.containers.items())]
-    # the first job is the init system's; the others, Docker's, are the reader's where it runs
-    jobs = [[("docker_enabled", "systemctl is-enabled docker")],
-            [("docker_info", "dinfo")],
-            [("containers", "listed")],
+    jobs = [[Fact("docker_enabled", "systemctl is-enabled docker", strip)],
+            [Fact("docker_info", "dinfo", parse_docker_info)],
+            [Fact("containers", "listed", lambda rc, out: parse_containers(out) if rc == 0 else {})],
             *inside,
-            [*((f"image:{i}", f"image {q(image)}") for i, image in enumerate(request.images)),
-             ("snapshots", "snapshots")]]
+            [*(Fact(f"image:{i}", f"image {q(image)}", parse_image) for i, image in enumerate(request.images)),
+             Fact("snapshots", "snapshots", lambda rc, out: parse_snapshots(out) if rc == 0 else [])]]
     return in_order, jobs
 
 
@@ -216,15 +234,19 @@ def reader_argv(request: ProbeRequest) -> list[str]:
     return ["python3", "-I", "-S", "-c", READER_SOURCE, json.dumps(reader_request(request))]
 
 
+def all_facts(request: ProbeRequest) -> list[Fact]:
+    in_order, jobs = facts_table(request)
+    return in_order + [fact for job in jobs for fact in job]
+
+
 def section_names(request: ProbeRequest) -> list[str]:
     """Every top-level section a whole probe output holds for `request`."""
-    in_order, jobs = probe_sections(request)
-    return [name for name, _ in in_order + [section for job in jobs for section in job]]
+    return [fact.name for fact in all_facts(request)]
 
 
 def probe_script(request: ProbeRequest) -> Script:
     q = shlex.quote
-    in_order, jobs = probe_sections(request)
+    in_order, jobs = facts_table(request)
     lines = [
         "# gpufleet facts probe (read only)", PROBE_FUNCTIONS, API_FUNCTIONS, PROBE_JOBS,
         "dinfo() { api /info || docker info --format '{{json .}}'; }",
@@ -249,13 +271,13 @@ def probe_script(request: ProbeRequest) -> Script:
         'inside() { ours "$1" && docker exec "$1" sh -c "$2"; }',
     ]
     for k, job in enumerate(jobs):
-        lines.append(f"j{k}() {{ " + "; ".join(f"sec {name} {command}" for name, command in job) + "; }")
+        lines.append(f"j{k}() {{ " + "; ".join(f"sec {fact.name} {fact.command}" for fact in job) + "; }")
     docker = range(1, len(jobs))
     # the reader prints all of Docker's sections or nothing; where it cannot, its job runs theirs
     lines += [f"jr() {{ {shlex.join(reader_argv(request))} 2>/dev/null || {{ {'; '.join(f'j{k}' for k in docker)}; }}; }}",
               f"if {READER_GUARD}; then R=1; job r; else R=; {'; '.join(f'job {k}' for k in docker)}; fi",
               "job 0"]
-    lines += [f"sec {name} {command}" for name, command in in_order]
+    lines += [f"sec {fact.name} {fact.command}" for fact in in_order]
     lines += ['[ -z "$T" ] || wait', "finish 0",
               f"if [ -n \"$R\" ]; then finish r; else {'; '.join(f'finish {k}' for k in docker)}; fi",
               f"echo {PROBE_DONE}"]
@@ -274,7 +296,7 @@ def missing_sections(text: str, request: ProbeRequest) -> list[str]:
     s = split_sections(text[:-len(PROBE_DONE) - 1])
     missing = [name for name in section_names(request) if name not in s]
     for i, (name, files) in enumerate(request.containers.items()):
-        inner = inside_sections(name, s.get(f"inside:{i}"))
+        inner = inside_sections(name, s.get(f"inside:{i}", (1, "")))
         if inner and "sshd_bin" in inner:
             missing += [f"inside:{i}/{n}" for n in ["sshd_run", "pkgs", *(f"ifile:{j}" for j in range(len(files)))]
                         if n not in inner]
@@ -303,11 +325,11 @@ def split_sections(text: str) -> dict[str, tuple[int, str]]:
     return sections
 
 
-def inside_sections(name: str, section: tuple[int, str] | None) -> dict[str, tuple[int, str]] | None:
+def inside_sections(name: str, section: tuple[int, str]) -> dict[str, tuple[int, str]] | None:
     """Pure: the sections read inside container `name` (the payload of its `inside:N`), or None where it
     was not read (not running, not ours).  What a container printed can only be about that container:
     output of its that does not frame fails the host, naming it."""
-    if section is None or section[0] != 0:
+    if section[0] != 0:
         return None
     try:
         return split_sections(section[1])
@@ -362,87 +384,104 @@ def parse_snapshots(body: str) -> list[dict]:
     return [{"Repository": repo, "Tag": tag} for repo, tag in tagged if "<none>" not in (repo, tag)]
 
 
-def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
-    """Pure: build HostFacts from the probe's whole output."""
-    s = split_sections(text.removesuffix(PROBE_DONE + "\n"))
-    body = lambda name: s.get(name, (1, ""))[1]  # noqa: E731
-    rc = lambda name: s.get(name, (1, ""))[0]  # noqa: E731
+def parse_meminfo(rc: int, out: str) -> int:
+    """Pure: `grep MemTotal /proc/meminfo` → MiB."""
+    mem = re.search(r"(\d+)", out)
+    return int(mem.group(1)) // 1024 if mem else 0
 
-    docker_info, docker_error = None, body("docker_info").strip()[-300:]
-    if rc("docker_info") == 0:
-        try:
-            docker_info = json.loads(body("docker_info").strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            docker_info = None
-        # a CLI of Docker 23+ prints its own half and exits 0 when no daemon answers
-        if docker_info is not None and (docker_info.get("ServerErrors") or not docker_info.get("ServerVersion")):
-            docker_error = "; ".join(docker_info.get("ServerErrors") or ["no server version"])
-            docker_info = None
-    gpus, driver, cuda, source = [], "", "", ""
-    if rc("nvidia_smi") == 0:
-        gpus = gpu.parse_query_gpu(body("nvidia_smi"))
-        source = "nvidia-smi"
-        driver = gpus[0].driver_version if gpus else ""
-        header = gpu.parse_smi_table_cuda(body("nvidia_smi_table"))
-        if header:
-            driver, cuda = header[0] or driver, header[1] or ""
-    elif rc("lspci") == 0 and body("lspci").strip():
-        gpus = gpu.parse_lspci_nvidia(body("lspci"))
-        source = "lspci (no working nvidia-smi)"
-    images = {}
-    for i, image in enumerate(request.images):
-        if rc(f"image:{i}") == 0:
-            try:
-                images[image] = json.loads(body(f"image:{i}").strip().splitlines()[-1])
-            except (ValueError, IndexError):
-                pass
+
+def parse_docker_info(rc: int, out: str) -> tuple[dict | None, str]:
+    """Pure: (docker info as JSON, or None where no daemon answered; why not)."""
+    if rc != 0:
+        return None, out.strip()[-300:]
+    try:
+        info = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None, out.strip()[-300:]
+    # a CLI of Docker 23+ prints its own half and exits 0 when no daemon answers
+    if info.get("ServerErrors") or not info.get("ServerVersion"):
+        return None, "; ".join(info.get("ServerErrors") or ["no server version"])
+    return info, ""
+
+
+def parse_containers(out: str) -> dict[str, dict]:
+    """Pure: our containers (the label names the container) from the listing's JSON lines, by name."""
     containers = {}
-    if rc("containers") == 0:
-        for line in body("containers").splitlines():
-            if line.startswith("{"):
-                item = json.loads(line)
-                name = item["Name"].lstrip("/")
-                # a container run from a snapshot image inherits the label, naming the snapshot's container
-                if ((item.get("Config") or {}).get("Labels") or {}).get(MANAGED_LABEL) != name:
-                    continue
-                # Docker lists the mounts in no fixed order
-                item["Mounts"] = sorted(item.get("Mounts") or [], key=lambda m: m.get("Destination", ""))
-                containers[name] = item
-    inside = {}
-    for i, (name, files) in enumerate(request.containers.items()):
-        inner = inside_sections(name, s.get(f"inside:{i}"))
-        if not inner or "sshd_bin" not in inner or not (containers.get(name) or {}).get("State", {}).get("Running"):
-            continue  # not running, or not one of ours
-        inside[name] = ContainerFacts(
-            files={p: parse_file(inner.get(f"ifile:{j}", (1, "absent"))[1]) for j, p in enumerate(files)},
-            sshd_installed=inner["sshd_bin"][0] == 0,
-            sshd_running=inner.get("sshd_run", (1, ""))[0] == 0,
-            packages=parse_packages(inner.get("pkgs", (1, ""))[1]),
-        )
-    mem = re.search(r"(\d+)", body("meminfo"))
-    uname = body("uname").strip()
+    for line in out.splitlines():
+        if line.startswith("{"):
+            item = json.loads(line)
+            name = item["Name"].lstrip("/")
+            # a container run from a snapshot image inherits the label, naming the snapshot's container
+            if ((item.get("Config") or {}).get("Labels") or {}).get(MANAGED_LABEL) != name:
+                continue
+            # Docker lists the mounts in no fixed order
+            item["Mounts"] = sorted(item.get("Mounts") or [], key=lambda m: m.get("Destination", ""))
+            containers[name] = item
+    return containers
+
+
+def parse_image(rc: int, out: str) -> dict | None:
+    """Pure: an image's inspect JSON, or None where there is no such image."""
+    if rc != 0:
+        return None
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def parse_inside(name: str, files: list[str], rc: int, out: str) -> ContainerFacts | None:
+    """Pure: what was read inside container `name` (its own sections), or None where it was not read."""
+    inner = inside_sections(name, (rc, out))
+    if not inner or "sshd_bin" not in inner:
+        return None
+    return ContainerFacts(
+        files={p: parse_file(inner.get(f"ifile:{j}", (1, "absent"))[1]) for j, p in enumerate(files)},
+        sshd_installed=inner["sshd_bin"][0] == 0,
+        sshd_running=inner.get("sshd_run", (1, ""))[0] == 0,
+        packages=parse_packages(inner.get("pkgs", (1, ""))[1]),
+    )
+
+
+def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
+    """Pure: build HostFacts from the probe's whole output, each section by its fact's parser."""
+    s = split_sections(text.removesuffix(PROBE_DONE + "\n"))
+    v = {fact.name: fact.parse(*s.get(fact.name, (1, ""))) for fact in all_facts(request)}
+    gpus, driver, cuda, source = [], "", "", ""
+    if v["nvidia_smi"] is not None:
+        gpus, source = v["nvidia_smi"], "nvidia-smi"
+        driver = gpus[0].driver_version if gpus else ""
+        if v["nvidia_smi_table"]:
+            driver, cuda = v["nvidia_smi_table"][0] or driver, v["nvidia_smi_table"][1] or ""
+    elif v["lspci"]:
+        gpus, source = v["lspci"], "lspci (no working nvidia-smi)"
+    docker_info, docker_error = v["docker_info"]
+    containers = v["containers"]
+    running = {name for name, item in containers.items() if (item.get("State") or {}).get("Running")}
+    inside = {name: v[f"inside:{i}"] for i, name in enumerate(request.containers)
+              if v[f"inside:{i}"] is not None and name in running}  # not running, or not one of ours
     return HostFacts(
-        os=osinfo.parse_os_release(body("os_release")),
-        kernel=uname,
-        arch=body("arch").strip(),
-        systemd=rc("systemd") == 0,
-        wsl=osinfo.is_wsl(uname),
-        packages=parse_packages(body("packages")),
+        os=v["os_release"],
+        kernel=v["uname"],
+        arch=v["arch"],
+        systemd=v["systemd"],
+        wsl=osinfo.is_wsl(v["uname"]),
+        packages=v["packages"],
         docker_info=docker_info,
-        docker_error="" if docker_info is not None else docker_error,
-        docker_enabled=body("docker_enabled").strip(),
+        docker_error=docker_error,
+        docker_enabled=v["docker_enabled"],
         gpus=gpus,
         gpu_driver=driver,
         gpu_cuda=cuda,
         gpu_source=source,
-        files={p: parse_file(body(f"file:{i}")) for i, p in enumerate(request.files)},
-        images=images,
-        users={u: (body(f"user:{i}").split() if rc(f"user:{i}") == 0 else None) for i, u in enumerate(request.users)},
+        files={p: v[f"file:{i}"] for i, p in enumerate(request.files)},
+        images={image: v[f"image:{i}"] for i, image in enumerate(request.images) if v[f"image:{i}"] is not None},
+        users={u: v[f"user:{i}"] for i, u in enumerate(request.users)},
         containers=containers,
-        snapshots=parse_snapshots(body("snapshots")) if rc("snapshots") == 0 else [],
+        snapshots=v["snapshots"],
         inside=inside,
-        mem_total_mb=int(mem.group(1)) // 1024 if mem else 0,
-        disk_free_mb=parse_df(body("df")),
+        mem_total_mb=v["meminfo"],
+        disk_free_mb=v["df"],
     )
 
 
