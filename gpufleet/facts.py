@@ -67,6 +67,9 @@ CONTAINER_FORMAT = ('{"Name":{{json .Name}},"Id":{{json .Id}},"Image":{{json .Im
                     '"Config":{"Image":{{json .Config.Image}},"Labels":{{json .Config.Labels}}},'
                     '"HostConfig":{"PortBindings":{{json .HostConfig.PortBindings}}},"Mounts":{{json .Mounts}}}')
 
+# a wedged GPU or driver makes nvidia-smi hang for minutes: it fails the GPU facts, not the probe
+NVIDIA_SMI_TIMEOUT = 30
+
 HOST_PACKAGES = ("docker.io", "docker-ce", "docker-ce-cli", "containerd.io", "containerd", "runc",
                  "docker-compose-plugin", "docker-buildx-plugin", "podman-docker", "docker-doc",
                  "nvidia-container-toolkit", "pciutils", "curl", "ca-certificates")
@@ -156,6 +159,7 @@ def probe_sections(request: ProbeRequest) -> tuple[list[tuple[str, str]], list[l
     """(name, command) of every section of the probe: those run in order, and the jobs run side
     by side (the sections of one job in order)."""
     q = shlex.quote
+    smi = f"timeout -k 5 {NVIDIA_SMI_TIMEOUT} nvidia-smi"
     in_order = [
         ("os_release", "cat /etc/os-release"),
         ("uname", "uname -a"),
@@ -163,9 +167,9 @@ def probe_sections(request: ProbeRequest) -> tuple[list[tuple[str, str]], list[l
         ("systemd", "test -d /run/systemd/system"),
         ("packages", "dpkg-query -W -f '${Package}\\t${db:Status-Abbrev}\\t${Version}\\n' " + " ".join(HOST_PACKAGES)),
         ("meminfo", "grep MemTotal /proc/meminfo"),
-        ("nvidia_smi", "nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,pci.bus_id "
+        ("nvidia_smi", f"{smi} --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,pci.bus_id "
                        "--format=csv,noheader,nounits"),
-        ("nvidia_smi_table", "sh -c 'nvidia-smi | head -n 5'"),
+        ("nvidia_smi_table", f"sh -c '{smi} | head -n 5'"),
         ("lspci", "sh -c 'lspci -nn 2>/dev/null | grep -i \"\\[10de:\"'"),
         *((f"file:{i}", f"readfile {q(path)}") for i, path in enumerate(request.files)),
         *((f"user:{i}", f"id -nG {q(user)}") for i, user in enumerate(request.users)),
@@ -361,6 +365,9 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
     elif rc("lspci") == 0 and body("lspci").strip():
         gpus = gpu.parse_lspci_nvidia(body("lspci"))
         source = "lspci (no working nvidia-smi)"
+    if rc("nvidia_smi") in (124, 137):
+        source = (f"lspci (nvidia-smi hung: no answer within {NVIDIA_SMI_TIMEOUT}s, stopped; a wedged GPU or driver)"
+                  if gpus else f"none (nvidia-smi hung: no answer within {NVIDIA_SMI_TIMEOUT}s, stopped)")
     images = {}
     for i, image in enumerate(request.images):
         if rc(f"image:{i}") == 0:
@@ -422,7 +429,7 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
 
 def gather(session: Session, request: ProbeRequest) -> HostFacts:
     """Run the probe on a host (one command) and parse it."""
-    result = session.run(probe_script(request), sudo=True, check=False)
+    result = session.run(probe_script(request), sudo=True, check=False, kind="probe")
     if "@@gpufleet-end os_release" not in result.stdout:
         raise CommandFailed("fact probe", result.exit_code, result.stderr or result.stdout, session.name)
     missing = missing_sections(result.stdout, request)

@@ -155,7 +155,7 @@ def plan_run(c) -> Plan:
             entry.needed and name in f.containers) else (lambda act: act)
         warning = cuda_check(c, spec)
         if spec.image not in f.images:
-            actions.append(Action(f"pull {spec.image}", lambda c, i=spec.image: c.run(["docker", "pull", "--", i], sudo=True),
+            actions.append(Action(f"pull {spec.image}", lambda c, i=spec.image: c.run(["docker", "pull", "--", i], sudo=True, kind="install"),
                                   warning=warning))
         doc = resolved_spec(c, spec)
         current = f.containers.get(name)
@@ -202,7 +202,7 @@ def snapshot(c, name: str, pause: bool = True) -> str:
     argv = ["docker", "commit", "--change", f"LABEL {SNAPSHOT_LABEL}={name}"]
     if not pause:
         argv.append("--pause=false")
-    c.run([*argv, name, tag], sudo=True)
+    c.run([*argv, name, tag], sudo=True, kind="install")
     keep = c.host.containers[name].keep_snapshots
     listing = c.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", f"{name.lower()}-snapshot"],
                     sudo=True).stdout.split()

@@ -59,7 +59,7 @@ def plan_install(c) -> Plan:
         if "docker.io" in installed:
             return Plan.ok(f"docker.io {installed['docker.io']} is installed")
         return Plan.change(Action("install docker.io from the OS archive",
-                                  lambda c: c.run(apt_install(DISTRO_PACKAGES), sudo=True)))
+                                  lambda c: c.run(apt_install(DISTRO_PACKAGES), sudo=True, kind="install")))
     if "docker.io" in installed:
         raise FleetError("docker.io is installed but docker_source = 'docker-ce'; switching engines would "
                          "restart every container: set docker_source = 'distro' or remove docker.io yourself")
@@ -280,7 +280,7 @@ def migrate_data_root(c, change: FileChange, old_root: str, new_root: str, was_p
     c.run(Script(f"if [ -d {q(new_root)} ] && [ -n \"$(ls -A -- {q(new_root)})\" ]; then "
                  f"echo {q(new_root + ' is not empty; not copying over it')} >&2; exit 1; fi"), sudo=True)
     before = c.run(["docker", "image", "ls", "-q", "--no-trunc"], sudo=True).stdout.split()
-    copied = c.run(copy_script(old_root, new_root), sudo=True, check=False)
+    copied = c.run(copy_script(old_root, new_root), sudo=True, check=False, kind="copy")
     if copied.exit_code != 0:
         c.run(Script(f"{SERVICE_START}\n{WAIT_FOR_DOCKER}"), sudo=True, check=False)
         raise FleetError(f"copying {old_root} to {new_root} failed ({copied.stderr.strip()[-200:]}); "
