@@ -92,7 +92,7 @@ def repo_actions(repo: SignedRepo, facts: HostFacts) -> tuple[list[Action], bool
         missing = [p for p in FETCH_TOOLS if p not in facts.packages]
         if missing:
             actions.append(Action(f"install {' '.join(missing)} (to fetch signing keys)",
-                                  lambda c: c.run(apt_install(missing), sudo=True)))
+                                  lambda c: c.run(apt_install(missing), sudo=True, kind="install")))
         summary = (f"fetch {repo.name}'s signing key from {repo.key_url}, check it is {repo.fingerprint} "
                    f"({repo.fingerprint_setting}), write {repo.keyring}")
         if why:
@@ -125,7 +125,7 @@ def plan_repo_packages(repo: SignedRepo, facts: HostFacts, packages, conflicts=(
                                                   sudo=True)))
         wanted = missing or list(packages)
         actions.append(Action(f"install {' '.join(wanted)} from {repo.base_url}",
-                              lambda c: c.run(apt_install(wanted), sudo=True)))
+                              lambda c: c.run(apt_install(wanted), sudo=True, kind="install")))
     return actions
 
 

@@ -27,6 +27,15 @@ class CommandFailed(FleetError):
         super().__init__(f"`{command}` exited {exit_code}" + (f": {tail}" if tail else ""))
 
 
+class CommandTimedOut(FleetError):
+    """A remote command ran past its timeout and was stopped; names the command and the limit."""
+
+    def __init__(self, command: str, seconds: float, setting: str, host: str = ""):
+        self.command, self.seconds, self.setting, self.host = command, seconds, setting, host
+        super().__init__(f"`{command}` hung: still running after {seconds:g}s, stopped "
+                         f"(the limit is {setting} in hosts.toml)")
+
+
 class ValidationFailed(FleetError):
     """A rendered file failed its validator; the file was not installed."""
 

@@ -139,6 +139,7 @@ class FleetExecutor(Executor):
                 host_started = time.monotonic()
                 session = open_session(connector, name, run_dir / f"{name}.log", sudo_password)
                 session.secrets += inventory.hosts[name].secrets  # e.g. in `docker inspect` output
+                session.timeouts = inventory.hosts[name].timeouts
                 sessions.append(session)
                 ctx = HostContext(inventory.hosts[name], inventory, session, dry_run=dry_run,
                                   known_hosts=connector.known_hosts, on_event=display.event)

@@ -74,6 +74,9 @@ CONTAINER_FORMAT = ('{"Name":{{json .Name}},"Id":{{json .Id}},"Image":{{json .Im
                     '"Config":{"Image":{{json .Config.Image}},"Labels":{{json .Config.Labels}}},'
                     '"HostConfig":{"PortBindings":{{json .HostConfig.PortBindings}}},"Mounts":{{json .Mounts}}}')
 
+# a wedged GPU or driver makes nvidia-smi hang for minutes: it fails the GPU facts, not the probe
+NVIDIA_SMI_TIMEOUT = 30
+
 HOST_PACKAGES = ("docker.io", "docker-ce", "docker-ce-cli", "containerd.io", "containerd", "runc",
                  "docker-compose-plugin", "docker-buildx-plugin", "podman-docker", "docker-doc",
                  "nvidia-container-toolkit", "pciutils", "curl", "ca-certificates")
@@ -178,6 +181,7 @@ def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
     facts of one job in order).  The first job is the init system's; the others, Docker's, are printed by
     the reader where it runs (docker_reader.main prints exactly their sections)."""
     q = shlex.quote
+    smi = f"timeout -k 5 {NVIDIA_SMI_TIMEOUT} nvidia-smi"
     in_order = [
         Fact("os_release", "cat /etc/os-release", lambda rc, out: osinfo.parse_os_release(out)),
         Fact("uname", "uname -a", strip),
@@ -186,9 +190,10 @@ def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
         Fact("packages", "dpkg-query -W -f '${Package}\\t${db:Status-Abbrev}\\t${Version}\\n' "
              + " ".join(HOST_PACKAGES), lambda rc, out: parse_packages(out)),
         Fact("meminfo", "grep MemTotal /proc/meminfo", parse_meminfo),
-        Fact("nvidia_smi", "nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,"
-             "pci.bus_id --format=csv,noheader,nounits", lambda rc, out: gpu.parse_query_gpu(out) if rc == 0 else None),
-        Fact("nvidia_smi_table", "sh -c 'nvidia-smi | head -n 5'", lambda rc, out: gpu.parse_smi_table_cuda(out)),
+        Fact("nvidia_smi", f"{smi} --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,"
+             "pci.bus_id --format=csv,noheader,nounits",
+             lambda rc, out: (rc, gpu.parse_query_gpu(out) if rc == 0 else None)),
+        Fact("nvidia_smi_table", f"sh -c '{smi} | head -n 5'", lambda rc, out: gpu.parse_smi_table_cuda(out)),
         Fact("lspci", "sh -c 'lspci -nn 2>/dev/null | grep -i \"\\[10de:\"'",
              lambda rc, out: gpu.parse_lspci_nvidia(out) if rc == 0 and out.strip() else []),
         *(Fact(f"file:{i}", f"{'ourfile' if path.startswith(CONTAINER_DIR + '/') else 'readfile'} {q(path)}",
@@ -448,13 +453,17 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
     s = split_sections(text.removesuffix(PROBE_DONE + "\n"))
     v = {fact.name: fact.parse(*s.get(fact.name, (1, ""))) for fact in all_facts(request)}
     gpus, driver, cuda, source = [], "", "", ""
-    if v["nvidia_smi"] is not None:
-        gpus, source = v["nvidia_smi"], "nvidia-smi"
+    smi_rc, smi_gpus = v["nvidia_smi"]
+    if smi_gpus is not None:
+        gpus, source = smi_gpus, "nvidia-smi"
         driver = gpus[0].driver_version if gpus else ""
         if v["nvidia_smi_table"]:
             driver, cuda = v["nvidia_smi_table"][0] or driver, v["nvidia_smi_table"][1] or ""
     elif v["lspci"]:
         gpus, source = v["lspci"], "lspci (no working nvidia-smi)"
+    if smi_rc in (124, 137):
+        source = (f"lspci (nvidia-smi hung: no answer within {NVIDIA_SMI_TIMEOUT}s, stopped; a wedged GPU or driver)"
+                  if gpus else f"none (nvidia-smi hung: no answer within {NVIDIA_SMI_TIMEOUT}s, stopped)")
     docker_info, docker_error = v["docker_info"]
     containers = v["containers"]
     running = {name for name, item in containers.items() if (item.get("State") or {}).get("Running")}
@@ -487,7 +496,7 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
 
 def gather(session: Session, request: ProbeRequest) -> HostFacts:
     """Run the probe on a host (one command) and parse it."""
-    result = session.run(probe_script(request), sudo=True, check=False)
+    result = session.run(probe_script(request), sudo=True, check=False, kind="probe")
     if "@@gpufleet os_release " not in result.stdout:
         raise CommandFailed("fact probe", result.exit_code, result.stderr or result.stdout, session.name)
     try:

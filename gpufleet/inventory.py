@@ -215,6 +215,12 @@ HOST_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     "github_access": (_choice("agent", "deploy-key", "none"), "agent", "GitHub access from containers"),
     "forward_agent": (_bool, True, "forward your ssh agent into this host's containers (root there can use it)"),
     "containers": (_table, {}, "containers to run, by name"),
+    # how long one remote command may run, by its class (gpufleet.remote.TIMEOUT_SETTINGS)
+    "probe_timeout": (_int_range(1, 86400), 120, "seconds the fact probe may run"),
+    "command_timeout": (_int_range(1, 86400), 600, "seconds any other remote command may run"),
+    "install_timeout": (_int_range(1, 86400), 1800,
+                        "seconds a package install, image pull, snapshot or ops.exec command may run"),
+    "copy_timeout": (_int_range(1, 7 * 86400), 43200, "seconds the copy of a data-root move may run"),
 }
 HOST_ONLY = {"address": _str, "groups": _str_list}
 
@@ -287,6 +293,11 @@ class Host:
     def secrets(self) -> list[str]:
         """Values marked secret (container env): masked in everything the tool prints or stores."""
         return [value for spec in self.containers.values() for _, value in spec.env if isinstance(value, Secret)]
+
+    @property
+    def timeouts(self) -> dict[str, int]:
+        """{command class: seconds} for this host's remote commands."""
+        return {kind: self.settings[f"{kind}_timeout"] for kind in ("probe", "command", "install", "copy")}
 
     @property
     def is_local(self) -> bool:

@@ -1,6 +1,7 @@
 """Every file the tool owns on a host or in a container, and the probe that reads them."""
 from __future__ import annotations
 
+from gpufleet import pending
 from gpufleet.facts import ProbeRequest
 
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/90gpufleet-proxy"
@@ -46,9 +47,10 @@ def probe_request(ctx) -> ProbeRequest:
     """Everything any stage may need to read on this host, in one probe."""
     host = ctx.host
     files = [APT_PROXY_CONF, DOCKER_KEYRING, DOCKER_SOURCES, DAEMON_JSON, DAEMON_JSON_KEYS,
-             NVIDIA_KEYRING, NVIDIA_SOURCES, authorized_keys_of(host.user), f"{home_of(host.user)}/.ssh"]
+             NVIDIA_KEYRING, NVIDIA_SOURCES, authorized_keys_of(host.user), f"{home_of(host.user)}/.ssh",
+             pending.DOCKER_RESTART]
     for name in host.containers:
-        files += container_host_files(name)
+        files += [*container_host_files(name), pending.container_restart(name), pending.sshd_reload(name)]
     inner = [CONTAINER_OS_RELEASE, CONTAINER_AUTHORIZED_KEYS, "/root/.ssh", APT_PROXY_CONF, CONTAINER_GITCONFIG,
              CONTAINER_KNOWN_HOSTS, CONTAINER_DEPLOY_KEY + ".pub",
              *CONTAINER_APT_SOURCES]

@@ -23,9 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from gpufleet.errors import CommandFailed, ConnectError
+from gpufleet.errors import CommandFailed, CommandTimedOut, ConnectError
 
 MASK = "*****"
+# how long a command of each class may run (seconds), unless hosts.toml says otherwise (KIND_timeout)
+DEFAULT_TIMEOUTS = {"probe": 120, "command": 600, "install": 1800, "copy": 43200}
+# the server-side `timeout` sends SIGTERM at the limit, SIGKILL this much later
+KILL_AFTER = 10
 
 
 class Secret(str):
@@ -79,6 +83,7 @@ class Session:
     is_root: bool = True
 
     def __init__(self, log_path: Path | None = None):
+        self.timeouts = dict(DEFAULT_TIMEOUTS)
         self.commands = 0
         self.connections = 0
         self.secrets: list[str] = []
@@ -95,11 +100,14 @@ class Session:
 
     def run(self, command: Command, *, sudo: bool = False, check: bool = True,
             timeout: float | None = None, stdin: str | None = None,
-            on_output: OutputCallback | None = None) -> Result:
+            on_output: OutputCallback | None = None, kind: str = "command") -> Result:
         """Run a command (feeding `stdin` to it); raise CommandFailed on a non-zero exit when `check`.
 
+        It may run `timeout` seconds, by default its class's (`kind`: probe, command, install, copy;
+        `self.timeouts`); past that it is stopped and CommandTimedOut names it, `check` or not.
         `on_output` is called with each piece of the command's stdout as it arrives (for live
         progress); the whole output still goes to the log and the Result."""
+        timeout = timeout or self.timeouts[kind]
         real, shown = render(command)
         if not isinstance(command, Script):
             self.secrets.extend(a for a in command if isinstance(a, Secret))
@@ -108,7 +116,11 @@ class Session:
         self.log(f"$ {shown}" + ("   [sudo]" if sudo and not self.is_root else ""))
         exit_code, out, err = self._exec(real, sudo=sudo and not self.is_root, timeout=timeout, stdin=stdin,
                                          on_output=on_output)
-        self.log(f"# exit {exit_code} in {time.monotonic() - started:.2f}s\n{out}{err and '[stderr] ' + err}")
+        elapsed = time.monotonic() - started
+        self.log(f"# exit {exit_code} in {elapsed:.2f}s\n{out}{err and '[stderr] ' + err}")
+        # 124: stopped at the limit (the server's `timeout`, or ours); 137: killed KILL_AFTER later
+        if exit_code in (124, 137) and elapsed >= timeout:
+            raise CommandTimedOut(shown, timeout, f"{kind}_timeout", host=self.name)
         result = Result(exit_code, mask(out, self.secrets), mask(err, self.secrets))
         if check and exit_code != 0:
             raise CommandFailed(shown, exit_code, result.stderr or result.stdout, host=self.name)
@@ -274,6 +286,10 @@ class SshSession(Session):
 
     def _exec(self, command, *, sudo, timeout, stdin, on_output=None):
         self.open()
+        # without a tty, sshd does not stop a command when its channel closes: the server's own
+        # `timeout` stops it (and its process group); our deadline comes later, for a server that hangs
+        command = shlex.join(["timeout", "-k", str(KILL_AFTER), f"{timeout:g}", "sh", "-c", command])
+        timeout += KILL_AFTER + 20
         if sudo and self.sudo_password:
             return self._exec_invoke(command, sudo=sudo, timeout=timeout, stdin=stdin)
         if sudo:

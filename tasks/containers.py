@@ -15,7 +15,7 @@ import time
 
 from invoke import Collection, task
 
-from gpufleet import gpu
+from gpufleet import gpu, pending
 from gpufleet.container_changes import SNAPSHOT_MARKER, read_user_changes, tracks_tool_writes
 from gpufleet.errors import FleetError
 from gpufleet.fleet import fleet_task
@@ -153,31 +153,41 @@ def plan_run(c) -> Plan:
         entry = FileChange(f"{container_dir(name)}/entrypoint.sh", f.file(f"{container_dir(name)}/entrypoint.sh"),
                            render_template("entrypoint.sh.j2", name=name, config_dir=IN_CONTAINER_DIR).encode(),
                            mode="0755")
+        restart_record = pending.container_restart(name)
+        restart_pending = pending.is_pending(f, restart_record)
         if entry.needed:
-            actions.append(file_action(entry))
+            # a running container runs the old entrypoint until it restarts: recorded before the write
+            actions.append(pending.file_action_then_restart(
+                entry, restart_record, f"{entry.path} was written; container {name} has not restarted since",
+                restart_pending) if name in f.containers else file_action(entry))
+        then_clear = (lambda act: pending.restart_and_clear(act, restart_record)) if restart_pending or (
+            entry.needed and name in f.containers) else (lambda act: act)
         warning = cuda_check(c, spec)
         if spec.image not in f.images:
-            actions.append(Action(f"pull {spec.image}", lambda c, i=spec.image: c.run(["docker", "pull", "--", i], sudo=True),
+            actions.append(Action(f"pull {spec.image}", lambda c, i=spec.image: c.run(["docker", "pull", "--", i], sudo=True, kind="install"),
                                   warning=warning))
         doc = resolved_spec(c, spec)
         current = f.containers.get(name)
         if current is None:
             _, why = use_gpus(c, spec)
             actions.append(Action(f"run container {name} ({why}, shm {doc['shm_size']}, ssh port {spec.ssh_port})",
-                                  lambda c, n=name, d=doc: docker_run(c, n, d)))
+                                  then_clear(lambda c, n=name, d=doc: docker_run(c, n, d))))
             continue
         old_doc = jsonlib.loads(((current.get("Config") or {}).get("Labels") or {}).get(SPEC_LABEL) or "{}")
         differences = spec_differences(old_doc, doc) + writable_tool_folder(current)
         if differences:
             actions.append(Action(f"re-create container {name} ({'; '.join(differences)}), keeping its volumes "
                                   "(snapshot first if you changed its files)",
-                                  lambda c, n=name, d=doc: recreate(c, n, d),
+                                  then_clear(lambda c, n=name, d=doc: recreate(c, n, d)),
                                   diff="".join(f"~ {d}\n" for d in differences)))
         elif not current["State"]["Running"]:
-            actions.append(Action(f"start container {name}", lambda c, n=name: c.run(["docker", "start", n], sudo=True)))
-        elif entry.needed:
-            actions.append(Action(f"restart container {name} to use its new entrypoint",
-                                  lambda c, n=name: c.run(["docker", "restart", n], sudo=True),
+            actions.append(Action(f"start container {name}",
+                                  then_clear(lambda c, n=name: c.run(["docker", "start", n], sudo=True))))
+        elif entry.needed or restart_pending:
+            why = "its new entrypoint" if entry.needed else \
+                "the entrypoint an earlier run wrote (that run was cut off before the restart)"
+            actions.append(Action(f"restart container {name} to use {why}",
+                                  then_clear(lambda c, n=name: c.run(["docker", "restart", n], sudo=True)),
                                   warning=f"processes in {name} are restarted"))
         else:
             fine.append(name)
@@ -201,7 +211,7 @@ def snapshot(c, name: str, pause: bool = True) -> str:
     argv = ["docker", "commit", "--change", f"LABEL {SNAPSHOT_LABEL}={name}"]
     if not pause:
         argv.append("--pause=false")
-    c.run([*argv, name, tag], sudo=True)
+    c.run([*argv, name, tag], sudo=True, kind="install")
     keep = c.host.containers[name].keep_snapshots
     listing = c.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", f"{name.lower()}-snapshot"],
                     sudo=True).stdout.split()
@@ -268,11 +278,17 @@ def plan_sshd(c) -> Plan:
         config = FileChange(f"{container_dir(name)}/sshd_config", f.file(f"{container_dir(name)}/sshd_config"),
                             render_template("sshd_config.j2", name=name, config_dir=IN_CONTAINER_DIR).encode(),
                             validate=sshd_validator(name))
+        reload_record = pending.sshd_reload(name)
+        reload_pending = pending.is_pending(f, reload_record)
         if config.needed:
-            actions.append(file_action(config))
-        if not inside.sshd_running or config.content_changed:
-            actions.append(Action(f"start sshd in {name}" if not inside.sshd_running else f"reload sshd in {name}",
-                                  lambda c, n=name: start_sshd(c, n)))
+            actions.append(pending.file_action_then_restart(
+                config, reload_record, f"{config.path} was written; sshd in {name} has not re-read it since",
+                reload_pending) if config.content_changed else file_action(config))
+        if not inside.sshd_running or config.content_changed or reload_pending:
+            what = f"start sshd in {name}" if not inside.sshd_running else f"reload sshd in {name}"
+            if reload_pending and not config.content_changed:
+                what += " (an earlier run wrote its sshd_config and was cut off before the reload)"
+            actions.append(Action(what, pending.restart_and_clear(lambda c, n=name: start_sshd(c, n), reload_record)))
         parts = key_pub.text.split()
         if key_pub.exists and key_pub is not LINK and len(parts) >= 2 and c.known_hosts is not None \
                 and c.known_hosts.get(alias) != [(parts[0], parts[1])]:

@@ -6,7 +6,7 @@ import shlex
 
 from invoke import Collection, task
 
-from gpufleet import apt_repo, daemon_json, osinfo, progress
+from gpufleet import apt_repo, daemon_json, osinfo, pending, progress
 from gpufleet.apt_repo import apt_install
 from gpufleet.errors import FleetError
 from gpufleet.fleet import fleet_task
@@ -59,7 +59,7 @@ def plan_install(c) -> Plan:
         if "docker.io" in installed:
             return Plan.ok(f"docker.io {installed['docker.io']} is installed")
         return Plan.change(Action("install docker.io from the OS archive",
-                                  lambda c: c.run(apt_install(DISTRO_PACKAGES), sudo=True)))
+                                  lambda c: c.run(apt_install(DISTRO_PACKAGES), sudo=True, kind="install")))
     if "docker.io" in installed:
         raise FleetError("docker.io is installed but docker_source = 'docker-ce'; switching engines would "
                          "restart every container: set docker_source = 'distro' or remove docker.io yourself")
@@ -90,6 +90,7 @@ def plan_service(c) -> Plan:
 
 def start_docker(c) -> None:
     c.run(Script(f"{SERVICE_START}\n{WAIT_FOR_DOCKER}"), sudo=True)
+    pending.clear(c.session, pending.DOCKER_RESTART)  # a start reads daemon.json as a restart would
 
 
 # --- docker.configure (daemon.json) ---
@@ -131,6 +132,10 @@ def plan_configure(c) -> Plan:
         record_action = Action(f"record the daemon.json keys gpufleet sets ({names}) in {DAEMON_JSON_KEYS}",
                                lambda c: apply_file(c.session, record), diff=record.diff())
     if new == current:
+        unapplied = unapplied_daemon_json(f, current)
+        if unapplied:
+            return Plan.change(Action(f"restart Docker to apply {DAEMON_JSON} ({unapplied})",
+                                      lambda c: restart_docker(c, current_file, current)), record_action)
         if record_action:
             return Plan.change(record_action)
         if not wanted:
@@ -141,6 +146,7 @@ def plan_configure(c) -> Plan:
         raise FleetError(f"{DAEMON_JSON} would be invalid: {'; '.join(problems)}")
     content = daemon_json.render(new).encode()
     change = FileChange(DAEMON_JSON, current_file, content, validate=dockerd_validator(f))
+    was_pending = pending.is_pending(f, pending.DOCKER_RESTART)
     diff = "\n".join(daemon_json.key_changes(current, new)) + "\n"
     set_keys, removed_keys = daemon_json.changed_keys(current, new)
     what = ", ".join(set_keys) + ("; " if set_keys and removed_keys else "") + \
@@ -160,10 +166,11 @@ def plan_configure(c) -> Plan:
                     f"container(s); set allow_data_root_migration = true to copy them over (nothing was changed)")
             return Plan.change(Action(f"move Docker's data from {old_root} to {new_root}, update {DAEMON_JSON} "
                                       f"({what}), restart Docker",
-                                      lambda c: migrate_data_root(c, change, old_root, new_root),
+                                      lambda c: migrate_data_root(c, change, old_root, new_root, was_pending),
                                       diff=diff, warning=warning), record_action)
     return Plan.change(Action(f"update {DAEMON_JSON} ({what}) and restart Docker",
-                              lambda c: install_daemon_json(c, change), diff=diff, warning=warning), record_action)
+                              lambda c: install_daemon_json(c, change, was_pending), diff=diff, warning=warning),
+                       record_action)
 
 
 def dockerd_validator(facts):
@@ -178,26 +185,62 @@ def dockerd_validator(facts):
     return None
 
 
-def install_daemon_json(c, change: FileChange) -> None:
+def unapplied_daemon_json(facts, config: dict) -> str:
+    """Why the running Docker has not applied daemon.json as it is, or "".
+
+    A pending-restart record says so for every key: it is written before daemon.json and removed
+    after the restart.  The mirrors and runtimes the running daemon reports are compared too, which
+    also catches a file written without the record (by hand, by an older gpufleet); data-root is not,
+    as a restart onto another data root is the migration's to decide."""
+    if pending.is_pending(facts, pending.DOCKER_RESTART):
+        return "an earlier run wrote it and was cut off before the restart"
+    problems = [p for p in docker_info_differences(facts.docker_info or {}, config) if "data root" not in p]
+    return "the running Docker differs: " + "; ".join(problems) if problems else ""
+
+
+def write_daemon_json(session, change: FileChange, was_pending: bool = False) -> None:
+    """Write daemon.json, after recording on the host that Docker must restart to apply it."""
+    pending.write_then_restart(session, change, pending.DOCKER_RESTART,
+                               f"{DAEMON_JSON} was written; Docker has not restarted since", was_pending)
+
+
+def install_daemon_json(c, change: FileChange, was_pending: bool = False) -> None:
     """Write daemon.json, restart Docker, and put the old file back if Docker does not come up."""
-    apply_file(c.session, change)
+    write_daemon_json(c.session, change, was_pending)
+    restart_docker(c, change.current, daemon_json.parse(change.content.decode(), DAEMON_JSON))
+
+
+def restart_docker(c, previous, config: dict) -> None:
+    """Restart Docker onto daemon.json (`config`) and clear the pending restart; if Docker does not
+    come up, put the backup of `previous` (what the last write replaced) back and start it again."""
     result = c.run(Script(f"{SERVICE_RESTART}\n{WAIT_FOR_DOCKER}"), sudo=True, check=False)
     if result.exit_code != 0:
         docker_error = c.run(Script(DOCKER_LOG), sudo=True, check=False).stdout.strip()
-        restore = (f"mv -f {DAEMON_JSON}.gpufleet.bak {DAEMON_JSON}" if change.current.exists
+        backup = f"{DAEMON_JSON}.gpufleet.bak"
+        restore = (f"if [ -e {backup} ]; then mv -f {backup} {DAEMON_JSON}; fi" if previous.exists
                    else f"rm -f {DAEMON_JSON}")
         back = c.run(Script(f"{restore}\n{SERVICE_RESTART}\n{WAIT_FOR_DOCKER}"), sudo=True, check=False)
+        if back.exit_code == 0:  # Docker runs the file on disk again: nothing waits for a restart
+            pending.clear(c.session, pending.DOCKER_RESTART)
         state = "the previous daemon.json was restored and Docker runs again" if back.exit_code == 0 else \
             "restoring the previous daemon.json did not bring Docker back either"
         lines = docker_error.splitlines()
         errors = [l for l in lines if "failed to start daemon" in l.lower() or "level=fatal" in l or "level=error" in l]
         last = " | ".join((errors or lines)[-2:])
         raise FleetError(f"Docker did not start with the new {DAEMON_JSON}; {state}. Docker said: {last}")
-    verify_docker_info(c, daemon_json.parse(change.content.decode(), DAEMON_JSON))
+    pending.clear(c.session, pending.DOCKER_RESTART)
+    verify_docker_info(c, config)
 
 
 def verify_docker_info(c, config: dict) -> None:
     info = jsonlib.loads(c.run(["docker", "info", "--format", "{{json .}}"], sudo=True).stdout)
+    problems = docker_info_differences(info, config)
+    if problems:
+        raise FleetError("docker info after the restart: " + "; ".join(problems))
+
+
+def docker_info_differences(info: dict, config: dict) -> list[str]:
+    """Pure: what of `config` (daemon.json) the running daemon (`docker info`) does not show."""
     problems = []
     if "data-root" in config and info.get("DockerRootDir", "").rstrip("/") != config["data-root"].rstrip("/"):
         problems.append(f"data root is {info.get('DockerRootDir')}, not {config['data-root']}")
@@ -208,8 +251,7 @@ def verify_docker_info(c, config: dict) -> None:
     for runtime in config.get("runtimes", {}):
         if runtime not in (info.get("Runtimes") or {}):
             problems.append(f"runtime {runtime} is not registered")
-    if problems:
-        raise FleetError("docker info after the restart: " + "; ".join(problems))
+    return problems
 
 
 def copy_script(old_root: str, new_root: str, stop: str = SERVICE_STOP) -> Script:
@@ -232,18 +274,18 @@ def copy_script(old_root: str, new_root: str, stop: str = SERVICE_STOP) -> Scrip
     ]))
 
 
-def migrate_data_root(c, change: FileChange, old_root: str, new_root: str) -> None:
+def migrate_data_root(c, change: FileChange, old_root: str, new_root: str, was_pending: bool = False) -> None:
     """Stop Docker, copy the data root (owners, hard links, xattrs kept), switch, check the images."""
     q = shlex.quote
     c.run(Script(f"if [ -d {q(new_root)} ] && [ -n \"$(ls -A -- {q(new_root)})\" ]; then "
                  f"echo {q(new_root + ' is not empty; not copying over it')} >&2; exit 1; fi"), sudo=True)
     before = c.run(["docker", "image", "ls", "-q", "--no-trunc"], sudo=True).stdout.split()
-    copied = c.run(copy_script(old_root, new_root), sudo=True, check=False)
+    copied = c.run(copy_script(old_root, new_root), sudo=True, check=False, kind="copy")
     if copied.exit_code != 0:
         c.run(Script(f"{SERVICE_START}\n{WAIT_FOR_DOCKER}"), sudo=True, check=False)
         raise FleetError(f"copying {old_root} to {new_root} failed ({copied.stderr.strip()[-200:]}); "
                          f"Docker was started again on {old_root}")
-    install_daemon_json(c, change)
+    install_daemon_json(c, change, was_pending)
     after = c.run(["docker", "image", "ls", "-q", "--no-trunc"], sudo=True).stdout.split()
     if sorted(before) != sorted(after):
         raise FleetError(f"after moving the data root, images differ: before {len(before)}, after {len(after)}; "

@@ -92,7 +92,7 @@ def gpu_checks(c) -> list[Check]:
     if not f.has_gpu:
         return [Check("gpu", SKIP, "no NVIDIA GPU")]
     if f.gpu_source != "nvidia-smi":
-        return [Check("gpu", FAIL, f"GPU seen by lspci only: {f.gpus[0]}", "install the NVIDIA driver")]
+        return [Check("gpu", FAIL, f"GPU seen by {f.gpu_source}: {f.gpus[0]}", "install the NVIDIA driver")]
     names = sorted({g.name for g in f.gpus})
     checks = [Check("gpu", PASS, f"{len(f.gpus)}x {', '.join(names)}, driver {f.gpu_driver}, CUDA {f.gpu_cuda}")]
     if f.docker_running:

@@ -61,7 +61,7 @@ def plan_tools(c) -> Plan:
         missing = [p for p in wanted if p not in inside.packages]
         if missing:
             actions.append(Action(f"install {' '.join(missing)} in {name}",
-                                  lambda c, n=name, m=missing: c.run(in_container(n, apt_install(m, recommends=False)), sudo=True)))
+                                  lambda c, n=name, m=missing: c.run(in_container(n, apt_install(m, recommends=False)), sudo=True, kind="install")))
         else:
             fine.append(name)
     return Plan.change(*actions) if actions else Plan.ok(f"{', '.join(c.host.tools)} installed in {', '.join(fine) or 'no container'}")

@@ -258,7 +258,7 @@ def exec_(c, container, command, dry_run=False, json=None):
 
 
 def run_and_show(c, container: str, command: str) -> str:
-    result = c.run(in_container(container, ["sh", "-c", command]), sudo=True, check=False)
+    result = c.run(in_container(container, ["sh", "-c", command]), sudo=True, check=False, kind="install")
     output = (result.stdout + result.stderr).rstrip()
     if result.exit_code:
         raise FleetError(f"exit {result.exit_code}: {output[-500:]}")

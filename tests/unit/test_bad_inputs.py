@@ -32,6 +32,8 @@ INVENTORIES = {
     "inv-unknown-container-key.toml": r":6: hosts\.gpu1\.containers\.dev\.shm: unknown key \(did you mean 'shm_size'\?\)",
     "inv-port-is-string.toml": r":3: hosts\.gpu1\.port: expected an integer, got a string",
     "inv-port-out-of-range.toml": r":3: hosts\.gpu1\.port: 70000 is out of range 1\.\.65535",
+    "inv-timeout-zero.toml": r":2: groups\.gpu\.install_timeout: 0 is out of range 1\.\.86400",
+    "inv-timeout-string.toml": r":3: hosts\.gpu1\.probe_timeout: expected an integer, got a string",
     "inv-address-is-number.toml": r":2: hosts\.gpu1\.address: expected a string, got an integer",
     "inv-groups-is-string.toml": r":3: hosts\.gpu1\.groups: expected a list, got a string",
     "inv-container-port-clash.toml": r":8: hosts\.gpu1\.containers\.exp\.ssh_port: host port 2222 is used by containers 'dev' and 'exp' on host 'gpu1'",
@@ -200,7 +202,8 @@ def test_a_line_break_that_would_inject_into_the_ssh_config_is_refused_by_the_wr
 CLI_SAMPLE = ["inv-toml-unterminated-string.toml", "inv-port-is-string.toml", "inv-jump-cycle.toml",
               "inv-not-utf8.toml", "inv-local-is-jump.toml",
               # strings that would reach a shell or an argv as something else
-              "inv-address-newline.toml", "inv-image-leading-dash.toml", "inv-env-key-dash.toml"]
+              "inv-address-newline.toml", "inv-image-leading-dash.toml", "inv-env-key-dash.toml",
+              "inv-timeout-zero.toml"]
 
 
 def snapshot(*dirs: Path) -> dict:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from gpufleet import daemon_json, facts, inventory
+from gpufleet import daemon_json, facts, inventory, pending
 from gpufleet.errors import FleetError, InputError
 from gpufleet.paths import DAEMON_JSON, DAEMON_JSON_KEYS, probe_request
 from gpufleet.plan import HostContext
@@ -25,7 +25,7 @@ data_root = "/data/docker"
 max-concurrent-downloads = 5
 """
 INFO = {"ServerVersion": "20.10.24", "DockerRootDir": "/data/docker", "Images": 0, "Containers": 0,
-        "ContainersRunning": 0, "Runtimes": {"runc": {}}}
+        "ContainersRunning": 0, "Runtimes": {"runc": {}}, "RegistryConfig": {"Mirrors": [MIRROR + "/"]}}
 
 
 section = facts.frame
@@ -35,12 +35,12 @@ def readfile(content):
     return "absent" if content is None else "644 root root\n" + base64.b64encode(content.encode()).decode()
 
 
-def context(inv_text, daemon=None, record=None, info=INFO):
-    """A dry-run context whose facts are a probe output with these two files (None: absent)."""
+def context(inv_text, daemon=None, record=None, info=INFO, restart_pending=None):
+    """A dry-run context whose facts are a probe output with these files (None: absent)."""
     inv = inventory.loads(inv_text)
     ctx = HostContext(inv.host("gpu1"), inv, LocalSession(), dry_run=True)
     request = probe_request(ctx)
-    files = {DAEMON_JSON: daemon, DAEMON_JSON_KEYS: record}
+    files = {DAEMON_JSON: daemon, DAEMON_JSON_KEYS: record, pending.DOCKER_RESTART: restart_pending}
     text = (section("os_release", 'ID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n')
             + section("packages", "docker.io\tii \t20.10.24+dfsg1-1+b3\n")
             + section("docker_info", json.dumps(info))
@@ -128,3 +128,26 @@ def test_the_nvidia_runtime_goes_with_the_toolkit_and_another_runtime_stays():
     assert update.summary == f"update {DAEMON_JSON} (remove runtimes.nvidia) and restart Docker"
     assert update.diff == '- runtimes.nvidia: {"args": [], "path": "nvidia-container-runtime"}\n'  # runsc: no line
     assert keep_record.summary.endswith(f"(data-root) in {DAEMON_JSON_KEYS}")
+
+
+# a daemon.json as wanted is not yet applied while a cut run's restart is pending, or while the
+# running daemon (its `docker info`) lacks what the file asks for
+NOT_APPLIED = [
+    ("pending record", "daemon.json was written\n", INFO, "an earlier run wrote it and was cut off before the restart"),
+    ("mirror not active", None, dict(INFO, RegistryConfig={"Mirrors": []}),
+     f"the running Docker differs: registry mirror {MIRROR} is not active"),
+    ("no registry config", None, {k: v for k, v in INFO.items() if k != "RegistryConfig"},
+     f"registry mirror {MIRROR} is not active"),
+]
+
+
+@pytest.mark.parametrize("why,record_text,info,reason", NOT_APPLIED, ids=[row[0] for row in NOT_APPLIED])
+def test_a_file_as_wanted_that_docker_has_not_applied_restarts_docker(why, record_text, info, reason):
+    plan = docker.plan_configure(context(WITH_KEYS, CONVERGED, OURS, info=info, restart_pending=record_text))
+    assert [a.summary.split(" (")[0] for a in plan.actions] == [f"restart Docker to apply {DAEMON_JSON}"], plan
+    assert reason in plan.actions[0].summary
+
+
+def test_a_data_root_docker_does_not_run_is_not_restarted_onto_without_a_record():
+    plan = docker.plan_configure(context(WITH_KEYS, CONVERGED, OURS, info=dict(INFO, DockerRootDir="/var/lib/docker")))
+    assert not plan.actions and plan.reason.startswith(f"{DAEMON_JSON} already has these keys"), plan

@@ -44,7 +44,13 @@ def plan_secret(c):
     return Plan.ok("said it")
 
 
+def plan_hang(c):
+    seconds = HANG if c.name == "a" else "1"
+    return Plan.change(Action(f"sleep {seconds}s", lambda c: c.run(["sleep", seconds])))
+
+
 MARKER = "{marker}"
+HANG = "{hang}"
 
 
 @task
@@ -65,8 +71,17 @@ def secret(c, dry_run=False, json=None):
     c.run_steps([Step("secret", plan_secret)])
 
 
-ns = Collection(sleepy, converge, secret)
+@task
+@fleet_task()
+def hang(c, dry_run=False, json=None):
+    c.run_steps([Step("hang", plan_hang)])
+
+
+ns = Collection(sleepy, converge, secret, hang)
 '''
+
+
+HANG = "37.125"  # a sleep no other process on this machine runs
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +90,7 @@ def project(tmp_path_factory):
     key = loopback.keygen(root / "id_ed25519")
     servers = [loopback.LoopbackSshd(root / f"sshd{i}", Path(f"{key}.pub")) for i in range(2)]
     marker = str(root / "marker-")
-    (root / "fabfile.py").write_text(FABFILE.replace("{marker}", marker))
+    (root / "fabfile.py").write_text(FABFILE.replace("{marker}", marker).replace("{hang}", HANG))
     (root / "fabric.yaml").write_text((Path(REPO) / "fabric.yaml").read_text())
     (root / "hosts.toml").write_text(textwrap.dedent(f"""
         [local]
@@ -191,3 +206,29 @@ def test_host_keys_are_pinned_and_a_changed_key_is_refused(project):
         assert "host key changed" in result.stdout
     finally:
         (root / "known_hosts").write_text(known)
+
+
+def test_a_command_past_its_timeout_fails_its_host_with_what_hung_and_the_others_finish(project, tmp_path):
+    """host a's `command_timeout` is 2 s and its command sleeps 37 s: a fails naming the command and the
+    limit, the sleep is gone from the server (sshd does not stop a command without a tty), b finishes."""
+    import time
+    root, _ = project
+    inventory = tmp_path / "hosts.toml"
+    inventory.write_text((root / "hosts.toml").read_text().replace("[hosts.a]\n", "[hosts.a]\ncommand_timeout = 2\n"))
+    out = tmp_path / "recap.json"
+    env = dict(os.environ, PYTHONPATH=REPO, FABRIC_INVENTORY=str(inventory))
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "fabric", "-H", "a,b", "hang", "--json", str(out)], cwd=root,
+                            env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    hosts = {h["host"]: h for h in json.loads(out.read_text())["hosts"]}
+    assert hosts["a"]["failed_step"] == "hang"
+    assert hosts["a"]["error"] == (f"`sleep {HANG}` hung: still running after 2s, stopped "
+                                   "(the limit is command_timeout in hosts.toml)"), hosts["a"]
+    assert hosts["b"]["error"] == "" and hosts["b"]["changed"] == 1, hosts["b"]
+    assert elapsed < 30, f"took {elapsed:.0f}s"
+    deadline = time.monotonic() + 10
+    while subprocess.run(["pgrep", "-f", f"sleep {HANG}"], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, f"sleep {HANG} still runs on the server"
+        time.sleep(0.2)
