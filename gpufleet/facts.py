@@ -350,7 +350,12 @@ def parse_file(body: str) -> RemoteFile:
     if lines[0] == "link":
         return LINK
     mode, owner, group = (lines[0].split() + ["", "", ""])[:3]
-    content = base64.b64decode(lines[1]) if len(lines) > 1 else b""
+    try:
+        if not mode.isdigit() or len(lines) > 2:
+            raise ValueError(lines[0][:40])
+        content = base64.b64decode(lines[1], validate=True) if len(lines) > 1 else b""
+    except ValueError:
+        raise ProbeOutputError(f"not what readfile prints: {body[:60]!r}") from None
     return RemoteFile(True, content, mode.zfill(4), owner, group)
 
 
@@ -440,12 +445,15 @@ def parse_inside(name: str, files: list[str], rc: int, out: str) -> ContainerFac
     inner = inside_sections(name, (rc, out))
     if not inner or "sshd_bin" not in inner:
         return None
-    return ContainerFacts(
-        files={p: parse_file(inner.get(f"ifile:{j}", (1, "absent"))[1]) for j, p in enumerate(files)},
-        sshd_installed=inner["sshd_bin"][0] == 0,
-        sshd_running=inner.get("sshd_run", (1, ""))[0] == 0,
-        packages=parse_packages(inner.get("pkgs", (1, ""))[1]),
-    )
+    try:
+        return ContainerFacts(
+            files={p: parse_file(inner.get(f"ifile:{j}", (1, "absent"))[1]) for j, p in enumerate(files)},
+            sshd_installed=inner["sshd_bin"][0] == 0,
+            sshd_running=inner.get("sshd_run", (1, ""))[0] == 0,
+            packages=parse_packages(inner.get("pkgs", (1, ""))[1]),
+        )
+    except ProbeOutputError as e:
+        raise ProbeOutputError(f"what was read inside container {name} is {e}") from None
 
 
 def parse_probe(text: str, request: ProbeRequest) -> HostFacts:

@@ -35,7 +35,9 @@ TOOL_FOLDER = ["entrypoint.sh.gpufleet.bak", "sshd_config.gpufleet.bak", "ssh_ho
 LINKED = ["/root/.ssh/authorized_keys", "/root/.gitconfig", "/etc/apt/apt.conf.d/90gpufleet-proxy",
           "/etc/apt/sources.list.d/debian.sources", "/var/lib/gpufleet-tool-writes", "/root/.ssh/known_hosts",
           "/root/.ssh/id_ed25519_github.pub", "/var/lib/gpufleet-last-snapshot"]
-WRAPPED = ["dpkg-query", "cat", "git", "find", "stat", "xargs", "ssh-keygen", "touch", "df", "nvidia-smi"]
+# not stat: output in front of readfile's makes the container's files unreadable, and its host fails with one
+# line naming it (test_facts covers that)
+WRAPPED = ["dpkg-query", "cat", "git", "find", "xargs", "ssh-keygen", "touch", "df", "nvidia-smi", "sshd"]
 
 
 def plant_script() -> str:
@@ -43,18 +45,19 @@ def plant_script() -> str:
     of every command the tool may run in it that prints the forgery first, forged lines inside files the
     tool reads, and a pending dpkg journal (so the probe reads it with docker exec)."""
     q = shlex.quote
-    lines = ["mkdir -p /root/.ssh /usr/local/bin"]
+    forgery = "/usr/local/share/forgery"
+    lines = ["mkdir -p /root/.ssh /usr/local/bin /usr/local/share",
+             f"echo {base64.b64encode(FORGERY.encode()).decode()} | base64 -d > {forgery}"]
     for i, name in enumerate(TOOL_FOLDER):
         lines.append(f"ln -sfn {q(TARGETS[i % len(TARGETS)])} /etc/gpufleet/{name} 2>/dev/null "
                      f"&& echo PLANTED {name} || true")
     for i, path in enumerate(LINKED):
         lines.append(f"rm -f {q(path)} && ln -s {q(TARGETS[i % len(TARGETS)])} {q(path)}")
-    forgery = base64.b64encode(FORGERY.encode()).decode()
     for command in WRAPPED:
         real = f"$(PATH=/usr/sbin:/usr/bin:/sbin:/bin command -v {command} || echo /bin/true)"
-        lines.append(f"printf '#!/bin/sh\\necho {forgery} | base64 -d\\necho {forgery} | base64 -d >&2\\n"
-                     f"exec %s \"$@\"\\n' \"{real}\" > /usr/local/bin/{command} && chmod 755 /usr/local/bin/{command}")
-    lines.append(f"echo {forgery} | base64 -d >> /etc/os-release")
+        lines.append(f"printf '#!/bin/sh\\n/bin/cat {forgery}; /bin/cat {forgery} >&2\\nexec %s \"$@\"\\n' "
+                     f"\"{real}\" > /usr/local/bin/{command} && chmod 755 /usr/local/bin/{command}")
+    lines.append(f"/bin/cat {forgery} >> /etc/os-release")
     lines.append("mkdir -p /var/lib/dpkg/updates && : > /var/lib/dpkg/updates/0001")
     return "\n".join(lines)
 
@@ -62,9 +65,10 @@ def plant_script() -> str:
 # the server's files: every path of its root file system with type, size, mode, owner, mtime, ctime and
 # link target (a write or chmod anywhere moves the ctime), and the content of /etc, /root, /home,
 # /var/lib/gpufleet and /usr/local; not /var/log (logins are recorded there), /proc, /sys, and not the
-# docker data root and volumes (/data, another file system: the containers' own layers and volumes)
+# containers' own storage: the docker data root and volumes (/data, another file system) and containerd's
+# state of their tasks and snapshots (/var/lib/containerd)
 FINGERPRINT = r"""
-find / -xdev \( -path /var/log -o -path /proc -o -path /sys \) -prune -o \
+find / -xdev \( -path /var/log -o -path /proc -o -path /sys -o -path /var/lib/containerd \) -prune -o \
     -printf '%p\t%y\t%s\t%m\t%U:%G\t%T@\t%C@\t%l\n' | grep -v -e '^/tmp	d' -e '^/run	d' | sort
 find /etc /root /home /var/lib/gpufleet /usr/local -xdev -type f -exec sha256sum {} + 2>/dev/null | sort
 """
@@ -111,7 +115,7 @@ def test_root_in_a_container_changes_nothing_of_its_server(lab, fab, bootstrappe
         assert f.file(path).content == base64.b64decode(real) and ATTACKER_KEY.encode() not in f.file(path).content
     assert "@@gpufleet" in f.inside["dev"].file("/etc/os-release").text  # read, and kept as the container's
 
-    changed = inventory_variant(lab, tmp_path, "changed.toml", append=OTHER,
+    changed = inventory_variant(lab, tmp_path, "changed.toml",  # dev's spec changed; other no longer named
                                 replace={'shm_size = "1g"\nvolumes': 'shm_size = "2g"\nvolumes'})
     runs = {
         "bootstrap": fab("-H", "gpu1", "bootstrap", inventory=two),
@@ -122,7 +126,7 @@ def test_root_in_a_container_changes_nothing_of_its_server(lab, fab, bootstrappe
         "re-creation": fab("-H", "gpu1", "bootstrap", inventory=changed),
     }
     after = fingerprint(lab, "gpu1")
-    assert sorted(set(before) ^ set(after)) == []
+    assert [line for line in before if line not in set(after)] == [] == [line for line in after if line not in set(before)]
     for name, run in runs.items():
         assert run.returncode == 0, (name, run.stdout[-1500:], run.stderr[-1500:])
     assert sh(lab, "gpu1", "docker ps -a --format '{{.Names}}'")[1].split() == ["dev"]  # other removed, dev anew

@@ -61,6 +61,16 @@ def test_a_container_that_prints_sections_twice_fails_the_host_naming_it():
         facts.parse_probe(text, request)
 
 
+def test_a_container_whose_files_read_as_garbage_fails_the_host_naming_it():
+    """A wrapper in front of `stat` in the container (found by the adversarial lab test: a traceback)."""
+    request = facts.ProbeRequest(containers={"dev": ["/etc/os-release"]})
+    garbage = FORGED + "644 root root\nAAAA"
+    inner = section("sshd_bin", "") + section("sshd_run", "") + section("pkgs", "") + section("ifile:0", garbage)
+    text = section("os_release", "ID=debian\n") + section("inside:0", inner)
+    with pytest.raises(facts.ProbeOutputError, match="inside container dev is not what readfile prints"):
+        facts.parse_probe(text, request)
+
+
 def test_the_shell_and_the_reader_frame_alike():
     """The probe's `sec` (shell) and the reader's `section` (Python) print the same bytes."""
     for body, rc in [("", 0), ("x\ny\n", 3), ("no newline", 1), ("ünïcode\n\n", 0)]:
