@@ -17,6 +17,7 @@ import re
 import shlex
 import urllib.parse
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from gpufleet import gpu, osinfo
@@ -322,16 +323,28 @@ def parse_df(body: str) -> dict[str, int]:
 
 
 def parse_snapshots(body: str) -> list[dict]:
-    """Pure: snapshot images as [{Repository, Tag}], from the Engine API's image list (one JSON array)
-    or from `docker image ls --format '{{json .}}'` (an object per line)."""
+    """Pure: snapshot images as [{Repository, Tag, Created}] (Created: the image's creation time on the
+    server, seconds since the epoch, UTC), from the Engine API's image list (one JSON array) or from
+    `docker image ls --format '{{json .}}'` (an object per line)."""
     text = body.strip()
     if text.startswith("["):
-        tagged = [ref.rsplit(":", 1) for image in json.loads(text) for ref in image.get("RepoTags") or [] if ":" in ref]
+        tagged = [(*ref.rsplit(":", 1), int(image.get("Created") or 0))
+                  for image in json.loads(text) for ref in image.get("RepoTags") or [] if ":" in ref]
     else:
-        tagged = [(row.get("Repository", ""), row.get("Tag", ""))
+        tagged = [(row.get("Repository", ""), row.get("Tag", ""), cli_created(row.get("CreatedAt", "")))
                   for row in (json.loads(line) for line in text.splitlines() if line.startswith("{"))]
     # an image left without a tag is no snapshot of anything
-    return [{"Repository": repo, "Tag": tag} for repo, tag in tagged if "<none>" not in (repo, tag)]
+    return [{"Repository": repo, "Tag": tag, "Created": created}
+            for repo, tag, created in tagged if "<none>" not in (repo, tag)]
+
+
+def cli_created(text: str) -> int:
+    """Pure: the docker CLI's CreatedAt (`2026-12-02 01:31:22 +0000 UTC`, in the server's zone) as
+    seconds since the epoch; 0 when it does not read."""
+    try:
+        return int(datetime.strptime(" ".join(text.split()[:3]), "%Y-%m-%d %H:%M:%S %z").timestamp())
+    except ValueError:
+        return 0
 
 
 def parse_probe(text: str, request: ProbeRequest) -> HostFacts:

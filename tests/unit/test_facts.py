@@ -151,13 +151,27 @@ def test_snapshots_read_alike_from_the_engine_api_and_the_cli():
     """Both captured on a lab server (Docker 20.10) with one snapshot image tagged twice."""
     api = facts.parse_snapshots((HERE / "docker" / "images-snapshots-api.json").read_text())
     cli = facts.parse_snapshots((HERE / "docker" / "images-snapshots-cli.txt").read_text())
-    pairs = lambda snaps: sorted((s["Repository"], s["Tag"]) for s in snaps)  # noqa: E731
-    assert pairs(api) == pairs(cli) == [("dev-snapshot", "20261202-014000"), ("dev-snapshot", "20261202-014500")]
-    assert facts.parse_snapshots('[{"RepoTags":["reg:5000/dev-snapshot:t1"]},{"RepoTags":null}]') == [
-        {"Repository": "reg:5000/dev-snapshot", "Tag": "t1"}]
+    rows = lambda snaps: sorted((s["Repository"], s["Tag"], s["Created"]) for s in snaps)  # noqa: E731
+    # the image's creation time on the server (2026-12-02 01:31:22 UTC), read alike from both
+    assert rows(api) == rows(cli) == [("dev-snapshot", "20261202-014000", 1796175082),
+                                      ("dev-snapshot", "20261202-014500", 1796175082)]
+    assert facts.parse_snapshots('[{"RepoTags":["reg:5000/dev-snapshot:t1"],"Created":5},{"RepoTags":null}]') == [
+        {"Repository": "reg:5000/dev-snapshot", "Tag": "t1", "Created": 5}]
     # an untagged image: the API and the CLI say so differently, neither is a snapshot
     assert facts.parse_snapshots('[{"RepoTags":["<none>:<none>"]}]') == [] == facts.parse_snapshots(
         '{"Repository":"<none>","Tag":"<none>","ID":"b17f4e32ffa7"}\n')
+
+
+@pytest.mark.parametrize("created_at,epoch", [
+    ("2026-12-02 01:31:22 +0000 UTC", 1796175082),
+    ("2026-12-02 02:31:22 +0100 CET", 1796175082),  # a server (or CLI) in another zone: the same moment
+    ("2026-03-29 03:00:05 +0200 CEST", 1774746005),  # just after a DST change
+    ("2026-03-29 01:59:55 +0100 CET", 1774745995),  # ten seconds earlier, an hour "later" as text
+    ("", 0), ("yesterday", 0),
+])
+def test_snapshot_creation_time_from_the_cli_is_a_moment_not_a_text(created_at, epoch):
+    line = '{"Repository":"dev-snapshot","Tag":"t","CreatedAt":"%s"}' % created_at
+    assert facts.parse_snapshots(line) == [{"Repository": "dev-snapshot", "Tag": "t", "Created": epoch}]
 
 
 @pytest.mark.skipif(not shutil.which("docker") or not shutil.which("curl"), reason="needs docker and curl here")
