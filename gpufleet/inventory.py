@@ -70,6 +70,10 @@ def _url(v, schemes=("http", "https")):
     parts = urlsplit(v)
     if parts.scheme not in schemes or not parts.hostname or " " in v:
         raise ValueError(f"{v!r} is not a valid {'/'.join(schemes)} URL (like http://host:port)")
+    # only the characters RFC 3986 lets a URL have: a `"` would end the quoted value in apt's files
+    odd = re.search(r"[^A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]", v)
+    if odd:
+        raise ValueError(f"{v!r} has {odd.group()!r}, which a URL cannot have (write it %-encoded)")
     try:
         parts.port
     except ValueError:
