@@ -24,7 +24,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SIZE_RE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
 # Every value below ends up in a command line, a file or an argv on a host: each pattern is what
 # its target accepts, and none lets a value start with '-' (it would be read as an option).
-USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+# a login from a directory service (SSSD, AD) is NAME@REALM
+USER_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.-]{0,31}|[A-Za-z_][A-Za-z0-9_.-]{0,63}@[A-Za-z0-9]([A-Za-z0-9.-]{0,253}[A-Za-z0-9])?)$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$")
 ADDRESS_RE = re.compile(r"^([A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9])?|[0-9A-Fa-f]*:[0-9A-Fa-f:.]*)$")
@@ -139,7 +140,7 @@ def _matching(pattern: re.Pattern, what: str):
     return check
 
 
-_user = _matching(USER_RE, "user name (letters, digits, '_', '.', '-'; not starting with '-')")
+_user = _matching(USER_RE, "user name (letters, digits, '_', '.', '-', and @REALM; not starting with '-')")
 _image = _matching(IMAGE_RE, "image reference (like pytorch/pytorch:2.3.1-cuda12.1-cudnn8-runtime)")
 _package = _matching(PACKAGE_RE, "package name (like git or python3-pip)")
 

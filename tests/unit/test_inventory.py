@@ -203,3 +203,22 @@ def test_agent_forwarding_into_containers_is_a_setting(settings, forwarded):
     assert not server.forward_agent and container.forward_agent is forwarded
     block = ssh_config.render_block([server, container])
     assert block.split("Host gpu1-dev\n")[1].count(f"ForwardAgent {'yes' if forwarded else 'no'}") == 1
+
+
+@pytest.mark.parametrize("name,valid", [
+    ("root", True), ("ada", True), ("a.b-c_d", True), ("_svc", True),
+    ("alice@corp.example.com", True),  # SSSD/AD: a login from a directory service
+    ("Alice.Smith@CORP.EXAMPLE.COM", True), ("bob@ad", True),
+    ("a" * 32, True), ("a" * 33, False),
+    ("@corp.example.com", False), ("alice@", False), ("alice@@corp", False), ("alice@corp@evil", False),
+    ("alice@-oProxyCommand", False), ("alice@corp.", False), ("-x@corp", False), ("alice@corp com", False),
+    ("alice@corp;id", False), ("alice@%h", False),
+])
+def test_user_names_of_logins_from_a_directory_service(name, valid):
+    text = f'[defaults]\nuser = "{name}"\ndocker_users = ["{name}"]\n' + H
+    if valid:
+        host = inv.loads(text).host("a")
+        assert host.user == name and host.docker_users == [name]
+    else:
+        with pytest.raises(InventoryError, match=r"defaults\.user: .* is not a valid user name"):
+            inv.loads(text)
