@@ -218,7 +218,8 @@ HOST_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     "git_name": (_str, "", "git user.name in containers"),
     "git_email": (_str, "", "git user.email in containers"),
     "github_access": (_choice("agent", "deploy-key", "none"), "agent", "GitHub access from containers"),
-    "forward_agent": (_bool, True, "forward your ssh agent into this host's containers (root there can use it)"),
+    "forward_agent": (_bool, True, "forward your ssh agent into this host's containers (root there can use it); "
+                                   "by default only where github_access = 'agent'"),
     "containers": (_table, {}, "containers to run, by name"),
 }
 HOST_ONLY = {"address": _str, "groups": _str_list}
@@ -606,6 +607,9 @@ class _Validator:
             table = "defaults" if where == "defaults" else f"groups.{where[6:]}" if where.startswith("group ") else table
             self.fail(table, "forward_agent", "github_access = 'agent' reaches GitHub through the forwarded agent; "
                       "set forward_agent = true, or github_access = 'deploy-key' or 'none'")
+        if sources["forward_agent"] == "built-in default":  # lend the agent only where GitHub access needs it
+            settings["forward_agent"] = settings["github_access"] == "agent"
+            sources["forward_agent"] = f"built-in default (github_access = {settings['github_access']!r})"
         return Host(hname, address, groups, settings, specs, sources)
 
     def volume(self, table, text) -> Volume:

@@ -193,7 +193,14 @@ def test_show_host_prints_values_with_brackets(tmp_path):
 
 
 @pytest.mark.parametrize("settings,forwarded", [("", True), ('github_access = "deploy-key"\nforward_agent = false\n', False),
-                                                ('github_access = "none"\nforward_agent = false\n', False)])
+                                                ('github_access = "none"\nforward_agent = false\n', False),
+                                                # only `agent` needs the agent: the others do not lend it by default
+                                                ('github_access = "deploy-key"\n', False),
+                                                ('github_access = "none"\n', False),
+                                                ('github_access = "agent"\n', True),
+                                                # unless the inventory says so explicitly
+                                                ('github_access = "deploy-key"\nforward_agent = true\n', True),
+                                                ('github_access = "none"\nforward_agent = true\n', True)])
 def test_agent_forwarding_into_containers_is_a_setting(settings, forwarded):
     from gpufleet import ssh_config
     from tasks import sshconfig
@@ -203,6 +210,17 @@ def test_agent_forwarding_into_containers_is_a_setting(settings, forwarded):
     assert not server.forward_agent and container.forward_agent is forwarded
     block = ssh_config.render_block([server, container])
     assert block.split("Host gpu1-dev\n")[1].count(f"ForwardAgent {'yes' if forwarded else 'no'}") == 1
+
+
+def test_agent_forwarding_follows_github_access_through_the_layers():
+    loaded = inv.loads('[defaults]\ngithub_access = "none"\n[groups.lab]\ngithub_access = "agent"\n'
+                       '[groups.contract]\nforward_agent = true\n'
+                       '[hosts.a]\naddress = "10.0.0.1"\n[hosts.b]\naddress = "10.0.0.2"\ngroups = ["lab"]\n'
+                       '[hosts.c]\naddress = "10.0.0.3"\ngroups = ["lab"]\ngithub_access = "deploy-key"\n'
+                       '[hosts.d]\naddress = "10.0.0.4"\ngroups = ["contract"]\n')
+    assert {n: h.forward_agent for n, h in loaded.hosts.items()} == {"a": False, "b": True, "c": False, "d": True}
+    assert loaded.hosts["a"].sources["forward_agent"] == "built-in default (github_access = 'none')"
+    assert loaded.hosts["d"].sources["forward_agent"] == "group contract"
 
 
 @pytest.mark.parametrize("name,valid", [
