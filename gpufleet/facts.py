@@ -96,6 +96,7 @@ class ProbeRequest:
     files: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
     users: list[str] = field(default_factory=list)
+    accounts: list[str] = field(default_factory=list)  # users whose home is read (getent passwd)
     containers: dict[str, list[str]] = field(default_factory=dict)  # name -> files inside it
     container_packages: list[str] = field(default_factory=list)
 
@@ -140,6 +141,7 @@ class HostFacts:
     inside: dict[str, ContainerFacts]
     mem_total_mb: int
     disk_free_mb: dict[str, int]
+    homes: dict[str, str | None] = field(default_factory=dict)  # user -> home on the server; None: no such user
 
     @property
     def docker_running(self) -> bool:
@@ -170,6 +172,7 @@ def probe_sections(request: ProbeRequest) -> tuple[list[tuple[str, str]], list[l
         ("lspci", "sh -c 'lspci -nn 2>/dev/null | grep -i \"\\[10de:\"'"),
         *((f"file:{i}", f"readfile {q(path)}") for i, path in enumerate(request.files)),
         *((f"user:{i}", f"id -nG {q(user)}") for i, user in enumerate(request.users)),
+        *((f"passwd:{i}", f"getent passwd {q(user)}") for i, user in enumerate(request.accounts)),
         ("df", "df -Pm /var/lib/docker /data /"),
     ]
     inside = [[(f"inside:{i}", f"inside {q(name)} {q(inside_script(request, files))}")]
@@ -322,6 +325,16 @@ def parse_df(body: str) -> dict[str, int]:
     return out
 
 
+def parse_home(body: str, user: str) -> str | None:
+    """Pure: the home folder in `getent passwd USER`'s line (name:password:uid:gid:gecos:home:shell); None
+    when the line is not that user's or names no absolute home."""
+    for line in body.splitlines():
+        fields = line.split(":")
+        if len(fields) == 7 and fields[0] == user and fields[5].startswith("/"):
+            return fields[5]
+    return None
+
+
 def parse_snapshots(body: str) -> list[dict]:
     """Pure: snapshot images as [{Repository, Tag, Created}] (Created: the image's creation time on the
     server, seconds since the epoch, UTC), from the Engine API's image list (one JSON array) or from
@@ -430,6 +443,8 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
         inside=inside,
         mem_total_mb=int(mem.group(1)) // 1024 if mem else 0,
         disk_free_mb=parse_df(body("df")),
+        homes={u: (parse_home(body(f"passwd:{i}"), u) if rc(f"passwd:{i}") == 0 else None)
+               for i, u in enumerate(request.accounts)},
     )
 
 

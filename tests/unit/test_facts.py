@@ -77,12 +77,14 @@ def test_h200_host_facts_from_real_nvidia_smi_output():
 def test_probe_runs_on_this_machine(tmp_path):
     target = tmp_path / "managed.conf"
     target.write_text("hello\n")
-    request = facts.ProbeRequest(files=[str(target), str(tmp_path / "missing")], users=["root", "nobody-here-x"])
+    request = facts.ProbeRequest(files=[str(target), str(tmp_path / "missing")], users=["root", "nobody-here-x"],
+                                 accounts=["root", "nobody", "nobody-here-x"])
     f = facts.gather(LocalSession(), request)
     assert f.os.id and f.arch
     assert f.file(str(target)).content == b"hello\n"
     assert not f.file(str(tmp_path / "missing")).exists
     assert "root" in f.users["root"] and f.users["nobody-here-x"] is None
+    assert f.homes == {"root": "/root", "nobody": "/nonexistent", "nobody-here-x": None}  # read, not assumed
     assert f.mem_total_mb > 0 and "/" in f.disk_free_mb
 
 
@@ -256,3 +258,18 @@ def test_docker_info_of_a_client_without_its_daemon_is_not_a_running_docker():
     body = (Path(REPO) / "tests" / "fixtures" / "docker" / "info-26-no-daemon.json").read_text()
     f = facts.parse_probe(section("os_release", "ID=debian\n") + section("docker_info", body), facts.ProbeRequest())
     assert not f.docker_running and "Cannot connect to the Docker daemon" in f.docker_error
+
+
+@pytest.mark.parametrize("body,user,home", [
+    ("root:x:0:0:root:/root:/bin/bash\n", "root", "/root"),  # captured on this machine (Debian 12)
+    ("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n", "nobody", "/nonexistent"),
+    ("alice:x:1001:1001::/srv/alice:/bin/sh\n", "alice", "/srv/alice"),  # useradd -d /srv/alice
+    # SSSD joined to AD (fallback_homedir = /home/%d/%u): the name has the realm, the home a folder per domain
+    ("alice@corp.example.com:*:1668601103:1668600513:Alice Smith:/home/corp.example.com/alice:/bin/bash\n",
+     "alice@corp.example.com", "/home/corp.example.com/alice"),
+    ("", "ghost", None),  # getent found no one (exit 2)
+    ("bob:x:1002:1002::/home/bob:/bin/sh\n", "alice", None),  # not that user's line
+    ("alice:x:1001:1001::relative:/bin/sh\n", "alice", None),
+])
+def test_home_from_getent_passwd(body, user, home):
+    assert facts.parse_home(body, user) == home
