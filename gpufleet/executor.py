@@ -62,11 +62,29 @@ def resolve_hosts(inventory: inv.Inventory, names: list[str]) -> list[str]:
             if not FAILED_HOSTS_FILE.exists():
                 raise InputError(f"{FAILED_HOSTS_FILE}: no failed hosts recorded by a previous run")
             expanded = FAILED_HOSTS_FILE.read_text().split()
+            gone = [n for n in expanded if n not in inventory.hosts]
+            if gone:
+                raise InputError(f"{FAILED_HOSTS_FILE}: host {gone[0]!r} failed in the last run but is not in "
+                                 f"{inventory.path} any more; name the hosts with -H instead")
         else:
             inventory.host(name)
             expanded = [name]
         out += [n for n in expanded if n not in out]
     return out
+
+
+def check_json_path(path: str) -> None:
+    """Refuse a `--json PATH` that cannot be written, before any host is contacted (nothing is created)."""
+    target = Path(path)
+    parent = target.parent
+    reason = ("is a folder" if target.is_dir()
+              else f"its folder {parent} does not exist" if not parent.exists()
+              else f"{parent} is not a folder" if not parent.is_dir()
+              else f"its folder {parent} is not writable" if not os.access(parent, os.W_OK | os.X_OK)
+              else "is not writable" if target.exists() and not os.access(target, os.W_OK)
+              else "")
+    if reason:
+        raise InputError(f"--json {path}: {reason}")
 
 
 def open_session(connector: Connector, name: str, log_path: Path, sudo_password: str | None) -> Session:
@@ -117,6 +135,8 @@ class FleetExecutor(Executor):
     def run_on_hosts(self, call) -> list[HostReport]:
         inventory = load_inventory()
         names = self.host_names(call, inventory)
+        if call.kwargs.get("json"):
+            check_json_path(call.kwargs["json"])
         plain_every = plain_progress_every()
         if call.task.body.fleet_before:
             call.task.body.fleet_before(inventory, **call.kwargs)

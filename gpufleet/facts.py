@@ -20,6 +20,7 @@ import re
 import shlex
 import urllib.parse
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -106,6 +107,7 @@ class ProbeRequest:
     files: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
     users: list[str] = field(default_factory=list)
+    accounts: list[str] = field(default_factory=list)  # users whose home is read (getent passwd)
     containers: dict[str, list[str]] = field(default_factory=dict)  # name -> files inside it
     container_packages: list[str] = field(default_factory=list)
 
@@ -150,6 +152,7 @@ class HostFacts:
     inside: dict[str, ContainerFacts]
     mem_total_mb: int
     disk_free_mb: dict[str, int]
+    homes: dict[str, str | None] = field(default_factory=dict)  # user -> home on the server; None: no such user
 
     @property
     def docker_running(self) -> bool:
@@ -200,6 +203,9 @@ def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
                lambda rc, out: parse_file(out)) for i, path in enumerate(request.files)),
         *(Fact(f"user:{i}", f"id -nG {q(user)}", lambda rc, out: out.split() if rc == 0 else None)
           for i, user in enumerate(request.users)),
+        *(Fact(f"passwd:{i}", f"getent passwd {q(user)}",
+               lambda rc, out, user=user: parse_home(out, user) if rc == 0 else None)
+          for i, user in enumerate(request.accounts)),
         Fact("df", "df -Pm /var/lib/docker /data /", lambda rc, out: parse_df(out)),
     ]
     inside = [[Fact(f"inside:{i}", f"inside {q(name)} {q(inside_script(request, files))}",
@@ -381,17 +387,39 @@ def parse_df(body: str) -> dict[str, int]:
     return out
 
 
+def parse_home(body: str, user: str) -> str | None:
+    """Pure: the home folder in `getent passwd USER`'s line (name:password:uid:gid:gecos:home:shell); None
+    when the line is not that user's or names no absolute home."""
+    for line in body.splitlines():
+        fields = line.split(":")
+        if len(fields) == 7 and fields[0] == user and fields[5].startswith("/"):
+            return fields[5]
+    return None
+
+
 def parse_snapshots(body: str) -> list[dict]:
-    """Pure: snapshot images as [{Repository, Tag}], from the Engine API's image list (one JSON array)
-    or from `docker image ls --format '{{json .}}'` (an object per line)."""
+    """Pure: snapshot images as [{Repository, Tag, Created}] (Created: the image's creation time on the
+    server, seconds since the epoch, UTC), from the Engine API's image list (one JSON array) or from
+    `docker image ls --format '{{json .}}'` (an object per line)."""
     text = body.strip()
     if text.startswith("["):
-        tagged = [ref.rsplit(":", 1) for image in json.loads(text) for ref in image.get("RepoTags") or [] if ":" in ref]
+        tagged = [(*ref.rsplit(":", 1), int(image.get("Created") or 0))
+                  for image in json.loads(text) for ref in image.get("RepoTags") or [] if ":" in ref]
     else:
-        tagged = [(row.get("Repository", ""), row.get("Tag", ""))
+        tagged = [(row.get("Repository", ""), row.get("Tag", ""), cli_created(row.get("CreatedAt", "")))
                   for row in (json.loads(line) for line in text.splitlines() if line.startswith("{"))]
     # an image left without a tag is no snapshot of anything
-    return [{"Repository": repo, "Tag": tag} for repo, tag in tagged if "<none>" not in (repo, tag)]
+    return [{"Repository": repo, "Tag": tag, "Created": created}
+            for repo, tag, created in tagged if "<none>" not in (repo, tag)]
+
+
+def cli_created(text: str) -> int:
+    """Pure: the docker CLI's CreatedAt (`2026-12-02 01:31:22 +0000 UTC`, in the server's zone) as
+    seconds since the epoch; 0 when it does not read."""
+    try:
+        return int(datetime.strptime(" ".join(text.split()[:3]), "%Y-%m-%d %H:%M:%S %z").timestamp())
+    except ValueError:
+        return 0
 
 
 def parse_meminfo(rc: int, out: str) -> int:
@@ -499,6 +527,7 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
         inside=inside,
         mem_total_mb=v["meminfo"],
         disk_free_mb=v["df"],
+        homes={u: v[f"passwd:{i}"] for i, u in enumerate(request.accounts)},
     )
 
 

@@ -24,7 +24,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SIZE_RE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
 # Every value below ends up in a command line, a file or an argv on a host: each pattern is what
 # its target accepts, and none lets a value start with '-' (it would be read as an option).
-USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+# a login from a directory service (SSSD, AD) is NAME@REALM
+USER_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.-]{0,31}|[A-Za-z_][A-Za-z0-9_.-]{0,63}@[A-Za-z0-9]([A-Za-z0-9.-]{0,253}[A-Za-z0-9])?)$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+)?$")
 ADDRESS_RE = re.compile(r"^([A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9])?|[0-9A-Fa-f]*:[0-9A-Fa-f:.]*)$")
@@ -70,6 +71,10 @@ def _url(v, schemes=("http", "https")):
     parts = urlsplit(v)
     if parts.scheme not in schemes or not parts.hostname or " " in v:
         raise ValueError(f"{v!r} is not a valid {'/'.join(schemes)} URL (like http://host:port)")
+    # only the characters RFC 3986 lets a URL have: a `"` would end the quoted value in apt's files
+    odd = re.search(r"[^A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]", v)
+    if odd:
+        raise ValueError(f"{v!r} has {odd.group()!r}, which a URL cannot have (write it %-encoded)")
     try:
         parts.port
     except ValueError:
@@ -135,7 +140,7 @@ def _matching(pattern: re.Pattern, what: str):
     return check
 
 
-_user = _matching(USER_RE, "user name (letters, digits, '_', '.', '-'; not starting with '-')")
+_user = _matching(USER_RE, "user name (letters, digits, '_', '.', '-', and @REALM; not starting with '-')")
 _image = _matching(IMAGE_RE, "image reference (like pytorch/pytorch:2.3.1-cuda12.1-cudnn8-runtime)")
 _package = _matching(PACKAGE_RE, "package name (like git or python3-pip)")
 
@@ -213,7 +218,8 @@ HOST_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     "git_name": (_str, "", "git user.name in containers"),
     "git_email": (_str, "", "git user.email in containers"),
     "github_access": (_choice("agent", "deploy-key", "none"), "agent", "GitHub access from containers"),
-    "forward_agent": (_bool, True, "forward your ssh agent into this host's containers (root there can use it)"),
+    "forward_agent": (_bool, True, "forward your ssh agent into this host's containers (root there can use it); "
+                                   "by default only where github_access = 'agent'"),
     "containers": (_table, {}, "containers to run, by name"),
     # how long one remote command may run, by its class (gpufleet.remote.TIMEOUT_SETTINGS)
     "probe_timeout": (_int_range(1, 86400), 120, "seconds the fact probe may run"),
@@ -612,6 +618,9 @@ class _Validator:
             table = "defaults" if where == "defaults" else f"groups.{where[6:]}" if where.startswith("group ") else table
             self.fail(table, "forward_agent", "github_access = 'agent' reaches GitHub through the forwarded agent; "
                       "set forward_agent = true, or github_access = 'deploy-key' or 'none'")
+        if sources["forward_agent"] == "built-in default":  # lend the agent only where GitHub access needs it
+            settings["forward_agent"] = settings["github_access"] == "agent"
+            sources["forward_agent"] = f"built-in default (github_access = {settings['github_access']!r})"
         return Host(hname, address, groups, settings, specs, sources)
 
     def volume(self, table, text) -> Volume:

@@ -14,8 +14,11 @@ BACKUP_SUFFIX = ".gpufleet.bak"
 
 
 def write_atomically(path: Path, data: bytes, *, backup: bool = False) -> None:
-    """Replace `path` with `data`; with `backup`, the old file is copied to PATH.gpufleet.bak first."""
-    path = Path(path)
+    """Replace `path` with `data`; with `backup`, the old file is copied to PATH.gpufleet.bak first.
+    A `path` that is a symbolic link (a dotfile manager's) stays one: the file it leads to is replaced."""
+    given = Path(path)
+    path = Path(os.path.realpath(given)) if given.is_symlink() else given
+    given.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.gpufleet-tmp-")
@@ -26,7 +29,7 @@ def write_atomically(path: Path, data: bytes, *, backup: bool = False) -> None:
             os.fsync(out.fileno())
         os.chmod(tmp, mode)
         if backup and path.exists():
-            shutil.copy2(path, f"{path}{BACKUP_SUFFIX}")
+            shutil.copy2(path, f"{given}{BACKUP_SUFFIX}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -26,12 +26,15 @@ CONTAINER_APT_SOURCES = ("/etc/apt/sources.list", "/etc/apt/sources.list.d/debia
                          "/etc/apt/sources.list.d/ubuntu.sources")
 
 
-def home_of(user: str) -> str:
+def home_of(user: str, homes: dict[str, str] | None = None) -> str:
+    """The user's home: as the server said (`homes`, from getent passwd), else where it usually is."""
+    if homes and user in homes:
+        return homes[user]
     return "/root" if user == "root" else f"/home/{user}"
 
 
-def authorized_keys_of(user: str) -> str:
-    return f"{home_of(user)}/.ssh/authorized_keys"
+def authorized_keys_of(user: str, homes: dict[str, str] | None = None) -> str:
+    return f"{home_of(user, homes)}/.ssh/authorized_keys"
 
 
 def container_dir(name: str) -> str:
@@ -46,8 +49,10 @@ def container_host_files(name: str) -> list[str]:
 def probe_request(ctx) -> ProbeRequest:
     """Everything any stage may need to read on this host, in one probe."""
     host = ctx.host
+    # the home read by an earlier probe of this run (keys.authorized asks again where it is elsewhere)
+    homes = ctx.run_state.get("homes")
     files = [APT_PROXY_CONF, DOCKER_KEYRING, DOCKER_SOURCES, DAEMON_JSON, DAEMON_JSON_KEYS,
-             NVIDIA_KEYRING, NVIDIA_SOURCES, authorized_keys_of(host.user), f"{home_of(host.user)}/.ssh",
+             NVIDIA_KEYRING, NVIDIA_SOURCES, authorized_keys_of(host.user, homes), f"{home_of(host.user, homes)}/.ssh",
              pending.DOCKER_RESTART]
     for name in host.containers:
         files += [*container_host_files(name), pending.container_restart(name), pending.sshd_reload(name)]
@@ -58,6 +63,7 @@ def probe_request(ctx) -> ProbeRequest:
         files=files,
         images=sorted({spec.image for spec in host.containers.values()}),
         users=list(host.docker_users),
+        accounts=[host.user],
         containers={name: inner for name in host.containers},
         container_packages=["openssh-server", *host.tools],
     )

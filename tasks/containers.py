@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json as jsonlib
+import secrets
 import shlex
 import time
 
@@ -19,7 +20,7 @@ from gpufleet import gpu, pending
 from gpufleet.container_changes import SNAPSHOT_MARKER, read_user_changes, tracks_tool_writes
 from gpufleet.errors import FleetError
 from gpufleet.fleet import fleet_task
-from gpufleet.facts import LINK, MANAGED_LABEL, SNAPSHOT_LABEL
+from gpufleet.facts import LINK, MANAGED_LABEL, SNAPSHOT_LABEL, parse_snapshots
 from gpufleet.files import FileChange, file_action, in_container, render_template
 from gpufleet.inventory import ContainerSpec
 from gpufleet.paths import CONTAINER_DIR, IN_CONTAINER_DIR, container_dir
@@ -196,16 +197,41 @@ def plan_run(c) -> Plan:
     return Plan.change(*actions)
 
 
-def snapshots_to_prune(tags: list[str], keep: int) -> list[str]:
-    """The snapshots (NAME-snapshot:TIMESTAMP) older than the newest `keep`; keep = 0 keeps them all."""
-    ordered = sorted(tags)
+def snapshot_repository(name: str) -> str:
+    """The image repository of `name`'s snapshots: NAME-snapshot.  Repositories are lower case, so a
+    name with upper-case letters also gets a short hash of itself (`Dev` and `dev` keep apart), while
+    a lower-case name keeps the repository its earlier snapshots have."""
+    if name == name.lower():
+        return f"{name}-snapshot"
+    return f"{name.lower()}-{hashlib.sha256(name.encode()).hexdigest()[:8]}-snapshot"
+
+
+def snapshot_tag(now: float, unique: str) -> str:
+    """A new snapshot's tag: its UTC time and a suffix of its own (two snapshots in one second differ)."""
+    return time.strftime("%Y%m%d-%H%M%SZ", time.gmtime(now)) + f"-{unique}"
+
+
+def oldest_first(snapshots: list[dict]) -> list[dict]:
+    """Snapshots (facts.parse_snapshots) ordered by the image's creation time on the server, the tag
+    only breaking ties within one second."""
+    return sorted(snapshots, key=lambda s: (s.get("Created", 0), s.get("Tag", "")))
+
+
+def snapshots_to_prune(snapshots: list[dict], keep: int, newest: str | None = None) -> list[str]:
+    """The snapshots (REPOSITORY:TAG) older than the newest `keep`; keep = 0 keeps them all.  `newest`,
+    the one just taken, counts as the newest whatever the clock said."""
+    ordered = [f"{s['Repository']}:{s['Tag']}" for s in oldest_first(snapshots)]
+    if newest in ordered:
+        ordered.remove(newest)
+        ordered.append(newest)
     return ordered[:-keep] if keep and len(ordered) > keep else []
 
 
 def snapshot(c, name: str, pause: bool = True) -> str:
-    """`docker commit` the container to NAME-snapshot:TIMESTAMP (volumes are not in it), then remove all
-    but its newest `keep_snapshots` snapshots (0 keeps them all); says what it did."""
-    tag = f"{name.lower()}-snapshot:{time.strftime('%Y%m%d-%H%M%S')}"
+    """`docker commit` the container to NAME-snapshot:TIMESTAMP (UTC, with a unique suffix; volumes are not
+    in it), then remove all but its newest `keep_snapshots` snapshots (0 keeps them all); says what it did."""
+    repository = snapshot_repository(name)
+    tag = f"{repository}:{snapshot_tag(time.time(), secrets.token_hex(3))}"
     # marks the moment of the snapshot, so that `rm` can tell later changes from saved ones
     c.run(in_container(name, ["touch", SNAPSHOT_MARKER]), sudo=True, check=False)
     argv = ["docker", "commit", "--change", f"LABEL {SNAPSHOT_LABEL}={name}"]
@@ -213,10 +239,11 @@ def snapshot(c, name: str, pause: bool = True) -> str:
         argv.append("--pause=false")
     c.run([*argv, name, tag], sudo=True, kind="install")
     keep = c.host.containers[name].keep_snapshots
-    listing = c.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", f"{name.lower()}-snapshot"],
-                    sudo=True).stdout.split()
+    listing = parse_snapshots(c.run(["docker", "image", "ls", "--format", "{{json .}}", repository],
+                                    sudo=True).stdout)
     # a snapshot a container still runs from cannot be removed; it stays, and is tried again next time
-    removed = [t for t in snapshots_to_prune(listing, keep) if c.run(["docker", "rmi", t], sudo=True, check=False).ok]
+    removed = [t for t in snapshots_to_prune(listing, keep, newest=tag)
+               if c.run(["docker", "rmi", t], sudo=True, check=False).ok]
     return tag + (f"; removed old {', '.join(removed)} (keep_snapshots = {keep})" if removed else "")
 
 

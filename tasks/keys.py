@@ -77,7 +77,16 @@ def plan_keys(c) -> Plan:
     f = c.facts()
     add, revoke = wanted_keys(c.inventory)
     user = c.host.user
-    targets = [(None, authorized_keys_of(user), f.file(authorized_keys_of(user)), f.file(f"{home_of(user)}/.ssh"), user)]
+    home = f.homes.get(user)
+    if home is None:
+        raise FleetError(f"user {user!r} has no home on this host (getent passwd {user} gives none)")
+    if authorized_keys_of(user, {user: home}) not in f.files:  # not where homes usually are: read it there
+        c.run_state["homes"] = {user: home}
+        c.invalidate()
+        f = c.facts()
+    homes = {user: home}
+    targets = [(None, authorized_keys_of(user, homes), f.file(authorized_keys_of(user, homes)),
+                f.file(f"{home_of(user, homes)}/.ssh"), user)]
     for name, inside in c.running_containers():
         targets.append((name, CONTAINER_AUTHORIZED_KEYS, inside.file(CONTAINER_AUTHORIZED_KEYS),
                         inside.file("/root/.ssh"), "root"))

@@ -22,7 +22,8 @@ from gpufleet.files import in_container
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Script
 from tasks import HOST_TASK_HELP
-from tasks.containers import SNAPSHOT_MARKER, SPEC_LABEL, recreate_from, snapshot
+from tasks.containers import (SNAPSHOT_MARKER, SPEC_LABEL, oldest_first, recreate_from, snapshot,
+                              snapshot_repository)
 
 CONTAINER_HELP = {**HOST_TASK_HELP, "container": "container name (default: every managed container on the host)"}
 
@@ -37,9 +38,9 @@ def chosen(c, container: str | None) -> list[str]:
 
 
 def snapshots_of(facts, name: str) -> list[dict]:
-    """This container's snapshot images, oldest first (tags are timestamps)."""
-    repo = f"{name.lower()}-snapshot"
-    return sorted((s for s in facts.snapshots if s.get("Repository") == repo), key=lambda s: s.get("Tag", ""))
+    """This container's snapshot images, oldest first (by the image's creation time)."""
+    repo = snapshot_repository(name)
+    return oldest_first([s for s in facts.snapshots if s.get("Repository") == repo])
 
 
 def uptime(state: dict) -> str:

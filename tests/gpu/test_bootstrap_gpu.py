@@ -232,7 +232,7 @@ def test_the_probe_reads_the_gpu_host_alike_through_the_reader_the_engine_api_an
     from gpufleet.inventory import load
     from gpufleet.paths import probe_request
     from gpufleet.remote import LocalSession, Script
-    request = probe_request(SimpleNamespace(host=load(inventory()).hosts["h200"]))
+    request = probe_request(SimpleNamespace(host=load(inventory()).hosts["h200"], run_state={}))
     direct = subprocess.run(facts.reader_argv(request), capture_output=True, text=True)
     assert direct.returncode == 0 and "inside:0" in facts.split_sections(direct.stdout), direct.stderr[-2000:]
     script = facts.probe_script(request)

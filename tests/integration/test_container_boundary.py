@@ -92,7 +92,7 @@ def server_facts(lab) -> facts.HostFacts:
     session = SshSession("gpu1", connector.connection("gpu1"))
     session.open()
     try:
-        request = probe_request(SimpleNamespace(host=connector.inventory.hosts["gpu1"]))
+        request = probe_request(SimpleNamespace(host=connector.inventory.hosts["gpu1"], run_state={}))
         return facts.gather(session, request)
     finally:
         session.close()

@@ -19,7 +19,7 @@ def gpu1(lab, bootstrapped):
     connector = Connector(load(lab.inventory_path))
     session = SshSession("gpu1", connector.connection("gpu1"))
     session.open()
-    yield connector, session, probe_request(SimpleNamespace(host=connector.inventory.hosts["gpu1"]))
+    yield connector, session, probe_request(SimpleNamespace(host=connector.inventory.hosts["gpu1"], run_state={}))
     session.close()
     connector.close()
 

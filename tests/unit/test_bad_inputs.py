@@ -61,6 +61,8 @@ INVENTORIES = {
     "inv-env-key-dash.toml": r":7: hosts\.gpu1\.containers\.dev\.env: '-e FOO' is not a valid environment variable name",
     "inv-env-secret-not-string.toml": r":7: hosts\.gpu1\.containers\.dev\.env: value of 'TOKEN' must be a string, "
                                       r"\{ secret = \"\.\.\.\" \} or \{ from_env = \"NAME\" \}",
+    "inv-apt-proxy-quote.toml": r":2: defaults\.apt_proxy: 'http://10\.0\.0\.3:3142/\";Acquire.*' has '\"', which a URL "
+                                r"cannot have \(write it %-encoded\)$",
     "inv-git-name-escape.toml": r":2: defaults\.git_name: value has a control character \('\\x1b'\)",
     "inv-daemon-json-crlf.toml": r":2: defaults\.daemon_json\.log-opts\.max-size: value has a control character",
     "inv-agent-without-forwarding.toml": r":3: defaults\.forward_agent: github_access = 'agent' reaches GitHub through "
@@ -203,7 +205,8 @@ CLI_SAMPLE = ["inv-toml-unterminated-string.toml", "inv-port-is-string.toml", "i
               "inv-not-utf8.toml", "inv-local-is-jump.toml",
               # strings that would reach a shell or an argv as something else
               "inv-address-newline.toml", "inv-image-leading-dash.toml", "inv-env-key-dash.toml",
-              "inv-timeout-zero.toml"]
+              "inv-timeout-zero.toml",
+              "inv-apt-proxy-quote.toml"]
 
 
 def snapshot(*dirs: Path) -> dict:
@@ -232,3 +235,37 @@ def test_broken_inventories_through_the_real_command_line(tmp_path, isolated_hom
         assert len(lines) == 1, (name, done.stderr)
         assert lines[0].startswith(f"error: {files[name]}") and re.search(INVENTORIES[name], lines[0]), lines[0]
     assert snapshot(work, isolated_home, BAD) == before
+
+
+GOOD_INVENTORY = '[hosts.gpu1]\naddress = "127.0.0.1"\nport = 9\n'  # never contacted: the discard port
+
+
+@pytest.mark.parametrize("failed_hosts,args,message", [
+    # -H @failed naming a host the inventory no longer has
+    ("gpu1\ngone\n", ["-H", "@failed", "bootstrap"],
+     r"^error: \.gpufleet/failed-hosts: host 'gone' failed in the last run but is not in \S+hosts\.toml any more; "
+     r"name the hosts with -H instead$"),
+    # --json to a path that cannot be written: found before the run, not after it
+    (None, ["-H", "gpu1", "bootstrap", "--json", "no-such-folder/run.json"],
+     r"^error: --json no-such-folder/run\.json: its folder no-such-folder does not exist$"),
+    (None, ["-H", "gpu1", "sync-keys", "--json", "."], r"^error: --json \.: is a folder$"),
+    (None, ["ops.ps", "--json", "hosts.toml/run.json"], r"^error: --json hosts\.toml/run\.json: hosts\.toml is not a folder$"),
+])
+def test_bad_hosts_and_json_paths_through_the_real_command_line(tmp_path, isolated_home, failed_hosts, args, message):
+    """One line naming the file or option, exit 2, before any host is contacted: no log folder, nothing written."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    (work / "hosts.toml").write_text(GOOD_INVENTORY)
+    if failed_hosts:
+        (work / ".gpufleet").mkdir()
+        (work / ".gpufleet" / "failed-hosts").write_text(failed_hosts)
+    before = snapshot(work, isolated_home)
+    env = {**os.environ, "HOME": str(isolated_home)}
+    env.pop("FABRIC_INVENTORY", None)
+    done = subprocess.run([sys.executable, "-m", "fabric", "-r", REPO, *args], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stdout == "" and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), done.stderr
+    assert snapshot(work, isolated_home) == before

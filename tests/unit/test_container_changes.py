@@ -151,16 +151,60 @@ def test_state_of_a_failed_docker_diff():
     assert cc.parse_state(text).error == "Error: No such container: dev"
 
 
+def snap(tag: str, created: int, repository: str = "dev-snapshot") -> dict:
+    return {"Repository": repository, "Tag": tag, "Created": created}
+
+
 PRUNE = [
-    (["dev-snapshot:20260101-000003", "dev-snapshot:20260101-000001", "dev-snapshot:20260101-000002"], 1,
+    ([snap("20260101-000003", 3), snap("20260101-000001", 1), snap("20260101-000002", 2)], 1, None,
      ["dev-snapshot:20260101-000001", "dev-snapshot:20260101-000002"]),
-    (["dev-snapshot:20260101-000001", "dev-snapshot:20251231-235959"], 3, []),
-    (["dev-snapshot:20260101-000001", "dev-snapshot:20251231-235959"], 1, ["dev-snapshot:20251231-235959"]),
-    (["dev-snapshot:20260101-000001", "dev-snapshot:20260101-000002"], 0, []),  # 0 keeps them all
-    ([], 2, []),
+    ([snap("20260101-000001", 10), snap("20251231-235959", 9)], 3, None, []),
+    ([snap("20260101-000001", 10), snap("20251231-235959", 9)], 1, None, ["dev-snapshot:20251231-235959"]),
+    ([snap("20260101-000001", 1), snap("20260101-000002", 2)], 0, None, []),  # 0 keeps them all
+    ([], 2, None, []),
+    # two admins: one in UTC+9 (tag 09:00 local), then one in UTC-5 an hour later (tag 20:00 the day
+    # before); the text says the first is newer, the images' creation times say otherwise
+    ([snap("20260601-090000", 1780272000), snap("20260531-200000", 1780275600)], 1, None,
+     ["dev-snapshot:20260601-090000"]),
+    # a DST change: 02:30 before the clocks went back, 02:10 after it
+    ([snap("20261025-023000", 1792888200), snap("20261025-021000", 1792890600)], 1, None,
+     ["dev-snapshot:20261025-023000"]),
+    # two in one second (their suffixes differ): the one just taken is the newest whatever its suffix
+    ([snap("20260101-000001Z-ffffff", 1), snap("20260101-000001Z-000000", 1)], 1, "dev-snapshot:20260101-000001Z-000000",
+     ["dev-snapshot:20260101-000001Z-ffffff"]),
 ]
 
 
-@pytest.mark.parametrize("tags,keep,pruned", PRUNE)
-def test_keep_snapshots_prunes_the_oldest(tags, keep, pruned):
-    assert containers.snapshots_to_prune(tags, keep) == pruned
+@pytest.mark.parametrize("snapshots,keep,newest,pruned", PRUNE)
+def test_keep_snapshots_prunes_the_oldest(snapshots, keep, newest, pruned):
+    assert containers.snapshots_to_prune(snapshots, keep, newest=newest) == pruned
+
+
+def test_a_snapshot_tag_is_utc_and_unique():
+    # 2026-07-01 12:00:00 UTC, whatever zone the workstation is in
+    assert containers.snapshot_tag(1782907200, "a1b2c3") == "20260701-120000Z-a1b2c3"
+
+
+@pytest.mark.parametrize("name,repository", [
+    ("dev", "dev-snapshot"),  # a lower-case name keeps the repository its earlier snapshots have
+    ("my_box.2", "my_box.2-snapshot"),
+    ("Dev", "dev-" + __import__("hashlib").sha256(b"Dev").hexdigest()[:8] + "-snapshot"),
+])
+def test_snapshot_repositories(name, repository):
+    assert containers.snapshot_repository(name) == repository
+
+
+def test_names_that_differ_in_case_have_their_own_snapshots():
+    names = ["dev", "Dev", "DEV", "dEv"]
+    assert len({containers.snapshot_repository(n) for n in names}) == len(names)
+
+
+def test_restore_and_ps_take_the_newest_snapshot_by_creation_time_and_only_the_containers_own():
+    from types import SimpleNamespace
+    from tasks import ops
+    dev_repo = containers.snapshot_repository("Dev")
+    facts = SimpleNamespace(snapshots=[
+        snap("20260601-090000", 1780272000), snap("20260531-200000", 1780275600),  # written by two time zones
+        snap("20260701-120000Z-a1b2c3", 1782907200, dev_repo)])  # Dev's, newer than all of dev's
+    assert [s["Tag"] for s in ops.snapshots_of(facts, "dev")] == ["20260601-090000", "20260531-200000"]
+    assert [s["Tag"] for s in ops.snapshots_of(facts, "Dev")] == ["20260701-120000Z-a1b2c3"]

@@ -135,12 +135,14 @@ def test_h200_host_facts_from_real_nvidia_smi_output():
 def test_probe_runs_on_this_machine(tmp_path):
     target = tmp_path / "managed.conf"
     target.write_text("hello\n")
-    request = facts.ProbeRequest(files=[str(target), str(tmp_path / "missing")], users=["root", "nobody-here-x"])
+    request = facts.ProbeRequest(files=[str(target), str(tmp_path / "missing")], users=["root", "nobody-here-x"],
+                                 accounts=["root", "nobody", "nobody-here-x"])
     f = facts.gather(LocalSession(), request)
     assert f.os.id and f.arch
     assert f.file(str(target)).content == b"hello\n"
     assert not f.file(str(tmp_path / "missing")).exists
     assert "root" in f.users["root"] and f.users["nobody-here-x"] is None
+    assert f.homes == {"root": "/root", "nobody": "/nonexistent", "nobody-here-x": None}  # read, not assumed
     assert f.mem_total_mb > 0 and "/" in f.disk_free_mb
 
 
@@ -209,13 +211,27 @@ def test_snapshots_read_alike_from_the_engine_api_and_the_cli():
     """Both captured on a lab server (Docker 20.10) with one snapshot image tagged twice."""
     api = facts.parse_snapshots((HERE / "docker" / "images-snapshots-api.json").read_text())
     cli = facts.parse_snapshots((HERE / "docker" / "images-snapshots-cli.txt").read_text())
-    pairs = lambda snaps: sorted((s["Repository"], s["Tag"]) for s in snaps)  # noqa: E731
-    assert pairs(api) == pairs(cli) == [("dev-snapshot", "20261202-014000"), ("dev-snapshot", "20261202-014500")]
-    assert facts.parse_snapshots('[{"RepoTags":["reg:5000/dev-snapshot:t1"]},{"RepoTags":null}]') == [
-        {"Repository": "reg:5000/dev-snapshot", "Tag": "t1"}]
+    rows = lambda snaps: sorted((s["Repository"], s["Tag"], s["Created"]) for s in snaps)  # noqa: E731
+    # the image's creation time on the server (2026-12-02 01:31:22 UTC), read alike from both
+    assert rows(api) == rows(cli) == [("dev-snapshot", "20261202-014000", 1796175082),
+                                      ("dev-snapshot", "20261202-014500", 1796175082)]
+    assert facts.parse_snapshots('[{"RepoTags":["reg:5000/dev-snapshot:t1"],"Created":5},{"RepoTags":null}]') == [
+        {"Repository": "reg:5000/dev-snapshot", "Tag": "t1", "Created": 5}]
     # an untagged image: the API and the CLI say so differently, neither is a snapshot
     assert facts.parse_snapshots('[{"RepoTags":["<none>:<none>"]}]') == [] == facts.parse_snapshots(
         '{"Repository":"<none>","Tag":"<none>","ID":"b17f4e32ffa7"}\n')
+
+
+@pytest.mark.parametrize("created_at,epoch", [
+    ("2026-12-02 01:31:22 +0000 UTC", 1796175082),
+    ("2026-12-02 02:31:22 +0100 CET", 1796175082),  # a server (or CLI) in another zone: the same moment
+    ("2026-03-29 03:00:05 +0200 CEST", 1774746005),  # just after a DST change
+    ("2026-03-29 01:59:55 +0100 CET", 1774745995),  # ten seconds earlier, an hour "later" as text
+    ("", 0), ("yesterday", 0),
+])
+def test_snapshot_creation_time_from_the_cli_is_a_moment_not_a_text(created_at, epoch):
+    line = '{"Repository":"dev-snapshot","Tag":"t","CreatedAt":"%s"}' % created_at
+    assert facts.parse_snapshots(line) == [{"Repository": "dev-snapshot", "Tag": "t", "Created": epoch}]
 
 
 @pytest.mark.skipif(not shutil.which("docker") or not shutil.which("curl"), reason="needs docker and curl here")
@@ -302,3 +318,18 @@ def test_docker_info_of_a_client_without_its_daemon_is_not_a_running_docker():
     body = (Path(REPO) / "tests" / "fixtures" / "docker" / "info-26-no-daemon.json").read_text()
     f = facts.parse_probe(section("os_release", "ID=debian\n") + section("docker_info", body), facts.ProbeRequest())
     assert not f.docker_running and "Cannot connect to the Docker daemon" in f.docker_error
+
+
+@pytest.mark.parametrize("body,user,home", [
+    ("root:x:0:0:root:/root:/bin/bash\n", "root", "/root"),  # captured on this machine (Debian 12)
+    ("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n", "nobody", "/nonexistent"),
+    ("alice:x:1001:1001::/srv/alice:/bin/sh\n", "alice", "/srv/alice"),  # useradd -d /srv/alice
+    # SSSD joined to AD (fallback_homedir = /home/%d/%u): the name has the realm, the home a folder per domain
+    ("alice@corp.example.com:*:1668601103:1668600513:Alice Smith:/home/corp.example.com/alice:/bin/bash\n",
+     "alice@corp.example.com", "/home/corp.example.com/alice"),
+    ("", "ghost", None),  # getent found no one (exit 2)
+    ("bob:x:1002:1002::/home/bob:/bin/sh\n", "alice", None),  # not that user's line
+    ("alice:x:1001:1001::relative:/bin/sh\n", "alice", None),
+])
+def test_home_from_getent_passwd(body, user, home):
+    assert facts.parse_home(body, user) == home

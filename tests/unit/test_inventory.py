@@ -193,7 +193,14 @@ def test_show_host_prints_values_with_brackets(tmp_path):
 
 
 @pytest.mark.parametrize("settings,forwarded", [("", True), ('github_access = "deploy-key"\nforward_agent = false\n', False),
-                                                ('github_access = "none"\nforward_agent = false\n', False)])
+                                                ('github_access = "none"\nforward_agent = false\n', False),
+                                                # only `agent` needs the agent: the others do not lend it by default
+                                                ('github_access = "deploy-key"\n', False),
+                                                ('github_access = "none"\n', False),
+                                                ('github_access = "agent"\n', True),
+                                                # unless the inventory says so explicitly
+                                                ('github_access = "deploy-key"\nforward_agent = true\n', True),
+                                                ('github_access = "none"\nforward_agent = true\n', True)])
 def test_agent_forwarding_into_containers_is_a_setting(settings, forwarded):
     from gpufleet import ssh_config
     from tasks import sshconfig
@@ -203,3 +210,33 @@ def test_agent_forwarding_into_containers_is_a_setting(settings, forwarded):
     assert not server.forward_agent and container.forward_agent is forwarded
     block = ssh_config.render_block([server, container])
     assert block.split("Host gpu1-dev\n")[1].count(f"ForwardAgent {'yes' if forwarded else 'no'}") == 1
+
+
+def test_agent_forwarding_follows_github_access_through_the_layers():
+    loaded = inv.loads('[defaults]\ngithub_access = "none"\n[groups.lab]\ngithub_access = "agent"\n'
+                       '[groups.contract]\nforward_agent = true\n'
+                       '[hosts.a]\naddress = "10.0.0.1"\n[hosts.b]\naddress = "10.0.0.2"\ngroups = ["lab"]\n'
+                       '[hosts.c]\naddress = "10.0.0.3"\ngroups = ["lab"]\ngithub_access = "deploy-key"\n'
+                       '[hosts.d]\naddress = "10.0.0.4"\ngroups = ["contract"]\n')
+    assert {n: h.forward_agent for n, h in loaded.hosts.items()} == {"a": False, "b": True, "c": False, "d": True}
+    assert loaded.hosts["a"].sources["forward_agent"] == "built-in default (github_access = 'none')"
+    assert loaded.hosts["d"].sources["forward_agent"] == "group contract"
+
+
+@pytest.mark.parametrize("name,valid", [
+    ("root", True), ("ada", True), ("a.b-c_d", True), ("_svc", True),
+    ("alice@corp.example.com", True),  # SSSD/AD: a login from a directory service
+    ("Alice.Smith@CORP.EXAMPLE.COM", True), ("bob@ad", True),
+    ("a" * 32, True), ("a" * 33, False),
+    ("@corp.example.com", False), ("alice@", False), ("alice@@corp", False), ("alice@corp@evil", False),
+    ("alice@-oProxyCommand", False), ("alice@corp.", False), ("-x@corp", False), ("alice@corp com", False),
+    ("alice@corp;id", False), ("alice@%h", False),
+])
+def test_user_names_of_logins_from_a_directory_service(name, valid):
+    text = f'[defaults]\nuser = "{name}"\ndocker_users = ["{name}"]\n' + H
+    if valid:
+        host = inv.loads(text).host("a")
+        assert host.user == name and host.docker_users == [name]
+    else:
+        with pytest.raises(InventoryError, match=r"defaults\.user: .* is not a valid user name"):
+            inv.loads(text)

@@ -44,3 +44,39 @@ def test_known_hosts_goes_through_it(tmp_path):
     assert path.read_text() == "gpu1 ssh-ed25519 AAAA1\n" and mode(path) == 0o600
     assert os.listdir(tmp_path) == ["known_hosts"]
     assert KnownHosts(path).get("gpu1") == [("ssh-ed25519", "AAAA1")]
+
+
+@pytest.mark.parametrize("link_text", ["absolute", "relative", "chain"])
+def test_a_config_that_is_a_symbolic_link_stays_one_and_its_target_is_written(tmp_path, link_text):
+    """A dotfile manager's ~/.ssh/config -> ~/dotfiles/ssh/config: the link is kept, the file it leads to gets
+    the new content (atomically, in its own folder, its mode kept), the backup sits beside the link."""
+    dotfiles = tmp_path / "dotfiles" / "ssh"
+    dotfiles.mkdir(parents=True)
+    target = dotfiles / "config"
+    target.write_bytes(b"old\n")
+    os.chmod(target, 0o640)
+    ssh_dir = tmp_path / "home" / ".ssh"
+    ssh_dir.mkdir(parents=True)
+    link = ssh_dir / "config"
+    if link_text == "absolute":
+        link.symlink_to(target)
+    elif link_text == "relative":
+        link.symlink_to(os.path.relpath(target, ssh_dir))
+    else:  # a link to a link
+        (dotfiles / "current").symlink_to("config")
+        link.symlink_to(dotfiles / "current")
+    pointed = os.readlink(link)
+    write_atomically(link, b"new\n", backup=True)
+    assert link.is_symlink() and os.readlink(link) == pointed
+    assert target.read_bytes() == b"new\n" and not target.is_symlink() and mode(target) == 0o640
+    assert (ssh_dir / "config.gpufleet.bak").read_bytes() == b"old\n"
+    assert sorted(os.listdir(ssh_dir)) == ["config", "config.gpufleet.bak"]  # no temp file left anywhere
+    assert sorted(os.listdir(dotfiles)) == sorted(["config"] + (["current"] if link_text == "chain" else []))
+
+
+def test_a_link_to_a_file_not_there_yet_gets_it(tmp_path):
+    link = tmp_path / "config"
+    link.symlink_to(tmp_path / "dotfiles" / "config")
+    write_atomically(link, b"Host a\n")
+    assert link.is_symlink() and (tmp_path / "dotfiles" / "config").read_bytes() == b"Host a\n"
+    assert mode(tmp_path / "dotfiles" / "config") == 0o600

@@ -323,3 +323,24 @@ def test_known_limit_a_final_pass_matches_host_lines_against_the_hostname(tmp_pa
     assert (resolved["hostname"], resolved["user"], resolved["proxyjump"]) == ("gpu1", "root", "bastion")
     config.write_bytes(ssh_config.update(b"Host myhost\n    HostName gpu1\n", BLOCK))
     assert "proxyjump" not in ssh_resolve(config, "myhost")[1]  # without a final pass: untouched
+
+
+@pytest.mark.skipif(not SSH, reason="needs the OpenSSH client")
+def test_a_login_from_a_directory_service_reaches_ssh_as_it_is(tmp_path):
+    """`user = "alice@corp.example.com"` (SSSD/AD) from the inventory to the generated config: the real
+    `ssh -G` logs in as that name, on the bastion and on the server behind it (no connection is made)."""
+    from gpufleet import inventory as inv
+    from tasks.sshconfig import entries
+    inventory = inv.loads('[local]\nknown_hosts = "/srv/gpufleet-test/known_hosts"\n'
+                          '[defaults]\nuser = "alice@corp.example.com"\n'
+                          '[hosts.bastion]\naddress = "bastion.example.com"\n'
+                          '[hosts.gpu1]\naddress = "10.0.0.11"\njump = "bastion"\n'
+                          '[hosts.gpu1.containers.dev]\nimage = "pytorch/pytorch:2.3"\nssh_port = 2222\n')
+    config = tmp_path / "config"
+    config.write_text(ssh_config.render_block(entries(inventory)))
+    assert "    User alice@corp.example.com\n" in config.read_text()
+    for alias, user, jump in [("bastion", "alice@corp.example.com", None), ("gpu1", "alice@corp.example.com", "bastion"),
+                              ("gpu1-dev", "root", "gpu1")]:
+        rc, resolved, err = ssh_resolve(config, alias)
+        assert rc == 0, err
+        assert resolved["user"] == user and resolved.get("proxyjump") == jump, resolved
