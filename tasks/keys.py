@@ -81,7 +81,7 @@ def plan_keys(c) -> Plan:
     for name, inside in c.running_containers():
         targets.append((name, CONTAINER_AUTHORIZED_KEYS, inside.file(CONTAINER_AUTHORIZED_KEYS),
                         inside.file("/root/.ssh"), "root"))
-    actions, notes = [], []
+    actions, notes = c.once_running(lambda name: f"write {CONTAINER_AUTHORIZED_KEYS} with the {len(add)} key(s)"), []
     for container, path, current, ssh_dir, owner in targets:
         where = f"{container}: " if container else ""
         change, problems = key_change(path, current, add, revoke, owner=owner, group=owner)
