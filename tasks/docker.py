@@ -115,7 +115,7 @@ def plan_configure(c) -> Plan:
     never set (by hand, by another tool, or by gpufleet before it kept the record) is never touched.
     """
     f = c.facts()
-    if not f.docker_running:
+    if not f.docker_running and not c.dry_run:
         return Plan.skipped("Docker is not running yet")
     current_file = f.file(DAEMON_JSON)
     current = daemon_json.parse(current_file.text, DAEMON_JSON) if current_file.exists else {}
@@ -145,6 +145,9 @@ def plan_configure(c) -> Plan:
     set_keys, removed_keys = daemon_json.changed_keys(current, new)
     what = ", ".join(set_keys) + ("; " if set_keys and removed_keys else "") + \
         (f"remove {', '.join(removed_keys)}" if removed_keys else "")
+    if not f.docker_running:  # an earlier step of this dry run installs or starts it
+        return Plan.change(Action(f"update {DAEMON_JSON} ({what}) and restart Docker once it runs", lambda c: None,
+                                  diff=diff), record_action)
     old_root = f.docker_info.get("DockerRootDir", "/var/lib/docker")
     new_root = new.get("data-root", "/var/lib/docker")
     warning = ""

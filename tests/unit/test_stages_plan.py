@@ -88,6 +88,15 @@ def test_daemon_json_gets_the_nvidia_runtime_once_the_toolkit_is_installed():
     assert nvidia.plan_toolkit(ctx).actions[1].summary.startswith("fetch NVIDIA's signing key")
 
 
+def test_a_dry_run_on_a_server_without_docker_yet_plans_daemon_json():
+    """docker.install comes first in the same run: the real run then writes daemon.json."""
+    plan = docker.plan_configure(context(gpu_probe_output(smi_rc=127)))
+    assert [a.summary for a in plan.actions] == [
+        "update /etc/docker/daemon.json (data-root, registry-mirrors) and restart Docker once it runs",
+        "record the daemon.json keys gpufleet sets (data-root, registry-mirrors) in /var/lib/gpufleet/daemon-json-keys.json"]
+    assert '+ data-root: "/data/docker"' in plan.actions[0].diff
+
+
 def test_old_driver_refuses_a_newer_cuda_image():
     text = gpu_probe_output(edits=[("CUDA Version: 13.0", "CUDA Version: 11.4")])
     ctx = context(text)
