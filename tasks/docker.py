@@ -77,6 +77,9 @@ def plan_install(c) -> Plan:
 def plan_service(c) -> Plan:
     f = c.facts()
     if not ({"docker.io", "docker-ce"} & set(f.packages)):
+        if c.dry_run and not f.systemd:  # without systemd, nothing starts the engine docker.install installs
+            return Plan.change(Action("start Docker: service docker start (no systemd) once it is installed",
+                                      lambda c: None))
         return Plan.skipped("Docker is not installed yet")
     if f.docker_running:
         if f.systemd and f.docker_enabled not in ("enabled", "static"):

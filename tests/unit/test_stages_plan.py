@@ -97,6 +97,15 @@ def test_a_dry_run_on_a_server_without_docker_yet_plans_daemon_json():
     assert '+ data-root: "/data/docker"' in plan.actions[0].diff
 
 
+@pytest.mark.parametrize("systemd_rc,plan", [
+    (0, "skipped: Docker is not installed yet"),  # its package starts and enables it
+    (1, "changed: start Docker: service docker start (no systemd) once it is installed")])
+def test_a_dry_run_on_a_server_without_docker_yet_plans_its_start_where_no_systemd_does(systemd_rc, plan):
+    text = gpu_probe_output(smi_rc=127).replace(section("systemd", "", 0), section("systemd", "", systemd_rc))
+    result = docker.plan_service(context(text))
+    assert (f"skipped: {result.skip}" if result.skip else f"changed: {result.actions[0].summary}") == plan
+
+
 def test_old_driver_refuses_a_newer_cuda_image():
     text = gpu_probe_output(edits=[("CUDA Version: 13.0", "CUDA Version: 11.4")])
     ctx = context(text)
