@@ -10,12 +10,15 @@ import sys
 # PYTHONDONTWRITEBYTECODE still win.
 sys.dont_write_bytecode = bool(sys.flags.dont_write_bytecode)
 
+from gpufleet.cli import exit_on_interrupt  # noqa: E402
+
+exit_on_interrupt()  # before the project's modules load (`gpufleet` installs it before Fabric's)
+
 from invoke import Collection, task  # noqa: E402
 
-from gpufleet.fleet import exit_on_interrupt, fleet_task, skip_last_collection  # noqa: E402
+from gpufleet.fleet import fleet_task, skip_last_collection  # noqa: E402
 from tasks import HOST_TASK_HELP, apt, containers, docker, doctor, hosts, inside, keys, lab, nvidia, ops, sshconfig  # noqa: E402,E501
 
-exit_on_interrupt()
 skip_last_collection()
 
 BOOTSTRAP = [

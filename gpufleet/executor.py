@@ -100,7 +100,7 @@ class FleetExecutor(Executor):
 
     def execute(self, *tasks):
         # from here on Ctrl-C raises KeyboardInterrupt, so that a run can close its
-        # connections and print what finished (see gpufleet.fleet.exit_on_interrupt)
+        # connections and print what finished (see gpufleet.cli.exit_on_interrupt)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return self._execute(*tasks)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import atexit
 import gc
-import os
-import signal
-import sys
 from pathlib import Path
 
 from gpufleet import inventory as inv
@@ -40,16 +37,3 @@ def skip_last_collection() -> None:
     atexit.register(gc.freeze)
 
 
-def exit_on_interrupt() -> None:
-    """Make Ctrl-C end `fab` with exit 130 from the moment the fabfile is loaded.
-
-    A shell starts background jobs with SIGINT ignored, and Python keeps an ignored
-    SIGINT ignored: then `kill -INT` would never stop fab.  Until the executor takes
-    over (it turns SIGINT into KeyboardInterrupt and prints a recap), nothing has been
-    contacted, so exiting at once is safe."""
-    def now(signum, frame):
-        sys.stdout.flush()
-        sys.stderr.write("interrupted (Ctrl-C) before any host was contacted\n")
-        sys.stderr.flush()
-        os._exit(130)
-    signal.signal(signal.SIGINT, now)

@@ -116,6 +116,9 @@ class HostContext:
         self.current_step = ""
         self._finishers: list[Callable[["HostContext"], None]] = []
         self.run_state: dict = {}  # what a stage keeps for the rest of this host's run
+        # the containers an earlier step's plan runs, re-creates or starts: a dry run cannot read them as
+        # they will be, so the steps after say what they will do in them
+        self.containers_to_come: set[str] = set()
 
     @property
     def name(self) -> str:
@@ -145,14 +148,24 @@ class HostContext:
 
     def running_containers(self):
         """(name, ContainerFacts) of each of the host's containers; one that is not running fails the
-        step, except in a dry run (an earlier step would have started it)."""
+        step.  A dry run leaves out the containers an earlier step runs, re-creates or starts: what is in
+        them is known only once they run (see `once_running`)."""
         for name in self.host.containers:
+            if self.dry_run and name in self.containers_to_come:
+                continue
             inside = self.facts().inside.get(name)
             if inside is None:
-                if self.dry_run:
-                    continue
                 raise FleetError(f"container {name} is not running (docker logs {name} says why)")
             yield name, inside
+
+    def once_running(self, what: Callable[[str], str]) -> list[Action]:
+        """In a dry run, one action for each container an earlier step runs, re-creates or starts, saying
+        `what(name)` the step will do in it once it runs; none in a real run (the container is running by
+        then, and the step reads it)."""
+        if not self.dry_run:
+            return []
+        return [Action(f"{what(name)} in {name} once it runs", lambda c: None)
+                for name in self.host.containers if name in self.containers_to_come]
 
     def on_finish(self, callback: Callable[["HostContext"], None]) -> None:
         """Call `callback(ctx)` once after this host's last step (also after a failed one)."""

@@ -133,6 +133,10 @@ class Session:
     def open(self) -> None:
         """Connect (or check that commands can run) before the first step."""
 
+    def login_key(self) -> tuple[str, str] | None:
+        """(type, base64) of the public key the server accepted for this session; None where no key logged in."""
+        return None
+
     def abort(self) -> None:
         """Stop what runs now, from another thread (Ctrl-C)."""
 
@@ -283,6 +287,13 @@ class SshSession(Session):
             raise ConnectError(describe_connect_error(self.name, self.connection, e)) from None
         self.connections += 1
         self.log(f"# connected to {self.connection.user}@{self.connection.host}:{self.connection.port}")
+
+    def login_key(self) -> tuple[str, str] | None:
+        # paramiko keeps the key of the last public-key attempt; authentication stops at the one accepted
+        self.open()
+        auth = getattr(self.connection.transport, "auth_handler", None)
+        key = auth.private_key if auth is not None and auth.auth_method == "publickey" else None
+        return (key.get_name(), key.get_base64()) if key is not None else None
 
     def _exec(self, command, *, sudo, timeout, stdin, on_output=None):
         self.open()

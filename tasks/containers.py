@@ -147,7 +147,7 @@ def plan_run(c) -> Plan:
     f = c.facts()
     if not c.host.containers:
         return Plan.ok("no containers in the inventory for this host")
-    if not f.docker_running:
+    if not f.docker_running and not c.dry_run:
         return Plan.skipped("Docker is not running yet")
     actions, fine = [], []
     for name, spec in c.host.containers.items():
@@ -163,6 +163,10 @@ def plan_run(c) -> Plan:
                 restart_pending) if name in f.containers else file_action(entry))
         then_clear = (lambda act: pending.restart_and_clear(act, restart_record)) if restart_pending or (
             entry.needed and name in f.containers) else (lambda act: act)
+        if not f.docker_running:  # an earlier step of this dry run installs or starts it
+            c.containers_to_come.add(name)
+            actions.append(Action(f"pull {spec.image} and run container {name} once Docker runs", lambda c: None))
+            continue
         warning = cuda_check(c, spec)
         if spec.image not in f.images:
             actions.append(Action(f"pull {spec.image}", lambda c, i=spec.image: c.run(["docker", "pull", "--", i], sudo=True, kind="install"),
@@ -170,6 +174,7 @@ def plan_run(c) -> Plan:
         doc = resolved_spec(c, spec)
         current = f.containers.get(name)
         if current is None:
+            c.containers_to_come.add(name)
             _, why = use_gpus(c, spec)
             actions.append(Action(f"run container {name} ({why}, shm {doc['shm_size']}, ssh port {spec.ssh_port})",
                                   then_clear(lambda c, n=name, d=doc: docker_run(c, n, d))))
@@ -177,11 +182,13 @@ def plan_run(c) -> Plan:
         old_doc = jsonlib.loads(((current.get("Config") or {}).get("Labels") or {}).get(SPEC_LABEL) or "{}")
         differences = spec_differences(old_doc, doc) + writable_tool_folder(current)
         if differences:
+            c.containers_to_come.add(name)
             actions.append(Action(f"re-create container {name} ({'; '.join(differences)}), keeping its volumes "
                                   "(snapshot first if you changed its files)",
                                   then_clear(lambda c, n=name, d=doc: recreate(c, n, d)),
                                   diff="".join(f"~ {d}\n" for d in differences)))
         elif not current["State"]["Running"]:
+            c.containers_to_come.add(name)
             actions.append(Action(f"start container {name}",
                                   then_clear(lambda c, n=name: c.run(["docker", "start", n], sudo=True))))
         elif entry.needed or restart_pending:
@@ -283,16 +290,10 @@ def plan_sshd(c) -> Plan:
     f = c.facts()
     if not c.host.containers:
         return Plan.ok("no containers")
-    actions, fine = [], []
-    for name in c.host.containers:
+    actions, fine = c.once_running(lambda name: "set up sshd"), []
+    for name, inside in c.running_containers():
         before = len(actions)
         alias = c.inventory.container_alias(c.host.name, name)
-        inside = f.inside.get(name)
-        if inside is None:
-            if c.dry_run:
-                actions.append(Action(f"set up sshd in {name} once it runs", lambda c: None))
-                continue
-            raise FleetError(f"container {name} is not running (docker logs {name} says why)")
         if not inside.sshd_installed:
             if not c.dry_run:
                 raise FleetError(f"openssh-server is not installed in {name} (inside.tools installs it)")

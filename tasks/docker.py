@@ -77,6 +77,9 @@ def plan_install(c) -> Plan:
 def plan_service(c) -> Plan:
     f = c.facts()
     if not ({"docker.io", "docker-ce"} & set(f.packages)):
+        if c.dry_run and not f.systemd:  # without systemd, nothing starts the engine docker.install installs
+            return Plan.change(Action("start Docker: service docker start (no systemd) once it is installed",
+                                      lambda c: None))
         return Plan.skipped("Docker is not installed yet")
     if f.docker_running:
         if f.systemd and f.docker_enabled not in ("enabled", "static"):
@@ -116,7 +119,7 @@ def plan_configure(c) -> Plan:
     never set (by hand, by another tool, or by gpufleet before it kept the record) is never touched.
     """
     f = c.facts()
-    if not f.docker_running:
+    if not f.docker_running and not c.dry_run:
         return Plan.skipped("Docker is not running yet")
     current_file = f.file(DAEMON_JSON)
     current = daemon_json.parse(current_file.text, DAEMON_JSON) if current_file.exists else {}
@@ -151,6 +154,9 @@ def plan_configure(c) -> Plan:
     set_keys, removed_keys = daemon_json.changed_keys(current, new)
     what = ", ".join(set_keys) + ("; " if set_keys and removed_keys else "") + \
         (f"remove {', '.join(removed_keys)}" if removed_keys else "")
+    if not f.docker_running:  # an earlier step of this dry run installs or starts it
+        return Plan.change(Action(f"update {DAEMON_JSON} ({what}) and restart Docker once it runs", lambda c: None,
+                                  diff=diff), record_action)
     old_root = f.docker_info.get("DockerRootDir", "/var/lib/docker")
     new_root = new.get("data-root", "/var/lib/docker")
     warning = ""

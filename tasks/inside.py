@@ -23,7 +23,10 @@ GITHUB_KNOWN_HOSTS = (TEMPLATES / "github_known_hosts").read_text()
 
 
 def plan_apt_mirror(c) -> Plan:
-    actions, fine = [], []
+    where = c.host.apt_mirror or "the official archive"
+    proxy = f" through {c.host.apt_proxy}" if c.host.apt_proxy else ""
+    actions, fine = c.once_running(lambda name: f"point apt at {where}{proxy} for the release of "
+                                                f"{c.host.containers[name].image}"), []
     for name, inside in c.running_containers():
         before = len(actions)
         if c.host.apt_proxy:
@@ -45,8 +48,6 @@ def plan_apt_mirror(c) -> Plan:
                                       lambda c, n=name, a=argv: c.run(in_container(n, a), sudo=True)))
         if len(actions) == before:
             fine.append(f"{name} ({os_release.pretty_name or os_release.id})")
-    where = c.host.apt_mirror or "the official archive"
-    proxy = f" through {c.host.apt_proxy}" if c.host.apt_proxy else ""
     return Plan.change(*actions) if actions else Plan.ok(
         f"apt in {', '.join(fine) or 'no container'} uses {where}{proxy}")
 
@@ -54,7 +55,9 @@ def plan_apt_mirror(c) -> Plan:
 def plan_tools(c) -> Plan:
     """openssh-server and the inventory's tools: the missing ones, in one apt transaction per container,
     without recommended packages (as images are built: openssh-server's would bring systemd and dbus)."""
-    actions, fine = [], []
+    packages = ["openssh-server"] + [t for t in c.host.tools if t != "openssh-server"]
+    actions, fine = c.once_running(lambda name: f"install those of {' '.join(packages)} that "
+                                                f"{c.host.containers[name].image} lacks"), []
     for name, inside in c.running_containers():
         # an image may ship sshd without dpkg knowing (built from source, copied in): then it needs no package
         wanted = ([] if inside.sshd_installed else ["openssh-server"]) + [t for t in c.host.tools if t != "openssh-server"]
@@ -90,8 +93,11 @@ def known_hosts_with_github(text: str) -> str:
 
 
 def plan_git(c) -> Plan:
-    actions, notes = [], []
+    notes = []
     wanted = {k: v for k, v in (("user.name", c.host.git_name), ("user.email", c.host.git_email)) if v}
+    to_do = [f"git config --global {k} {v!r}" for k, v in wanted.items()] + ["pin github.com's host keys"]
+    to_do += ["generate a GitHub deploy key"] if c.host.github_access == "deploy-key" else []
+    actions = c.once_running(lambda name: ", ".join(to_do))
     for name, inside in c.running_containers():
         have = git_identity(inside.file(CONTAINER_GITCONFIG).text)
         for key, value in wanted.items():

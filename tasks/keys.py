@@ -7,6 +7,8 @@ is refused: the tool never locks you out.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 from pathlib import Path
 
@@ -73,9 +75,23 @@ def key_change(path: str, current, add, revoke, owner: str, group: str) -> tuple
     return (change if change.needed else None), [f"{path} line {p}" for p in result.problems]
 
 
+def fingerprint(blob: str) -> str:
+    """Pure: OpenSSH's SHA256 fingerprint of a key's base64 blob (what `ssh-add -l` shows)."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(base64.b64decode(blob)).digest()).decode().rstrip("=")
+
+
+def refuse_revoking_login_key(c, revoke) -> None:
+    """The key this session logged in with (from the agent too, where no `identity` is set) is never revoked."""
+    login = c.session.login_key()
+    if login and login in {k.identity for k in revoke}:
+        raise FleetError(f"{c.inventory.path}: local.revoked_keys: revokes the key this tool logged in to {c.name} "
+                         f"with ({login[0]} {fingerprint(login[1])}); that would lock you out; nothing was changed")
+
+
 def plan_keys(c) -> Plan:
     f = c.facts()
     add, revoke = wanted_keys(c.inventory)
+    refuse_revoking_login_key(c, revoke)
     user = c.host.user
     home = f.homes.get(user)
     if home is None:
@@ -90,7 +106,7 @@ def plan_keys(c) -> Plan:
     for name, inside in c.running_containers():
         targets.append((name, CONTAINER_AUTHORIZED_KEYS, inside.file(CONTAINER_AUTHORIZED_KEYS),
                         inside.file("/root/.ssh"), "root"))
-    actions, notes = [], []
+    actions, notes = c.once_running(lambda name: f"write {CONTAINER_AUTHORIZED_KEYS} with the {len(add)} key(s)"), []
     for container, path, current, ssh_dir, owner in targets:
         where = f"{container}: " if container else ""
         change, problems = key_change(path, current, add, revoke, owner=owner, group=owner)

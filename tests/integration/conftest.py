@@ -153,6 +153,10 @@ def fab(lab_inventory, tmp_path_factory) -> Fab:
 
 @pytest.fixture(scope="session")
 def bootstrapped(lab, fab):
-    """Fresh bare servers, then one `bootstrap` of gpu1 and gpu2: the converged lab later tests start from."""
+    """Fresh bare servers, then one `bootstrap` of gpu1 and gpu2: the converged lab later tests start from.
+    Its `dry_run` is the dry run of that bootstrap on the same fresh servers, just before it."""
     lab.recreate_servers()
-    return fab("-H", "gpu1,gpu2", "bootstrap")
+    dry_run = fab("-H", "gpu1,gpu2", "bootstrap", "--dry-run")
+    result = fab("-H", "gpu1,gpu2", "bootstrap")
+    result.dry_run = dry_run
+    return result

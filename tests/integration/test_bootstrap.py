@@ -32,6 +32,17 @@ def test_first_bootstrap_changes_both_hosts(first_run):
     assert "no systemd" in gpu2["docker.service"]
 
 
+def test_the_dry_run_on_fresh_servers_announced_every_step_the_run_changed(first_run):
+    dry = first_run.dry_run
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-2000:]
+    for host in SERVERS:
+        announced = {s["step"] for s in dry.hosts[host]["steps"] if s["status"] == "changed"}
+        made = {s["step"] for s in first_run.hosts[host]["steps"] if s["status"] == "changed"}
+        assert made <= announced, (host, sorted(made - announced), dry.hosts[host]["steps"])
+        assert {"inside.apt-mirror", "inside.tools", "containers.sshd", "keys.authorized", "inside.git"} <= announced
+        print(f"{host}: the dry run announced {len(announced)} changed steps, the run changed {len(made)}")
+
+
 def test_hosts_real_state_after_bootstrap(lab, first_run):
     for host in SERVERS:
         code, info = sh(lab, host, "docker info --format '{{json .}}'")

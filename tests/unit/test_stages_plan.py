@@ -4,6 +4,7 @@ The NVIDIA apt repository and a GPU cannot be reached here, so the toolkit stage
 tested on real captured nvidia-smi outputs, its rendered files and planned actions.
 """
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,8 @@ from gpufleet.errors import FleetError
 from gpufleet.paths import probe_request
 from gpufleet.plan import HostContext
 from gpufleet.remote import LocalSession
-from tasks import containers, docker, nvidia
+from tasks import containers, docker, inside, keys, nvidia
+from tests.conftest import REPO
 from tests.unit.test_facts import gpu_probe_output, section
 
 INVENTORY = """
@@ -86,6 +88,24 @@ def test_daemon_json_gets_the_nvidia_runtime_once_the_toolkit_is_installed():
     assert nvidia.plan_toolkit(ctx).actions[1].summary.startswith("fetch NVIDIA's signing key")
 
 
+def test_a_dry_run_on_a_server_without_docker_yet_plans_daemon_json():
+    """docker.install comes first in the same run: the real run then writes daemon.json."""
+    plan = docker.plan_configure(context(gpu_probe_output(smi_rc=127)))
+    assert [a.summary for a in plan.actions] == [
+        "update /etc/docker/daemon.json (data-root, registry-mirrors) and restart Docker once it runs",
+        "record the daemon.json keys gpufleet sets (data-root, registry-mirrors) in /var/lib/gpufleet/daemon-json-keys.json"]
+    assert '+ data-root: "/data/docker"' in plan.actions[0].diff
+
+
+@pytest.mark.parametrize("systemd_rc,plan", [
+    (0, "skipped: Docker is not installed yet"),  # its package starts and enables it
+    (1, "changed: start Docker: service docker start (no systemd) once it is installed")])
+def test_a_dry_run_on_a_server_without_docker_yet_plans_its_start_where_no_systemd_does(systemd_rc, plan):
+    text = gpu_probe_output(smi_rc=127).replace(section("systemd", "", 0), section("systemd", "", systemd_rc))
+    result = docker.plan_service(context(text))
+    assert (f"skipped: {result.skip}" if result.skip else f"changed: {result.actions[0].summary}") == plan
+
+
 def test_old_driver_refuses_a_newer_cuda_image():
     text = gpu_probe_output(edits=[("CUDA Version: 13.0", "CUDA Version: 11.4")])
     ctx = context(text)
@@ -156,3 +176,59 @@ def test_switching_docker_engines_is_refused_not_done():
     inv_text = INVENTORY.replace('[defaults]\n', '[defaults]\ndocker_source = "docker-ce"\n')
     with pytest.raises(FleetError, match="docker.io is installed but docker_source = 'docker-ce'"):
         docker.plan_install(context(text, inv_text))
+
+
+CONTAINER_INVENTORY = """
+[local]
+known_hosts = "/nonexistent/known_hosts"
+public_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIM3N1L6DeM/8otc6zjIeMwkGrHSLDqEXxjhLAy9irGS2 alice"]
+[defaults]
+tools = ["git", "vim"]
+git_name = "Alice"
+[hosts.gpu1]
+address = "10.0.0.1"
+[hosts.gpu1.containers.dev]
+image = "pytorch/pytorch:lab-bookworm"
+ssh_port = 2222
+volumes = ["/data/workspace:/workspace"]
+shm_size = "1g"
+"""
+DOCKER_INFO = {"ServerVersion": "27.3.1", "DockerRootDir": "/var/lib/docker", "Runtimes": {"runc": {}}}
+# `docker inspect` of the lab's dev container (real capture), its folder mounted read-only as the inventory asks
+LISTED = (Path(REPO) / "tests" / "fixtures" / "docker" / "inspect-format-dev.txt").read_text().replace(
+    '"RW":true,"Source":"/var/lib/gpufleet', '"RW":false,"Source":"/var/lib/gpufleet')
+# what the probe read in the running container: sshd and every package in place
+INSIDE = (section("sshd_bin", "") + section("sshd_run", "")
+          + section("pkgs", "openssh-server\tii \t1\ngit\tii \t1\nvim\tii \t1\n"))
+CONTAINER_PLANS = [
+    ("a fresh server: Docker comes in this run", gpu_probe_output(smi_rc=127), CONTAINER_INVENTORY,
+     "pull pytorch/pytorch:lab-bookworm and run container dev once Docker runs"),
+    ("no container yet", gpu_probe_output(smi_rc=127, docker_info=DOCKER_INFO), CONTAINER_INVENTORY,
+     "pull pytorch/pytorch:lab-bookworm; run container dev"),
+    ("a stopped container", gpu_probe_output(smi_rc=127, docker_info=DOCKER_INFO)
+     + section("containers", LISTED.replace('"Running":true', '"Running":false')), CONTAINER_INVENTORY,
+     "pull pytorch/pytorch:lab-bookworm; start container dev"),
+    ("a container to re-create", gpu_probe_output(smi_rc=127, docker_info=DOCKER_INFO)
+     + section("containers", LISTED) + section("inside:0", INSIDE), CONTAINER_INVENTORY.replace('"1g"', '"2g"'),
+     "pull pytorch/pytorch:lab-bookworm; re-create container dev (shm_size: '1g' -> '2g')"),
+]
+ONCE_IT_RUNS = {
+    "inside.apt-mirror": "point apt at the official archive for the release of pytorch/pytorch:lab-bookworm "
+                         "in dev once it runs",
+    "inside.tools": "install those of openssh-server git vim that pytorch/pytorch:lab-bookworm lacks in dev once it runs",
+    "containers.sshd": "set up sshd in dev once it runs",
+    "keys.authorized": "write /root/.ssh/authorized_keys with the 1 key(s) in dev once it runs",
+    "inside.git": "git config --global user.name 'Alice', pin github.com's host keys in dev once it runs",
+}
+
+
+@pytest.mark.parametrize("probe,inv_text,run", [c[1:] for c in CONTAINER_PLANS], ids=[c[0] for c in CONTAINER_PLANS])
+def test_a_dry_run_says_what_each_step_does_in_a_container_the_plan_runs(probe, inv_text, run):
+    """The steps after containers.run cannot read a container that is not running yet (or one that is
+    re-created from its image): each says what it will do there, instead of ok or what the old one needed."""
+    ctx = context(probe, inv_text)
+    report = ctx.run_steps(containers.UP + [keys.KEYS, inside.GIT])
+    steps = {s.step: s for s in report.steps}
+    assert not report.error and run in steps["containers.run"].message, steps["containers.run"]
+    for step, action in ONCE_IT_RUNS.items():
+        assert steps[step].status == "changed" and action in steps[step].message, steps[step]

@@ -1,0 +1,34 @@
+"""The `gpufleet` command: `fab` with Ctrl-C handled from its first moment.
+
+`fab` is Fabric's own entry point: until the fabfile is imported (about half a second:
+Fabric, Invoke's config, the project's modules), Ctrl-C ends it with Python's
+KeyboardInterrupt traceback, or with Invoke's silent exit 1.  This module imports
+nothing but the standard library, so `gpufleet` installs its handler some 20 ms after
+the interpreter starts, before Fabric is imported.
+"""
+import os
+import signal
+import sys
+
+INTERRUPTED = b"interrupted (Ctrl-C) before any host was contacted\n"
+
+
+def exit_on_interrupt() -> None:
+    """Make Ctrl-C end the process with exit 130 and one line, until the executor takes over.
+
+    A shell starts background jobs with SIGINT ignored, and Python keeps an ignored
+    SIGINT ignored: then `kill -INT` would never stop fab.  Until the executor takes
+    over (it turns SIGINT into KeyboardInterrupt and prints a recap), nothing has been
+    contacted, so exiting at once is safe."""
+    def now(signum, frame):
+        sys.stdout.flush()
+        os.write(2, INTERRUPTED)
+        os._exit(130)
+    signal.signal(signal.SIGINT, now)
+
+
+def main() -> int:
+    """`fab` (same arguments, same fabfile lookup), with `exit_on_interrupt` before Fabric loads."""
+    exit_on_interrupt()
+    from fabric.main import program
+    return program.run()
