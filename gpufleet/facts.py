@@ -304,7 +304,7 @@ def missing_sections(text: str, request: ProbeRequest) -> list[str]:
     facts read from an incomplete probe would make a step rewrite or restart what is fine."""
     if not text.endswith(PROBE_DONE + "\n"):
         return ["the end of the probe"]
-    s = split_sections(text[:-len(PROBE_DONE) - 1])
+    s = split_sections(text)
     missing = [name for name in section_names(request) if name not in s]
     for i, (name, files) in enumerate(request.containers.items()):
         inner = inside_sections(name, s.get(f"inside:{i}", (1, "")))
@@ -320,7 +320,7 @@ def split_sections(text: str) -> dict[str, tuple[int, str]]:
     for a line that is not a whole section and for a section that comes twice."""
     sections: dict[str, tuple[int, str]] = {}
     for number, line in enumerate(text.split("\n"), 1):
-        if not line:
+        if not line or line == PROBE_DONE:  # the probe's own last line (a container's is inside a payload)
             continue
         m = SECTION_RE.match(line)
         try:
@@ -486,7 +486,7 @@ def parse_inside(name: str, files: list[str], rc: int, out: str) -> ContainerFac
 
 def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
     """Pure: build HostFacts from the probe's whole output, each section by its fact's parser."""
-    s = split_sections(text.removesuffix(PROBE_DONE + "\n"))
+    s = split_sections(text)
     v = {fact.name: fact.parse(*s.get(fact.name, (1, ""))) for fact in all_facts(request)}
     gpus, driver, cuda, source = [], "", "", ""
     smi_rc, smi_gpus = v["nvidia_smi"]
