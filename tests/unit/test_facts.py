@@ -121,7 +121,8 @@ def gpu_probe_output(smi_rc=0, edits=(), docker_info=None):
             + sec("packages", "pciutils\tii \t1:3.10.0-2\n")
             + (sec("docker_info", json.dumps(docker_info)) if docker_info else sec("docker_info", "command not found", 127))
             + sec("nvidia_smi", csv, smi_rc) + sec("nvidia_smi_table", table)
-            + sec("meminfo", (GPU_FIXTURES / "meminfo.txt").read_text()))
+            + sec("meminfo", (GPU_FIXTURES / "meminfo.txt").read_text())
+            + sec("passwd:0", "root:x:0:0:root:/root:/bin/bash\n"))  # the inventory's user (root) is the first asked
 
 
 def test_h200_host_facts_from_real_nvidia_smi_output():
