@@ -14,27 +14,7 @@ from gpufleet.cli import exit_on_interrupt  # noqa: E402
 
 exit_on_interrupt()  # before the project's modules load (`gpufleet` installs it before Fabric's)
 
-from invoke import Collection, task  # noqa: E402
-
-from gpufleet.fleet import fleet_task, skip_last_collection  # noqa: E402
-from tasks import HOST_TASK_HELP, apt, containers, docker, doctor, hosts, inside, keys, lab, nvidia, ops, sshconfig  # noqa: E402,E501
+from gpufleet.fleet import skip_last_collection  # noqa: E402
+from tasks.tree import BOOTSTRAP, ns  # noqa: E402,F401
 
 skip_last_collection()
-
-BOOTSTRAP = [
-    apt.PROXY, docker.INSTALL, docker.SERVICE, nvidia.TOOLKIT_STEP, docker.CONFIGURE, docker.USERS,
-    *containers.UP, keys.KEYS, inside.GIT,
-]
-
-
-@task(help=HOST_TASK_HELP)
-@fleet_task(before=keys.check_keys)
-def bootstrap(c, dry_run=False, json=None):
-    """Take hosts from bare to ready: Docker, daemon.json, toolkit, group, containers, sshd, keys, tools."""
-    c.run_steps(BOOTSTRAP)
-
-
-ns = Collection(bootstrap, keys.sync_keys, sshconfig.gen_ssh_config, hosts.show_host, doctor.doctor,
-                doctor.doctor_local)
-for stage in (apt, docker, nvidia, containers, inside, ops, lab):
-    ns.add_collection(stage.ns)

@@ -1,4 +1,4 @@
-"""The `gpufleet` command: `fab` with Ctrl-C handled from its first moment.
+"""The `gpufleet` command: `fab` with this project's tasks, and Ctrl-C handled from its first moment.
 
 `fab` is Fabric's own entry point: until the fabfile is imported (about half a second:
 Fabric, Invoke's config, the project's modules), Ctrl-C ends it with Python's
@@ -28,7 +28,35 @@ def exit_on_interrupt() -> None:
 
 
 def main() -> int:
-    """`fab` (same arguments, same fabfile lookup), with `exit_on_interrupt` before Fabric loads."""
+    """`fab` with this project's tasks and settings (what the checkout's fabfile.py and fabric.yaml give
+    `fab`), run from any folder: the inventory is ./hosts.toml or FABRIC_INVENTORY. Ctrl-C is handled
+    before Fabric loads."""
     exit_on_interrupt()
-    from fabric.main import program
+    from fabric import Config
+    from fabric.main import Fab
+
+    from gpufleet.executor import FleetExecutor
+    from gpufleet.fleet import skip_last_collection
+    from tasks.tree import ns
+
+    class GpufleetConfig(Config):
+        prefix = "fabric"
+
+        @staticmethod
+        def global_defaults():
+            defaults = Config.global_defaults()
+            defaults["load_ssh_configs"] = False  # the inventory says how to reach each host
+            return defaults
+
+    skip_last_collection()
+    program = Fab(name="gpufleet", binary="gpufleet", version=version("gpufleet"), namespace=ns,
+                  config_class=GpufleetConfig, executor_class=FleetExecutor)
     return program.run()
+
+
+def version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
+    try:
+        return installed(distribution)
+    except PackageNotFoundError:
+        return "unknown"

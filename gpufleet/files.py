@@ -30,7 +30,9 @@ from gpufleet.local_files import BACKUP_SUFFIX
 from gpufleet.plan import Action, Plan
 from gpufleet.remote import Script, Session
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# templates/ of the checkout, or gpufleet/templates where the wheel installed it
+TEMPLATES = next(path for path in (Path(__file__).resolve().parent / "templates",
+                                   Path(__file__).resolve().parent.parent / "templates") if path.is_dir())
 ORIGINAL_SUFFIX = ".gpufleet.orig"
 TEMP_MARK = ".gpufleet-tmp-"
 VALIDATION_FAILED = 97

@@ -190,7 +190,7 @@ def inventories(draw) -> str:
 
 
 def every_step():
-    from fabfile import BOOTSTRAP
+    from tasks.tree import BOOTSTRAP
     return [*BOOTSTRAP, ops.snapshot_step(None, pause=True), ops.rm_step(None, force=True),
             ops.lifecycle_step("restart", None)]
 
