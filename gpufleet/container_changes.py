@@ -147,10 +147,20 @@ def tool_claims(package_files, installed_packages: bool):
     return claimed
 
 
-def parse_installed(text: str) -> set[str]:
-    """`dpkg-query -W -f '${db:Status-Abbrev}\\t${binary:Package}\\n'` → the installed packages."""
-    return {name for status, sep, name in (line.partition("\t") for line in text.splitlines())
-            if sep and len(status) > 1 and status[1] == "i" and name}
+def parse_installed(text: str) -> dict[str, str]:
+    """`dpkg-query -W -f '${db:Status-Abbrev}\\t${binary:Package}\\t${Version}\\n'` → {installed package:
+    its version}."""
+    installed = {}
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3 and len(parts[0]) > 1 and parts[0][1] == "i" and parts[1]:
+            installed[parts[1]] = parts[2]
+    return installed
+
+
+def changed_packages(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """The packages installed or upgraded in between (an apt run upgrades dependencies an image has)."""
+    return sorted(name for name, version in after.items() if before.get(name) != version)
 
 
 def parse_package_files(text: str) -> list[str]:
@@ -191,7 +201,7 @@ class ContainerState:
     footprint_text: str | None
     error: str = ""  # docker diff failed: why
     container_id: str = ""
-    packages: set[str] | None = None
+    packages: dict[str, str] | None = None
 
 
 def unpack_state(text: str) -> dict[str, tuple[int, str]]:
@@ -269,7 +279,7 @@ def state_script(name: str, packages: bool = False) -> Script:
              encoded("footprint", 'cat -- "$1" > "$0"', record_path(name))]
     if packages:
         inner.append(encoded("packages", 'docker exec -u root "$1" dpkg-query -W -f "$2" > "$0"', name,
-                             "${db:Status-Abbrev}\\t${binary:Package}\\n"))
+                             "${db:Status-Abbrev}\\t${binary:Package}\\t${Version}\\n"))
     packed = "{ " + "\n".join(inner) + "\n} | gzip -1 -c | base64 -w0"
     return Script(f"{PROBE_FUNCTIONS}\nsec state sh -c {shlex.quote(packed)}")
 
@@ -299,7 +309,7 @@ def save_tool_writes(c, name: str, before: ContainerState, mounts: list[str]) ->
     after = read_state(c, name, packages=True)
     if not after.container_id or after.container_id != before.container_id:
         return  # re-created meanwhile: nothing of the old record applies (its writes count as the user's)
-    installed = sorted((after.packages or set()) - (before.packages or set()))
+    installed = changed_packages(before.packages or {}, after.packages or {})
     files = []
     if installed:
         listed = c.run(in_container(name, ["sh", "-c", PACKAGE_FILES, "sh", *installed]), sudo=True, check=False)

@@ -207,7 +207,10 @@ def test_tool_claims(path, files, installed, claimed):
 
 
 def test_parse_installed_and_package_files():
-    assert cc.parse_installed("ii \tgit\nrc \told\niU \thalf\nii \tlibc6:amd64\n\nbroken\n") == {"git", "libc6:amd64"}
+    assert cc.parse_installed("ii \tgit\t1:2.39\nrc \told\t1\niU \thalf\t2\nii \tlibc6:amd64\t2.36\n\nbroken\n") \
+        == {"git": "1:2.39", "libc6:amd64": "2.36"}
+    assert cc.changed_packages({"git": "1", "libssl3:amd64": "3.0.11", "vim": "9"},
+                               {"git": "1", "libssl3:amd64": "3.0.17", "vim": "9", "tree": "2"}) == ["libssl3:amd64", "tree"]
     assert cc.parse_package_files("/.\n/usr/bin/tree\npackage diverts others to: /x\n/usr/share/doc/tree\n") == [
         "/.", "/usr/bin/tree", "/usr/share/doc/tree"]
 
