@@ -17,7 +17,7 @@ import time
 from invoke import Collection, task
 
 from gpufleet import gpu, pending
-from gpufleet.container_changes import SNAPSHOT_MARKER, read_user_changes, tracks_tool_writes
+from gpufleet.container_changes import SNAPSHOT_STARTED_LABEL, read_user_changes, tracks_tool_writes
 from gpufleet.errors import FleetError
 from gpufleet.fleet import fleet_task
 from gpufleet.facts import LINK, MANAGED_LABEL, SNAPSHOT_LABEL, parse_snapshots
@@ -239,12 +239,13 @@ def snapshot(c, name: str, pause: bool = True) -> str:
     in it), then remove all but its newest `keep_snapshots` snapshots (0 keeps them all); says what it did."""
     repository = snapshot_repository(name)
     tag = f"{repository}:{snapshot_tag(time.time(), secrets.token_hex(3))}"
-    # marks the moment of the snapshot, so that `rm` can tell later changes from saved ones
-    c.run(in_container(name, ["touch", SNAPSHOT_MARKER]), sudo=True, check=False)
     argv = ["docker", "commit", "--change", f"LABEL {SNAPSHOT_LABEL}={name}"]
     if not pause:
         argv.append("--pause=false")
-    c.run([*argv, name, tag], sudo=True, kind="install")
+    # the server's clock just before the commit, kept in the image (out of the container's reach), so
+    # that `rm` can tell later changes from saved ones by their ctimes
+    c.run(Script(f't=$(date +%s.%N) && exec {shlex.join(argv)} --change "LABEL {SNAPSHOT_STARTED_LABEL}=$t" '
+                 f"{shlex.join([name, tag])}"), sudo=True, kind="install")
     keep = c.host.containers[name].keep_snapshots
     listing = parse_snapshots(c.run(["docker", "image", "ls", "--format", "{{json .}}", repository],
                                     sudo=True).stdout)
@@ -255,16 +256,21 @@ def snapshot(c, name: str, pause: bool = True) -> str:
 
 
 def recreate(c, name: str, doc: dict) -> str:
-    """Snapshot (if the user changed its files), run the new container, then remove the old; roll back
-    on failure. Says whether it took a snapshot."""
-    changes = read_user_changes(c, name)
-    if changes:
-        shown = ", ".join(change.split(" ", 1)[1] for change in changes[:3]) + (", …" if len(changes) > 3 else "")
-        note = f"{len(changes)} change(s) of yours ({shown}): snapshot {snapshot(c, name)}"
-    else:
-        note = "no changes of yours in it, so no snapshot"
-    old = f"{name}-replaced-{int(time.time())}"
+    """Stop it, snapshot it (if the user changed its files), run the new container, then remove the old;
+    roll back on failure. Says whether it took a snapshot. The changes are read once it has stopped, so
+    that nothing written before the stop escapes the decision."""
     c.run(["docker", "stop", name], sudo=True)
+    try:
+        changes = read_user_changes(c, name)
+        if changes:
+            shown = ", ".join(change.split(" ", 1)[1] for change in changes[:3]) + (", …" if len(changes) > 3 else "")
+            note = f"{len(changes)} change(s) of yours ({shown}): snapshot {snapshot(c, name)}"
+        else:
+            note = "no changes of yours in it, so no snapshot"
+    except Exception:
+        c.run(["docker", "start", name], sudo=True, check=False)
+        raise
+    old = f"{name}-replaced-{int(time.time())}"
     c.run(["docker", "rename", name, old], sudo=True)
     result = docker_run(c, name, doc, check=False)
     if result.exit_code != 0:

@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from gpufleet import gpu
-from gpufleet.container_changes import OWN_FILES
+from gpufleet.container_changes import CHANGED_FORMAT, changed_since, parse_snapshot_moments, mount_points, \
+    read_user_changes
 from gpufleet.errors import FleetError, InputError
 from gpufleet.facts import PROBE_FUNCTIONS, split_sections
 from gpufleet.fleet import fleet_task, load_inventory
@@ -22,8 +23,7 @@ from gpufleet.files import in_container
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Script
 from tasks import HOST_TASK_HELP
-from tasks.containers import (SNAPSHOT_MARKER, SPEC_LABEL, oldest_first, recreate_from, snapshot,
-                              snapshot_repository)
+from tasks.containers import SPEC_LABEL, oldest_first, recreate_from, snapshot, snapshot_repository
 
 CONTAINER_HELP = {**HOST_TASK_HELP, "container": "container name (default: every managed container on the host)"}
 
@@ -142,11 +142,6 @@ def take_snapshot(c, name: str, pause: bool) -> str:
 
 # --- rm ---
 
-UNSAVED = Script("""m={marker}
-if [ ! -e "$m" ]; then echo "never snapshotted"; exit 0; fi
-find / -xdev \\( {prune} \\) -prune -o -newer "$m" ! -type d -print 2>/dev/null | head -n 5""")
-
-
 def rm_step(container: str | None, force: bool) -> Step:
     def plan(c) -> Plan:
         f = c.facts()
@@ -192,19 +187,32 @@ def gpu_work(c, name: str) -> str:
 
 
 def unsaved_work(c, name: str) -> str:
-    """Why removing `name` would lose files: changes since its last snapshot, or changes and no snapshot."""
-    if c.facts().containers[name]["State"]["Running"]:
-        prune = " -o ".join(f"-path {shlex.quote(p)}" for p in OWN_FILES)
-        script = Script(UNSAVED.replace("{marker}", SNAPSHOT_MARKER).replace("{prune}", prune))
-        changed = c.run(in_container(name, script), sudo=True).stdout.split()
-        has_diff = bool(c.run(["docker", "diff", name], sudo=True).stdout.strip())
-        if changed == ["never", "snapshotted"] and has_diff:
-            return "its filesystem has changes and it was never snapshotted"
-        if changed and changed != ["never", "snapshotted"]:
-            return f"files changed since the last snapshot ({', '.join(changed[:3])}…)"
-        return ""
-    if c.run(["docker", "diff", name], sudo=True).stdout.strip() and not snapshots_of(c.facts(), name):
-        return "its filesystem has changes and it was never snapshotted"
+    """Why removing `name` would lose files: changes since its last snapshot, or changes and no snapshot.
+
+    Running or stopped, it is read on the server: the snapshots' moments from the engine, and the ctimes
+    of the files in the container's upper layer (see container_changes.changed_since)."""
+    tags = [f"{s['Repository']}:{s['Tag']}" for s in snapshots_of(c.facts(), name)]
+    if not tags:
+        changes = read_user_changes(c, name)
+        shown = ", ".join(change.split(" ", 1)[1] for change in changes[:3]) + (", …" if len(changes) > 3 else "")
+        return f"its filesystem has changes and it was never snapshotted ({shown})" if changes else ""
+    moments = parse_snapshot_moments(c.run(["docker", "image", "inspect", "-f",
+                                            "{{.Created}}\t{{json .Config.Labels}}", "--", *tags],
+                                           sudo=True, check=False).stdout)
+    driver, _, upper = c.run(["docker", "inspect", "-f", "{{.GraphDriver.Name}}\t{{.GraphDriver.Data.UpperDir}}",
+                              name], sudo=True, check=False).stdout.strip().partition("\t")
+    if not moments or not upper.startswith("/"):
+        why = "its snapshots' times do not read" if not moments else \
+            f"Docker's storage driver {driver or '?'} shows no layer of it the server can read"
+        return f"cannot tell what changed in it since its last snapshot ({why})"
+    since = max(moments)
+    found = c.run(["find", upper, "-newerct", f"@{since - 1:.9f}", "!", "-type", "d", "-printf", CHANGED_FORMAT],
+                  sudo=True, check=False)
+    if found.exit_code != 0:
+        return f"cannot tell what changed in it since its last snapshot (find failed: {found.stderr.strip()[-200:]})"
+    changed = changed_since(found.stdout, since, mount_points(c, name))
+    if changed:
+        return f"files changed since the last snapshot ({', '.join(changed[:3])}{', …' if len(changed) > 3 else ''})"
     return ""
 
 

@@ -152,3 +152,45 @@ def test_rm_refuses_when_the_hosts_nvidia_smi_fails_unless_forced(lab, fab, clea
     stray_container(lab, "gpu2")
     assert fab("-H", "gpu2", "ops.rm", "--container", "stray", "--yes").returncode == 0
     assert sh(lab, "gpu2", "docker inspect stray")[0] != 0
+
+
+# files with old mtimes, as unpacking and copying tools leave them (touch -d, tar x, cp -p)
+OLD_MTIMES = ("echo a > /root/touched.txt && touch -d 2001-01-01 /root/touched.txt && mkdir -p /root/t/d && "
+              "echo b > /root/t/d/unpacked.txt && touch -d 2001-01-01 /root/t/d/unpacked.txt && "
+              "tar -C /root/t -cf /root/t.tar d && mkdir -p /opt/data && tar -C /opt/data -xf /root/t.tar && "
+              "cp -p /root/t/d/unpacked.txt /root/copied.txt && rm -f /root/t.tar && rm -rf /root/t")
+
+
+@pytest.mark.parametrize("state", ["running", "stopped"])
+def test_rm_sees_files_with_old_mtimes_written_after_the_last_snapshot(lab, fab, state):
+    def rm_plan():
+        return fab("-H", "gpu1", "ops.rm", "--container", "dev", "--yes", "--dry-run")
+
+    def snapshot():
+        assert fab("-H", "gpu1", "ops.snapshot", "--container", "dev").returncode == 0
+
+    try:
+        snapshot()
+        if state == "stopped":
+            assert fab("-H", "gpu1", "ops.stop", "--container", "dev").returncode == 0
+        unchanged = rm_plan()  # nothing changed since the snapshot: removal goes on
+        assert unchanged.returncode == 0 and "remove container dev" in unchanged.stdout, unchanged.hosts["gpu1"]
+        if state == "stopped":
+            assert fab("-H", "gpu1", "ops.start", "--container", "dev").returncode == 0
+        assert in_dev(lab, "gpu1", OLD_MTIMES)[0] == 0
+        assert in_dev(lab, "gpu1", "stat -c %Y /root/touched.txt /root/copied.txt /opt/data/d/unpacked.txt")[1].split() \
+            == ["978307200"] * 3
+        if state == "stopped":
+            assert fab("-H", "gpu1", "ops.stop", "--container", "dev").returncode == 0
+        refused = rm_plan()
+        assert refused.returncode == 1
+        error = refused.hosts["gpu1"]["error"]
+        assert "not removing dev: files changed since the last snapshot (" in error, error
+        assert "/root/touched.txt" in error and "/root/copied.txt" in error, error
+        assert sh(lab, "gpu1", "docker inspect -f '{{.State.Status}}' dev")[1] == ("running" if state == "running"
+                                                                                   else "exited")
+        snapshot()  # saved now: removal goes on
+        saved = rm_plan()
+        assert saved.returncode == 0 and "remove container dev" in saved.stdout, saved.hosts["gpu1"]
+    finally:
+        sh(lab, "gpu1", "docker start dev")

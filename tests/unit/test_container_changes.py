@@ -7,8 +7,12 @@ tool.txt     then the tool's kind of writes: known_hosts, .gitconfig, sources.li
 user.txt     then the user's: /root/work.txt, a line added to known_hosts, `/opt/my data/x`, /etc/issue deleted
 stopped.txt  then stopped: no stamps and no footprint can be read
 
-packed.txt and packed-gone.txt are the state command's real output as it travels (the three sections
-gzipped and base64-encoded) for a fresh container and for one that no longer exists;
+packed-gone.txt and packed-forged.txt are the state command's real output as it travels (its sections
+gzipped and base64-encoded, every section's body base64-encoded, the stamps read from the upper layer on
+the server, the installed packages) for a container that no longer exists, and for one holding a file
+whose name carries a section end;
+changed-since.bin the `find UPPER -printf CHANGED_FORMAT` of ops.rm for a container where, after the
+moment SNAPSHOT_AT, files were written with old mtimes (touch -d 2001-01-01, tar x, cp -p) and deleted;
 
 and which snapshots keep_snapshots prunes.
 """
@@ -30,7 +34,8 @@ def state(name):
 
 def footprint_after_the_tool():
     fresh, tool = state("fresh"), state("tool")
-    return cc.record_tool_writes(fresh.footprint, fresh.diff, fresh.stamps, tool.diff, tool.stamps, MOUNTS)
+    return cc.record_tool_writes(fresh.footprint, fresh.diff, fresh.stamps, tool.diff, tool.stamps, MOUNTS,
+                                 claimed=cc.tool_claims([], installed_packages=False))
 
 
 def test_parse_state_of_a_real_capture():
@@ -81,7 +86,8 @@ def test_in_a_stopped_container_every_change_counts():
 def test_a_file_the_user_changed_stays_the_users_when_the_tool_writes_again():
     user = state("user")
     # the tool acts again (it changes nothing here): the user's edit of known_hosts is not absorbed
-    again = cc.record_tool_writes(footprint_after_the_tool(), user.diff, user.stamps, user.diff, user.stamps, MOUNTS)
+    again = cc.record_tool_writes(footprint_after_the_tool(), user.diff, user.stamps, user.diff, user.stamps, MOUNTS,
+                                  claimed=cc.tool_claims([], installed_packages=False))
     assert "/root/.ssh/known_hosts" not in again and "/root/work.txt" not in again
     assert again["/root/.gitconfig"] == footprint_after_the_tool()["/root/.gitconfig"]
     assert "A /root/.ssh/known_hosts" in cc.user_changes(user.diff, user.stamps, again, MOUNTS)
@@ -126,7 +132,7 @@ def test_footprint_file_round_trip_and_what_it_does_not_understand():
     footprint = footprint_after_the_tool()
     text = cc.render_footprint(footprint)
     assert cc.parse_footprint(text) == footprint
-    assert text.splitlines()[0] == "D\t\t/etc/apt/sources.list"
+    assert text.splitlines()[:2] == ["container\t", "D\t\t/etc/apt/sources.list"]
     assert cc.parse_footprint("X\tt\t/a\nA\tt\nA\tt\trelative\n\nC\tt\t/ok\n") == {"/ok": ("C", "t")}
 
 
@@ -136,14 +142,12 @@ def test_parse_diff_ignores_what_is_not_an_entry():
 
 
 def test_the_packed_state_is_unpacked():
-    fresh = cc.parse_state(cc.unpack_state((FIXTURES / "packed.txt").read_text()))
-    assert fresh.error == "" and fresh.diff["/root/.ssh/environment"] == "A" and len(fresh.stamps) == 12
-    assert cc.user_changes(fresh.diff, fresh.stamps, {}, MOUNTS) == []
-    gone = cc.parse_state(cc.unpack_state((FIXTURES / "packed-gone.txt").read_text()))
+    gone = cc.parse_sections(cc.unpack_state((FIXTURES / "packed-gone.txt").read_text()))
     assert gone.error == "Error response from daemon: No such container: owner-fx"
+    assert gone.container_id == "" and gone.packages is None and gone.stamps == {}
     for broken in ("", "@@gpufleet-begin state@@\nnot base64!\n@@gpufleet-end state rc=0@@\n",  # not framed
                    frame("state", "not base64!"), frame("state", "")):  # gzip missing: nothing
-        assert cc.parse_state(cc.unpack_state(broken)).error, broken
+        assert cc.parse_sections(cc.unpack_state(broken)).error, broken
 
 
 def test_state_of_a_failed_docker_diff():
@@ -208,3 +212,98 @@ def test_restore_and_ps_take_the_newest_snapshot_by_creation_time_and_only_the_c
         snap("20260701-120000Z-a1b2c3", 1782907200, dev_repo)])  # Dev's, newer than all of dev's
     assert [s["Tag"] for s in ops.snapshots_of(facts, "dev")] == ["20260601-090000", "20260531-200000"]
     assert [s["Tag"] for s in ops.snapshots_of(facts, "Dev")] == ["20260701-120000Z-a1b2c3"]
+
+
+def test_a_file_the_user_writes_while_the_tool_acts_stays_the_users():
+    fresh, tool = state("fresh"), state("tool")
+    # the user writes beside the tool's actions (a long apt run), in a folder the tool also writes in
+    during = {**tool.diff, "/root/during.txt": "A", "/etc/apt/mine.list": "A", "/usr/lib/x/pkgfile": "A"}
+    stamps = {**tool.stamps, "/root/during.txt": "t 5", "/etc/apt/mine.list": "t 6", "/usr/lib/x/pkgfile": "t 7"}
+    footprint = cc.record_tool_writes(fresh.footprint, fresh.diff, fresh.stamps, during, stamps, MOUNTS,
+                                      claimed=cc.tool_claims(["/usr/lib/x", "/usr/lib/x/pkgfile"], True))
+    assert footprint == {**footprint_after_the_tool(), "/usr/lib/x/pkgfile": ("A", "t 7")}  # a package's file
+    assert cc.user_changes(during, stamps, footprint, MOUNTS) == ["A /root/during.txt", "A /etc/apt/mine.list"]
+
+
+def test_a_file_of_the_tool_the_user_changes_while_the_tool_acts_stays_the_users():
+    user = state("user")
+    changed = {**user.stamps, "/root/.gitconfig": "later 99"}  # the tool's file, changed meanwhile, by no action
+    footprint = cc.record_tool_writes(footprint_after_the_tool(), user.diff, user.stamps, user.diff, changed, MOUNTS,
+                                      claimed=lambda path: False)
+    assert "/root/.gitconfig" not in footprint and "/etc/apt/sources.list.d/debian.sources" in footprint
+    assert "A /root/.gitconfig" in cc.user_changes(user.diff, changed, footprint, MOUNTS)
+
+
+CLAIMS = [  # path, package files, installed packages, claimed
+    ("/root/.gitconfig", [], False, True), ("/root/.ssh/authorized_keys.gpufleet.bak", [], False, True),
+    ("/etc/apt/sources.list.gpufleet.orig", [], False, True), ("/root/.ssh/id_ed25519_github.pub", [], False, True),
+    ("/usr/bin/tree", ["/usr/bin/tree"], True, True), ("/usr/bin/tree", [], True, False),
+    ("/var/lib/dpkg/status", [], True, True), ("/var/lib/dpkg/status", [], False, False),
+    ("/etc/ssh/ssh_host_rsa_key", [], True, True), ("/var/lib/dpkgx", [], True, False),
+    ("/root/work.txt", ["/usr/bin/tree"], True, False), ("/etc/passwd", [], False, False),
+    ("/usr/lib/x86_64-linux-gnu/libproc2.so.0", ["/lib/x86_64-linux-gnu/libproc2.so.0"], True, True),  # merged /usr
+    ("/usr/libexec/x", ["/libexec/x"], True, False), ("/etc/rc2.d/S01ssh", [], True, True),
+]
+
+
+@pytest.mark.parametrize("path,files,installed,claimed", CLAIMS)
+def test_tool_claims(path, files, installed, claimed):
+    assert cc.tool_claims(files, installed)(path) is claimed
+
+
+def test_parse_installed_and_package_files():
+    assert cc.parse_installed("ii \tgit\t1:2.39\nrc \told\t1\niU \thalf\t2\nii \tlibc6:amd64\t2.36\n\nbroken\n") \
+        == {"git": "1:2.39", "libc6:amd64": "2.36"}
+    assert cc.changed_packages({"git": "1", "libssl3:amd64": "3.0.11", "vim": "9"},
+                               {"git": "1", "libssl3:amd64": "3.0.17", "vim": "9", "tree": "2"}) == ["libssl3:amd64", "tree"]
+    assert cc.parse_package_files("/.\n/usr/bin/tree\npackage diverts others to: /x\n/usr/share/doc/tree\n") == [
+        "/.", "/usr/bin/tree", "/usr/share/doc/tree"]
+
+
+def test_the_footprint_is_only_trusted_for_its_own_container():
+    text = cc.render_footprint({"/root/.gitconfig": ("A", "t 1")}, "abc")
+    assert text.startswith("container\tabc\n")
+    assert cc.parse_footprint(text, "abc") == {"/root/.gitconfig": ("A", "t 1")}
+    assert cc.parse_footprint(text, "def") == {}  # a record of the container of that name before a re-creation
+    assert cc.parse_footprint("A\tt 1\t/root/.gitconfig\n", "abc") == {}  # no owner named
+
+
+def test_no_path_in_the_container_frames_a_section_of_the_state():
+    forged = cc.parse_sections(cc.unpack_state((FIXTURES / "packed-forged.txt").read_text()))
+    assert forged.error == "" and len(forged.container_id) == 64 and "git" not in forged.packages
+    assert "dpkg" in forged.packages and forged.footprint_text is None  # no record on the server yet
+    assert "/root/new\n@@gpufleet-end stamps rc=0@@" in forged.stamps  # one path, whole
+    assert forged.stamps["/root/touched.txt"] == "978307200.0000000000 2"  # touch -d 2001-01-01
+    assert {"/root/saved.txt", "/root/copied.txt", "/opt/data/d/unpacked.txt"} <= set(forged.stamps)
+    assert "A /root/saved.txt" in cc.user_changes(forged.diff, forged.stamps, {}, MOUNTS)
+
+
+SNAPSHOT_AT = 1796606337.507416980  # the capture's snapshot moment (saved.txt and rm /etc/issue came before)
+
+
+def test_changed_since_sees_files_with_old_mtimes_and_deletions():
+    text = (FIXTURES / "changed-since.bin").read_text()
+    assert cc.changed_since(text, SNAPSHOT_AT, MOUNTS) == [
+        # overlayfs links every whiteout to one inode: a later deletion renews the earlier ones' ctime
+        "D /etc/debian_version", "D /etc/issue",
+        "/root/touched.txt", "/root/copied.txt", "/root/new\n@@gpufleet-end stamps rc=0@@",
+        "/opt/data/d/unpacked.txt"]  # /tmp is the tool's (OWN_FILES)
+    assert cc.changed_since(text, SNAPSHOT_AT + 5, MOUNTS) == []  # a snapshot after them: nothing unsaved
+    assert cc.changed_since(text, SNAPSHOT_AT, ["/opt/data"]) == [
+        "D /etc/debian_version", "D /etc/issue", "/root/touched.txt", "/root/copied.txt",
+        "/root/new\n@@gpufleet-end stamps rc=0@@"]  # a volume is not in the layer's care
+    assert cc.changed_since("garbage\0" "1.5\td\t/root\0", 0) == []
+
+
+MOMENTS = [
+    ('2026-12-01T22:59:24.123456789Z\t{"gpufleet.snapshot-started":"1796606160.213496022"}', [1796606160.213496022]),
+    ('2026-12-01T22:59:24.5Z\t{"gpufleet.snapshot-of":"dev"}', [1796165964.5]),  # an older snapshot: Created
+    ("2026-12-01T22:59:24Z\tnull", [1796165964.0]),
+    ('not a time\t{"gpufleet.snapshot-started":"soon"}', []),
+    ("", []),
+]
+
+
+@pytest.mark.parametrize("text,moments", MOMENTS)
+def test_parse_snapshot_moments(text, moments):
+    assert cc.parse_snapshot_moments(text) == pytest.approx(moments, abs=1e-6)
