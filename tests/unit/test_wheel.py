@@ -1,0 +1,64 @@
+"""The tool installed like a tool: the wheel built from this tree (offline, no build isolation), installed
+into a fresh venv outside the checkout, runs `gpufleet --list` and a dry-run `bootstrap` from a folder
+that holds only a hosts.toml, with its own modules and templates, not the checkout's."""
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def purelib(python: Path | str) -> str:
+    return subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A fresh venv with the wheel installed; the dependencies come from this venv (a .pth line), never
+    the project itself (a .pth line does not run the editable install's own .pth)."""
+    if not shutil.which("git") or not (REPO / ".git").exists():
+        pytest.skip("needs the git checkout (the wheel is built from its tracked files)")
+    tmp = tmp_path_factory.mktemp("wheel")
+    src, dist, venv = tmp / "src", tmp / "dist", tmp / "venv"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (REPO / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, src / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "--no-index", "-w", str(dist), str(src)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = next(dist.glob("gpufleet-*.whl"))
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    (Path(purelib(python)) / "gpufleet-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return venv
+
+
+def run(venv: Path, folder: Path, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(venv / "bin" / argv[0]), *argv[1:]], cwd=folder, capture_output=True, text=True,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(folder), "LANG": "C.UTF-8"},
+                          timeout=300)
+
+
+def test_the_wheel_runs_from_a_folder_with_only_a_hosts_toml(installed, tmp_path):
+    (tmp_path / "hosts.toml").write_text('[hosts.ws]\naddress = "local"\ndocker_source = "distro"\n')
+    where = run(installed, tmp_path, "python", "-c", "import gpufleet, tasks, gpufleet.files as f; "
+                "print(gpufleet.__file__, tasks.__file__, f.TEMPLATES, sep='\\n')")
+    assert where.returncode == 0, where.stderr
+    site = purelib(installed / "bin" / "python")
+    assert all(line.startswith(site) for line in where.stdout.split()), where.stdout  # not the checkout's
+    listed = run(installed, tmp_path, "gpufleet", "--list")
+    assert listed.returncode == 0 and "bootstrap" in listed.stdout and "ops.rm" in listed.stdout, listed.stderr
+    # every stage reads its templates and the local host's real facts; nothing is changed
+    dry = run(installed, tmp_path, "gpufleet", "-H", "ws", "bootstrap", "--dry-run")
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-2000:]
+    assert "docker.configure" in dry.stdout and "Traceback" not in dry.stderr
