@@ -54,6 +54,8 @@ run() {
     install -m 0755 lab/files/relax-docker-ulimits.sh /usr/local/sbin/gpufleet-relax-docker-ulimits
     echo 'DPkg::Post-Invoke { "/usr/local/sbin/gpufleet-relax-docker-ulimits"; };' > /etc/apt/apt.conf.d/99gpufleet-proof
     setsid python3 -m http.server --bind 127.0.0.1 --directory "$PROOF/mirror" 8000 >"$WORK/http.log" 2>&1 </dev/null &
+    # a server has OpenSSH: the tool generates each container's host key with the server's ssh-keygen
+    export PATH="$WORK/ssh/usr/bin:$PATH"
     export PYTHONPATH="$WORK/site:$PWD" GPUFLEET_PROOF_DIR="$PROOF" PYTHONUNBUFFERED=1
     python3 -m pytest -p no:cacheprovider -m gpu tests/gpu -v -s
 }
