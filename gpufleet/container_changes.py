@@ -263,17 +263,18 @@ def record_path(name: str) -> str:
 
 
 def encoded(section: str, inner: str, *args: str) -> str:
-    """`sec SECTION` running shell code `inner` with `args` that writes its output to "$1" (a temp file),
-    then prints it base64-encoded."""
-    return (f"sec {section} " + shlex.join(["sh", "-c", f'{inner} && base64 -w0 "$0"', "$d", *args])
-            .replace("'$d'", '"$d"'))
+    """`sec SECTION` running shell code `inner` with `args` that writes its output to "$0" (a temp file),
+    then prints it base64-encoded; what `inner` says on stderr (a container's commands among it) is
+    printed only when it fails, in place of the output."""
+    script = f'{{ {inner}; }} 2>"$0.err" && base64 -w0 "$0" || {{ r=$?; cat "$0.err"; exit $r; }}'
+    return f"sec {section} " + shlex.join(["sh", "-c", script, "$d", *args]).replace("'$d'", '"$d"')
 
 
 def state_script(name: str, packages: bool = False) -> Script:
     """One command on the server: the container's id, its `docker diff`, the stamps of its upper layer,
     the footprint and (with `packages`, the container running) its installed packages; compressed (a
     container with a few packages installed has some 10,000 entries)."""
-    inner = [PROBE_FUNCTIONS, "d=$(mktemp) || exit 1", "trap 'rm -f \"$d\"' EXIT",
+    inner = [PROBE_FUNCTIONS, "d=$(mktemp) || exit 1", "trap 'rm -f \"$d\" \"$d.err\"' EXIT",
              encoded("id", 'docker inspect -f "{{.Id}}" "$1" > "$0"', name),
              encoded("diff", 'docker diff "$1" > "$0"', name),
              # find never follows a link: the layer is the container's to change

@@ -65,12 +65,15 @@ def plant_script() -> str:
 # the server's files: every path of its root file system with type, size, mode, owner, mtime, ctime and
 # link target (a write or chmod anywhere moves the ctime), and the content of /etc, /root, /home,
 # /var/lib/gpufleet and /usr/local; not /var/log (logins are recorded there), /proc, /sys, and not the
-# containers' own storage: the docker data root and volumes (/data, another file system) and containerd's
-# state of their tasks and snapshots (/var/lib/containerd)
+# containers' own storage: the docker data root and volumes (/data, another file system), containerd's
+# state of their tasks and snapshots (/var/lib/containerd), and the tool's record of what it wrote in each
+# (/var/lib/gpufleet/containers-state: a re-created container's record is rewritten, by design)
 FINGERPRINT = r"""
-find / -xdev \( -path /var/log -o -path /proc -o -path /sys -o -path /var/lib/containerd \) -prune -o \
+find / -xdev \( -path /var/log -o -path /proc -o -path /sys -o -path /var/lib/containerd \
+    -o -path /var/lib/gpufleet/containers-state \) -prune -o \
     -printf '%p\t%y\t%s\t%m\t%U:%G\t%T@\t%C@\t%l\n' | grep -v -e '^/tmp	d' -e '^/run	d' | sort
-find /etc /root /home /var/lib/gpufleet /usr/local -xdev -type f -exec sha256sum {} + 2>/dev/null | sort
+find /etc /root /home /var/lib/gpufleet /usr/local -xdev -path /var/lib/gpufleet/containers-state -prune -o \
+    -type f -exec sha256sum {} + 2>/dev/null | sort
 """
 
 OTHER = """
