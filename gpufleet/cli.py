@@ -51,7 +51,12 @@ def main() -> int:
     skip_last_collection()
     program = Fab(name="gpufleet", binary="gpufleet", version=version("gpufleet"), namespace=ns,
                   config_class=GpufleetConfig, executor_class=FleetExecutor)
-    return program.run()
+    try:
+        return program.run()
+    finally:
+        # the work is done: a Ctrl-C while Python shuts down (its handlers back to the default) would
+        # end a finished run as killed; an ignored SIGINT stays ignored to the end
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def version(distribution: str) -> str:

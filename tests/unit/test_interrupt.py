@@ -97,6 +97,8 @@ def test_ctrl_c_at_any_early_moment_exits_130_with_one_line(silent_host, args):
         if ended_before is not None:  # `--list` may be done before the last delays on a fast machine
             assert ended_before == 0 and delay >= 0.2, (delay, ended_before, shown[-2000:])
             continue
+        if args == ["--list"] and code == 0 and delay >= 0.2 and "ops.stop" in shown and "interrupted" not in shown:
+            continue  # it had printed the whole list and was exiting as Ctrl-C came
         lines = [line for line in shown.splitlines() if line.strip()]
         said = [line for line in lines if line.startswith("interrupted")]
         assert code == 130 and len(said) == 1 and "Traceback" not in shown, (delay, code, shown[-2000:])
