@@ -15,6 +15,6 @@ from gpufleet.cli import exit_on_interrupt  # noqa: E402
 exit_on_interrupt()  # before the project's modules load (`gpufleet` installs it before Fabric's)
 
 from gpufleet.fleet import skip_last_collection  # noqa: E402
-from tasks.tree import BOOTSTRAP, ns  # noqa: E402,F401
+from tasks.tree import ns  # noqa: E402,F401  (fab loads `ns` from here)
 
 skip_last_collection()

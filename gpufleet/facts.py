@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gpufleet import gpu, osinfo
-from gpufleet.docker_reader import section as frame
+from gpufleet.docker_reader import section as frame  # noqa: F401  (the one Python framer, for all)
 from gpufleet.errors import CommandFailed, FleetError
 from gpufleet.remote import Script, Session
 

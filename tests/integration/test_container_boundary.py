@@ -5,8 +5,6 @@ import base64
 import shlex
 from types import SimpleNamespace
 
-import pytest
-
 from gpufleet import facts
 from gpufleet.connect import Connector
 from gpufleet.inventory import load
