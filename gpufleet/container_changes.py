@@ -205,21 +205,16 @@ class ContainerState:
 
 
 def unpack_state(text: str) -> dict[str, tuple[int, str]]:
-    """The state command's output is one section `state`: its sections, gzipped and base64-encoded, each
-    body base64-encoded again when its command succeeded (so that no path in the container can frame
-    a section); this gives them back decoded (or a failed `diff` section saying why)."""
+    """The state command's output is one section `state`: its sections, gzipped and base64-encoded (each
+    framed out of band, so no path in the container can frame a section); this gives them back (or a
+    failed `diff` section saying why)."""
     try:
         rc, body = split_sections(text).get("state", (1, text[-200:] or "no output"))
-    except ProbeOutputError as e:
+        if rc != 0:
+            return {"diff": (rc or 1, body)}
+        return split_sections(gzip.decompress(base64.b64decode(body.strip(), validate=True)).decode("ascii"))
+    except (ValueError, OSError, EOFError, ProbeOutputError) as e:
         return {"diff": (1, f"unreadable state output ({e})")}
-    if rc != 0:
-        return {"diff": (rc or 1, body)}
-    try:
-        inner = split_sections(gzip.decompress(base64.b64decode(body.strip(), validate=True)).decode("ascii"))
-        return {name: (code, base64.b64decode(encoded.strip(), validate=True).decode("utf-8", "replace")
-                       if code == 0 else encoded) for name, (code, encoded) in inner.items()}
-    except (ValueError, OSError, EOFError, ProbeOutputError):
-        return {"diff": (1, "unreadable state output")}
 
 
 def parse_state(text: str) -> ContainerState:
@@ -264,9 +259,9 @@ def record_path(name: str) -> str:
 
 def encoded(section: str, inner: str, *args: str) -> str:
     """`sec SECTION` running shell code `inner` with `args` that writes its output to "$0" (a temp file),
-    then prints it base64-encoded; what `inner` says on stderr (a container's commands among it) is
-    printed only when it fails, in place of the output."""
-    script = f'{{ {inner}; }} 2>"$0.err" && base64 -w0 "$0" || {{ r=$?; cat "$0.err"; exit $r; }}'
+    then prints it (framed out of band by `sec`); what `inner` says on stderr (a container's commands among
+    it) is printed only when it fails, in place of the output."""
+    script = f'{{ {inner}; }} 2>"$0.err" && cat "$0" || {{ r=$?; cat "$0.err"; exit $r; }}'
     return f"sec {section} " + shlex.join(["sh", "-c", script, "$d", *args]).replace("'$d'", '"$d"')
 
 
