@@ -1,9 +1,12 @@
 """The GPU proof, end to end on a real NVIDIA host: `bootstrap` through the real `fab` CLI takes it from
 driver-only to torch.cuda in a container reached with OpenSSH and the generated ssh config.
 
-Run by `bash scripts/gpu-proof.sh run` on the GPU host (it prepares what the borrowed machine lacks and
-sets GPUFLEET_PROOF_DIR); skipped elsewhere. Every check reads the host's real state (dpkg, docker, the
-container through ssh), not the tool's report. The record goes to $OUT/gpu-proof.md (or the work dir).
+Run by `bash scripts/gpu-proof.sh run STACK VIA` on the GPU host (it prepares what the borrowed machine
+lacks and sets GPUFLEET_PROOF_DIR, _STACK and _VIA); skipped elsewhere. STACK is the engine and toolkit the
+proof's mirror serves (26: Docker 26 + the toolkit 1.18; 29: Docker 29 + the toolkit 1.20), VIA how the tool
+reaches the host (local: `address = "local"`; ssh: the host's sshd on 127.0.0.1:2200, as a user's server).
+Every check reads the host's real state (dpkg, docker, the container through ssh), not the tool's report.
+The record goes to $OUT/gpu-proof-STACK-VIA.md (or the work dir).
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PROOF = Path(os.environ.get("GPUFLEET_PROOF_DIR", "/nonexistent"))
+STACK, VIA = os.environ.get("GPUFLEET_PROOF_STACK", "26"), os.environ.get("GPUFLEET_PROOF_VIA", "local")
+# what each stack's mirror serves, and the GPU path the tool should pick there
+DOCKER, TOOLKIT, GPU_PATH = {"26": ("26.1.5", "1.18.0", "runtime"), "29": ("29.7.2", "1.20.0", "cdi")}[STACK]
 WORK = Path("/tmp/gpufleet-proof")
 SSH_LIBS = ":".join(str(WORK / "ssh" / d) for d in ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"))
 IMAGE, NEWER_CUDA_IMAGE = "gpufleet-proof/torch:local", "gpufleet-proof/torch:needs-cuda-13.1"
@@ -34,9 +40,10 @@ def has_gpu() -> bool:
     return bool(smi) and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
 
 
+MIRROR = PROOF / f"mirror-{STACK}"
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not has_gpu(), reason="no NVIDIA GPU here"),
-              pytest.mark.skipif(not (PROOF / "mirror").is_dir(), reason="no proof kit: bash scripts/gpu-proof.sh run")]
+              pytest.mark.skipif(not MIRROR.is_dir(), reason="no proof kit: bash scripts/gpu-proof.sh run")]
 
 RECORD: list[str] = []
 
@@ -54,8 +61,10 @@ def sh(command: str, check: bool = True) -> str:
 
 
 def inventory(extra: str = "") -> Path:
-    mirror = json.loads((PROOF / "mirror" / "MIRROR.json").read_text())
-    text = f'''# The GPU proof's inventory: this machine (address = "local"), from the proof's mirror on loopback.
+    mirror = json.loads((MIRROR / "MIRROR.json").read_text())
+    # over SSH: the machine's own sshd on loopback (gpu-proof.sh starts it and pins its key in known_hosts)
+    reach = 'address = "local"' if VIA == "local" else 'address = "127.0.0.1"\nport = 2200\nuser = "root"'
+    text = f'''# The GPU proof's inventory: this machine ({VIA}), from the proof's mirror on loopback.
 # Where this machine differs from a real server, the settings say so.
 [run]
 log_dir = "{WORK}/logs"
@@ -67,7 +76,7 @@ identity = "{WORK}/id_ed25519"
 public_keys = ["{WORK}/id_ed25519.pub"]
 
 [hosts.h200]
-address = "local"
+{reach}
 docker_source = "docker-ce"
 docker_mirror = "http://127.0.0.1:8000/docker-ce/linux"
 docker_key_fingerprint = "{mirror["docker_key_fingerprint"]}"
@@ -154,7 +163,7 @@ def proof():
     if not (WORK / "id_ed25519").exists():
         subprocess.run([str(WORK / "ssh/usr/bin/ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f",
                         str(WORK / "id_ed25519")], check=True, env=dict(os.environ, LD_LIBRARY_PATH=SSH_LIBS))
-    note(f"# GPU proof record\n\n{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; commit "
+    note(f"# GPU proof record: Docker {DOCKER} + the toolkit {TOOLKIT}, the host reached {VIA}ly\n\n{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; commit "
          f"{sh('git -C ' + str(REPO) + ' rev-parse --short HEAD', check=False) or '(no git here)'}\n\n```\n"
          f"{sh('nvidia-smi -L')}\n{sh('nvidia-smi --query-gpu=driver_version,memory.total --format=csv,noheader')}\n"
          f"{sh('. /etc/os-release; echo $PRETTY_NAME; uname -r')}\n```")
@@ -171,7 +180,7 @@ def proof():
     yield runs
     out = Path(os.environ.get("OUT", str(WORK)))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu-proof.md").write_text("\n".join(RECORD) + "\n")
+    (out / f"gpu-proof-{STACK}-{VIA}.md").write_text("\n".join(RECORD) + "\n")
 
 
 def test_docker_ce_and_the_toolkit_come_from_the_pinned_mirror(proof):
@@ -180,8 +189,14 @@ def test_docker_ce_and_the_toolkit_come_from_the_pinned_mirror(proof):
     packages = sh("dpkg-query -W -f '${Package} ${Version} ${Status}\\n' docker-ce containerd.io nvidia-container-toolkit")
     note(f"\n```\n{packages}\n{sh('apt-cache policy docker-ce | head -4')}\n```")
     assert packages.count("install ok installed") == 3, packages
+    versions = dict(line.split()[:2] for line in packages.splitlines())
+    assert versions["docker-ce"].split(":")[-1].startswith(DOCKER + "-") and versions["nvidia-container-toolkit"].startswith(TOOLKIT)
     info = json.loads(sh("docker info --format '{{json .}}'"))
-    assert "nvidia" in info["Runtimes"] and info["DockerRootDir"] == "/var/lib/docker-proof", info["Runtimes"]
+    assert info["ServerVersion"] == DOCKER and info["DockerRootDir"] == "/var/lib/docker-proof", info["ServerVersion"]
+    # what the engine itself reports for the GPU: the runtime registered, or CDI devices it discovered
+    cdi = [d["ID"] for d in info.get("DiscoveredDevices") or [] if d.get("Source") == "cdi"]
+    note(f"\nthe engine's GPU view: runtimes {sorted(info['Runtimes'])}, CDI devices {cdi}")
+    assert "nvidia" in info["Runtimes"] if GPU_PATH == "runtime" else "nvidia.com/gpu=all" in cdi, info
     assert [m.rstrip("/") for m in info["RegistryConfig"]["Mirrors"]] == ["http://127.0.0.1:5000"]
     assert not os.path.isdir("/run/systemd/system")  # started with `service`, as on WSL2
     assert sh("stat -c %a /etc/apt/keyrings/docker.asc /etc/apt/keyrings/nvidia-container-toolkit.asc").split() == ["644", "644"]
@@ -191,10 +206,17 @@ def test_the_container_runs_with_all_gpus_shm_volumes_and_ssh_on_loopback(proof)
     assert proof["first"].returncode == 0, proof["first"].stdout[-4000:]
     state = json.loads(sh("docker inspect dev --format '{{json .}}'"))
     host = state["HostConfig"]
-    assert state["State"]["Running"] and host["Runtime"] == "nvidia"
+    assert state["State"]["Running"]
     assert host["ShmSize"] == 16 * 1024 ** 3
     assert host["PortBindings"]["22/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": "2222"}]
-    assert [r["Capabilities"] for r in host["DeviceRequests"]] == [[["gpu"]]] and host["DeviceRequests"][0]["Count"] == -1
+    note(f"\nthe container's GPU request: runtime {host['Runtime']}, {json.dumps(host['DeviceRequests'])}")
+    if GPU_PATH == "runtime":
+        assert host["Runtime"] == "nvidia" and host["DeviceRequests"][0]["Count"] == -1
+        assert [r["Capabilities"] for r in host["DeviceRequests"]] == [[["gpu"]]]
+    else:  # the CLI turns `--device nvidia.com/gpu=…` into a request for the engine's CDI driver
+        assert [(r["Driver"], r["DeviceIDs"]) for r in host["DeviceRequests"]] == [("cdi", ["nvidia.com/gpu=all"])]
+    # DataLoader workers need open files: the spec's ulimit, not the engine's default of 1024
+    assert [u for u in host["Ulimits"] or [] if u["Name"] == "nofile"][0]["Soft"] >= 65536, host["Ulimits"]
     assert f"{WORK}/workspace:/workspace" in host["Binds"]
 
 
@@ -202,10 +224,10 @@ def test_through_the_generated_ssh_config_the_container_has_the_gpu_and_torch_cu
     assert proof["ssh_config"].returncode == 0, proof["ssh_config"].stdout
     listed = ssh("h200-dev", "nvidia-smi -L")
     torch = ssh("h200-dev", f"python3 -c {shlex.quote(TORCH)}")
-    shm = ssh("h200-dev", "df -h /dev/shm | tail -1; cat /workspace/hello.txt; findmnt -n -o TARGET /workspace")
+    shm = ssh("h200-dev", "df -h /dev/shm | tail -1; cat /workspace/hello.txt; findmnt -n -o TARGET /workspace; ulimit -n")
     note(f"\n### in the container, over ssh (`ssh -F {WORK}/ssh_config h200-dev`)\n\n```\n$ nvidia-smi -L\n"
          f"{listed.stdout}{listed.stderr}\n$ python3 -c '…'\n{torch.stdout}{torch.stderr[-1500:]}\n"
-         f"$ df -h /dev/shm; cat /workspace/hello.txt; findmnt /workspace\n{shm.stdout}{shm.stderr}```")
+         f"$ df -h /dev/shm; cat /workspace/hello.txt; findmnt /workspace; ulimit -n\n{shm.stdout}{shm.stderr}```")
     gpu_name = sh("nvidia-smi --query-gpu=name --format=csv,noheader").splitlines()[0]  # the host's own card
     assert listed.returncode == 0 and gpu_name in listed.stdout, listed.stderr
     assert torch.returncode == 0 and f"cuda True {gpu_name}" in torch.stdout and "cuda:0" in torch.stdout, torch.stderr
@@ -223,9 +245,10 @@ def test_a_second_bootstrap_changes_nothing(proof):
     assert second.returncode == 0 and second.host["changed"] == 0, second.stdout[-3000:]
 
 
+@pytest.mark.skipif(VIA != "local", reason="the three paths are run here through a local session")
 def test_the_probe_reads_the_gpu_host_alike_through_the_reader_the_engine_api_and_the_cli(proof):
-    """The facts probe's three ways to read Docker on this host (Docker 26, the nvidia runtime, this
-    machine's python3): the reader, which reads the container from the host, runs here, and all agree."""
+    """The facts probe's three ways to read Docker on this host (this machine's python3): the reader,
+    which reads the container from the host, runs here, and all agree."""
     from types import SimpleNamespace
 
     from gpufleet import facts
@@ -246,7 +269,7 @@ def test_the_probe_reads_the_gpu_host_alike_through_the_reader_the_engine_api_an
         read[path] = facts.parse_probe(out, request)
     note(f"\nthe facts probe, wall time through each path: {', '.join(times)}")
     a = read["reader"]
-    assert "nvidia" in a.docker_info["Runtimes"] and a.inside["dev"].sshd_running and a.has_gpu
+    assert a.inside["dev"].sshd_running and a.has_gpu
     for path, b in read.items():
         for field in ("packages", "containers", "inside", "images", "files", "users", "snapshots", "gpus"):
             assert getattr(a, field) == getattr(b, field), (path, field)
@@ -257,3 +280,16 @@ def test_an_image_that_needs_a_newer_cuda_is_refused_before_anything_is_created(
     assert refused.returncode == 1
     assert "needs CUDA 13.1 but driver" in refused.host["error"] and "supports CUDA 13.0" in refused.host["error"]
     assert sh("docker ps -a --filter name=newer --format '{{.Names}}'") == ""
+
+
+def test_the_images_live_under_data_root(proof):
+    """data_root is the big disk: the image's bytes are under it whatever the engine's image store
+    (Docker 29's containerd store keeps them under containerd's root, which the tool moves there)."""
+    image = int(sh(f"docker image inspect {IMAGE} --format '{{{{.Size}}}}'"))
+    used = {path: int(sh(f"du -sb {path} 2>/dev/null | cut -f1", check=False) or 0)
+            for path in ("/var/lib/docker-proof", "/var/lib/containerd", "/var/lib/docker")}
+    store = sh("docker info --format '{{json .DriverStatus}}'")
+    note(f"\nimage {IMAGE}: {image:,} bytes; du -sb: " + ", ".join(f"{p} {n:,}" for p, n in used.items())
+         + f"; DriverStatus {store}")
+    assert used["/var/lib/docker-proof"] >= image * 0.9, used
+    assert used["/var/lib/containerd"] < image / 10 and used["/var/lib/docker"] < image / 10, used
