@@ -11,6 +11,8 @@ DOCKER_SOURCES = "/etc/apt/sources.list.d/docker.list"
 DAEMON_JSON = "/etc/docker/daemon.json"
 # which daemon.json keys the tool set, so that it can remove those the inventory drops
 DAEMON_JSON_KEYS = "/var/lib/gpufleet/daemon-json-keys.json"
+# which people's keys the tool put in each container's authorized_keys (so that it can remove them)
+PEOPLE_KEYS = "/var/lib/gpufleet/people-keys.json"
 NVIDIA_KEYRING = f"{APT_KEYRINGS}/nvidia-container-toolkit.asc"
 NVIDIA_SOURCES = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
 CONTAINER_DIR = "/var/lib/gpufleet/containers"
@@ -51,7 +53,7 @@ def probe_request(ctx) -> ProbeRequest:
     host = ctx.host
     # the home read by an earlier probe of this run (keys.authorized asks again where it is elsewhere)
     homes = ctx.run_state.get("homes")
-    files = [APT_PROXY_CONF, DOCKER_KEYRING, DOCKER_SOURCES, DAEMON_JSON, DAEMON_JSON_KEYS,
+    files = [APT_PROXY_CONF, DOCKER_KEYRING, DOCKER_SOURCES, DAEMON_JSON, DAEMON_JSON_KEYS, PEOPLE_KEYS,
              NVIDIA_KEYRING, NVIDIA_SOURCES, authorized_keys_of(host.user, homes), f"{home_of(host.user, homes)}/.ssh",
              pending.DOCKER_RESTART]
     for name in host.containers:

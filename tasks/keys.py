@@ -17,9 +17,9 @@ from invoke import task
 from gpufleet import authorized_keys
 from gpufleet.errors import FleetError, InputError
 from gpufleet.fleet import fleet_task
-from gpufleet.files import FileChange, file_action, in_container
+from gpufleet.files import FileChange, apply_file, file_action, in_container
 from gpufleet.inventory import Inventory
-from gpufleet.paths import CONTAINER_AUTHORIZED_KEYS, authorized_keys_of, home_of
+from gpufleet.paths import CONTAINER_AUTHORIZED_KEYS, PEOPLE_KEYS, authorized_keys_of, home_of
 from gpufleet.plan import Action, Plan, Step
 from tasks import HOST_TASK_HELP
 from gpufleet.container_changes import tracks_tool_writes
@@ -27,11 +27,11 @@ from gpufleet.container_changes import tracks_tool_writes
 KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-")
 
 
-def read_keys(inventory: Inventory, entries: list[str], what: str) -> list:
-    """[local] public_keys / revoked_keys: each a key line or a path to a .pub file."""
+def read_keys(inventory: Inventory, entries: list[str], what: str, table: str = "local") -> list:
+    """[local] public_keys / revoked_keys, [people.NAME] keys: each a key line or a path to a .pub file."""
     keys = []
     for number, entry in enumerate(entries):
-        source = f"{inventory.path}: local.{what}[{number}]"
+        source = f"{inventory.path}: {table}.{what}[{number}]"
         if entry.strip().startswith(KEY_PREFIXES):
             keys.append(authorized_keys.parse_public_key(entry.strip(), source=source))
             continue
@@ -62,8 +62,22 @@ def wanted_keys(inventory: Inventory) -> tuple[list, list]:
     return [k for k in add if k.identity not in revoked], revoke
 
 
+def people_keys(inventory: Inventory) -> dict[str, list]:
+    """{person: their keys}, validated, less the revoked ones."""
+    revoked = {k.identity for k in read_keys(inventory, inventory.local.revoked_keys, "revoked_keys")}
+    return {name: [k for k in read_keys(inventory, list(person.keys), "keys", f"people.{name}")
+                   if k.identity not in revoked]
+            for name, person in inventory.people.items()}
+
+
+def container_people_keys(inventory: Inventory, spec, people: dict[str, list]) -> list:
+    """The keys of the people in a container's `users`."""
+    return [key for user in spec.users for key in people[user]]
+
+
 def check_keys(inventory: Inventory, **_) -> None:
     wanted_keys(inventory)
+    people_keys(inventory)
 
 
 def key_change(path: str, current, add, revoke, owner: str, group: str) -> tuple[FileChange | None, list[str]]:
@@ -103,13 +117,22 @@ def plan_keys(c) -> Plan:
     homes = {user: home}
     targets = [(None, authorized_keys_of(user, homes), f.file(authorized_keys_of(user, homes)),
                 f.file(f"{home_of(user, homes)}/.ssh"), user)]
+    people = people_keys(c.inventory)
+    record_file = f.file(PEOPLE_KEYS)
+    recorded = authorized_keys.parse_people_record(record_file.text, PEOPLE_KEYS) if record_file.exists else {}
+    installed = {}  # container -> the people's keys it holds after this step
     for name, inside in c.running_containers():
         targets.append((name, CONTAINER_AUTHORIZED_KEYS, inside.file(CONTAINER_AUTHORIZED_KEYS),
                         inside.file("/root/.ssh"), "root"))
+        installed[name] = container_people_keys(c.inventory, c.host.containers[name], people)
     actions, notes = c.once_running(lambda name: f"write {CONTAINER_AUTHORIZED_KEYS} with the {len(add)} key(s)"), []
     for container, path, current, ssh_dir, owner in targets:
         where = f"{container}: " if container else ""
-        change, problems = key_change(path, current, add, revoke, owner=owner, group=owner)
+        wanted, gone = add, revoke
+        if container:  # its users' keys too; a person's key the tool put there earlier and no one wants now goes
+            wanted, gone = authorized_keys.container_keys(add, installed[container], revoke,
+                                                          recorded.get(container, []))
+        change, problems = key_change(path, current, wanted, gone, owner=owner, group=owner)
         notes += [where + p for p in problems]
         if change:
             actions.append(file_action(change, container=container))
@@ -122,6 +145,11 @@ def plan_keys(c) -> Plan:
             argv = ["chown", f"{owner}:{owner}", "--", directory]
             actions.append(Action(f"{where}chown {owner}:{owner} {directory} (was {ssh_dir.owner}:{ssh_dir.group})",
                                   lambda c, a=argv, n=container: c.run(in_container(n, a) if n else a, sudo=True)))
+    record = FileChange(PEOPLE_KEYS, record_file, authorized_keys.render_people_record(
+        {**{n: k for n, k in recorded.items() if n in c.host.containers and n not in installed}, **installed}).encode())
+    if record.needed and (record_file.exists or any(installed.values())):
+        actions.append(Action(f"record the people's keys in each container in {PEOPLE_KEYS}",
+                              lambda c: apply_file(c.session, record), diff=record.diff()))
     plan = Plan.change(*actions) if actions else Plan.ok(
         f"authorized_keys hold the {len(add)} key(s) and none of the {len(revoke)} revoked")
     if notes:
