@@ -14,12 +14,14 @@ from pathlib import Path
 
 from invoke import task
 
-from gpufleet import authorized_keys
-from gpufleet.errors import FleetError, InputError
+from gpufleet import authorized_keys, forwarding
+from gpufleet.errors import FleetError, InputError, ValidationFailed
 from gpufleet.fleet import fleet_task
 from gpufleet.files import FileChange, apply_file, file_action, in_container
 from gpufleet.inventory import Inventory
-from gpufleet.paths import CONTAINER_AUTHORIZED_KEYS, PEOPLE_KEYS, authorized_keys_of, home_of
+from gpufleet.local_files import BACKUP_SUFFIX
+from gpufleet.paths import (CONTAINER_AUTHORIZED_KEYS, FORWARD_AUTHORIZED_KEYS, FORWARD_HOME, PEOPLE_KEYS,
+                            SSHD_DROP_IN, authorized_keys_of, home_of)
 from gpufleet.plan import Action, Plan, Step
 from tasks import HOST_TASK_HELP
 from gpufleet.container_changes import tracks_tool_writes
@@ -168,4 +170,91 @@ KEYS = Step("keys.authorized", tracks_tool_writes(plan_keys))
 @fleet_task(default_hosts="all", before=check_keys)
 def sync_keys(c, dry_run=False, json=None):
     """Make authorized_keys on hosts and in containers hold exactly the inventory's keys."""
-    c.run_steps([KEYS])
+    c.run_steps([KEYS, FORWARD])
+
+
+# --- the forwarding-only account: how a person reaches their container without a shell on the server ---
+
+SSHD = "/usr/sbin/sshd"
+
+
+def sshd_dump(c, account: str) -> dict[str, list[str]]:
+    """sshd's effective settings for a login of `account` (`sshd -T -C ...`), parsed."""
+    done = c.run([SSHD, "-T", "-C", f"user={account},host=localhost,addr=127.0.0.1"], sudo=True, check=False)
+    if done.exit_code != 0:
+        raise FleetError(f"`sshd -T` exited {done.exit_code}: {done.stderr.strip()[-300:]}")
+    return forwarding.parse_sshd_dump(done.stdout)
+
+
+def forwarded_ports(host) -> dict[str, list[int]]:
+    """Pure: person -> the SSH ports of their containers on this host."""
+    ports: dict[str, list[int]] = {}
+    for spec in host.containers.values():
+        for user in spec.users:
+            ports.setdefault(user, []).append(spec.ssh_port)
+    return ports
+
+
+def check_and_reload_sshd(c, drop_in: FileChange, account: str) -> None:
+    """`sshd -t` of the whole configuration with the new drop-in; the old one put back if it fails; then
+    sshd reloads (open sessions stay) and its settings for the account are checked."""
+    test = c.run([SSHD, "-t"], sudo=True, check=False)
+    if test.exit_code != 0:
+        undo = (["mv", "-f", "-T", "--", drop_in.path + BACKUP_SUFFIX, drop_in.path] if drop_in.current.exists
+                else ["rm", "-f", "--", drop_in.path])
+        c.run(undo, sudo=True)
+        raise ValidationFailed(drop_in.path, f"{SSHD} -t", test.stderr or test.stdout)
+    c.run(["sh", "-c", 'kill -HUP "$(cat /run/sshd.pid)"'], sudo=True)
+    problems = forwarding.forwarding_problems(sshd_dump(c, account), account)
+    if problems:
+        raise FleetError(f"sshd will not let {account} forward: {'; '.join(problems)}")
+
+
+def plan_forward(c) -> Plan:
+    """The forwarding-only account: created once, its authorized_keys (root's file) holding each person's
+    keys limited to their own containers' ports, and the sshd drop-in that lets it in for that alone."""
+    host = c.host
+    if host.is_local:
+        return Plan.ok("a local host: its containers are reached on this machine's loopback")
+    ports = forwarded_ports(host)
+    account = host.forward_user
+    f = c.facts()
+    home = f.homes.get(account)
+    if home is None and not ports:
+        return Plan.ok("no container here lists users: no forwarding account")
+    if home is not None and home != FORWARD_HOME:
+        raise FleetError(f"user {account} exists with home {home}: it is not gpufleet's forwarding account "
+                         f"(set forward_user to another name)")
+    people = people_keys(c.inventory)
+    actions = []
+    if home is None:
+        create = ["useradd", "--system", "--no-create-home", "--home-dir", FORWARD_HOME, "--shell",
+                  forwarding.NOLOGIN, "--password", "*", "--comment", "gpufleet forwarding only", account]
+        home_dir = ["install", "-d", "-m", "0755", "-o", "root", "-g", "root", "--", FORWARD_HOME, f"{FORWARD_HOME}/.ssh"]
+        def create_account(c) -> None:
+            c.run(create, sudo=True)
+            c.run(home_dir, sudo=True)
+        actions.append(Action(f"create the forwarding-only account {account} (no password, {forwarding.NOLOGIN} "
+                              f"shell, home {FORWARD_HOME} owned by root)", create_account))
+    keys_file = FileChange(FORWARD_AUTHORIZED_KEYS, f.file(FORWARD_AUTHORIZED_KEYS), forwarding.authorized_keys(
+        {person: (people[person], person_ports) for person, person_ports in ports.items()}).encode(),
+        mode="0644", parent_mode="0755")
+    if keys_file.needed:
+        actions.append(file_action(keys_file))
+    dump = sshd_dump(c, account)
+    drop_in = FileChange(SSHD_DROP_IN, f.file(SSHD_DROP_IN), forwarding.sshd_drop_in(
+        account, forwarding.others_in_allow_users(dump, account)).encode(), mode="0644")
+    if drop_in.needed:
+        actions += [file_action(drop_in),
+                    Action("check sshd's configuration (sshd -t) and reload it",
+                           lambda c: check_and_reload_sshd(c, drop_in, account))]
+    elif home is not None:
+        problems = forwarding.forwarding_problems(dump, account)
+        if problems:
+            raise FleetError(f"sshd will not let {account} forward: {'; '.join(problems)}")
+    if not actions:
+        return Plan.ok(f"{account} forwards {', '.join(sorted(ports)) or 'no one'} to their own containers only")
+    return Plan.change(*actions)
+
+
+FORWARD = Step("keys.forward", plan_forward)
