@@ -146,3 +146,27 @@ def test_person_option_errors_through_the_real_command_line(tmp_path, isolated_h
                                                                    "HOME": str(isolated_home), "PATH": "/usr/bin:/bin"})
         assert (done.returncode, done.stderr.strip().splitlines()[-1]) == (2, f"error: {message}")
     assert not (tmp_path / "c").exists()
+
+
+def test_person_block_written_by_the_real_command_line_dry_run_first(tmp_path, isolated_home):
+    known = tmp_path / "known_hosts"
+    known.write_text("bastion ssh-ed25519 AAAAB\ngpu1 ssh-ed25519 AAAAG1\ngpu1-bobbox ssh-ed25519 AAAABOB\n"
+                     "gpu1-dev ssh-ed25519 AAAAD\n")
+    path = tmp_path / "hosts.toml"
+    path.write_text(INVENTORY.replace("/srv/admin/known_hosts", str(known)))
+    output = tmp_path / "out" / "alice.conf"
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "fabric", "-r", str(REPO), "gen-ssh-config", "--person", "alice",
+                               "--output", str(output), *extra], capture_output=True, text=True,
+                              env={"FABRIC_INVENTORY": str(path), "HOME": str(isolated_home), "PATH": "/usr/bin:/bin"})
+    dry = run("--dry-run")
+    assert dry.returncode == 0 and "+Host gpu1-dev" in dry.stdout and f"dry run: {output} not written" in dry.stdout
+    assert not output.exists()
+    done = run()
+    assert done.returncode == 0, done.stderr
+    assert output.read_text() == blocks()["alice"]
+    # her hosts' pinned keys and no one else's
+    assert Path(f"{output}.known_hosts").read_text() == ("bastion ssh-ed25519 AAAAB\ngpu1 ssh-ed25519 AAAAG1\n"
+                                                         "gpu1-dev ssh-ed25519 AAAAD\n")
+    assert run().stdout.count("no changes") == 2
