@@ -169,7 +169,7 @@ KEYS = Step("keys.authorized", tracks_tool_writes(plan_keys))
 @task(name="sync-keys", help=HOST_TASK_HELP)
 @fleet_task(default_hosts="all", before=check_keys)
 def sync_keys(c, dry_run=False, json=None):
-    """Make authorized_keys on hosts and in containers hold exactly the inventory's keys."""
+    """Make authorized_keys on hosts, in containers and of the forwarding account hold exactly the inventory's keys."""
     c.run_steps([KEYS, FORWARD])
 
 

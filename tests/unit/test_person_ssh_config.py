@@ -170,3 +170,47 @@ def test_person_block_written_by_the_real_command_line_dry_run_first(tmp_path, i
     assert Path(f"{output}.known_hosts").read_text() == ("bastion ssh-ed25519 AAAAB\ngpu1 ssh-ed25519 AAAAG1\n"
                                                          "gpu1-dev ssh-ed25519 AAAAD\n")
     assert run().stdout.count("no changes") == 2
+
+
+class Server:
+    """Runs nothing: answers `sshd -t` with the exit code and message a real sshd gave, records every argv."""
+
+    def __init__(self, sshd_t: tuple[int, str]):
+        self.sshd_t, self.ran = sshd_t, []
+
+    def run(self, argv, sudo=False, check=True):
+        from gpufleet.remote import Result
+        self.ran.append(argv)
+        if argv[-1] == "-t":
+            return Result(self.sshd_t[0], "", self.sshd_t[1])
+        return Result(0, "allowusers root@10.77.46.2\nallowusers gpufleet-fwd\nallowtcpforwarding local\n", "")
+
+
+# (the drop-in there before?, what `sshd -t` says) -> the commands run after it
+RELOADS = [
+    (False, (0, ""), [["/usr/sbin/sshd", "-t"], ["sh", "-c", 'kill -HUP "$(cat /run/sshd.pid)"'],
+                      ["/usr/sbin/sshd", "-T", "-C", "user=gpufleet-fwd,host=localhost,addr=127.0.0.1"]]),
+    (False, (255, "/etc/ssh/sshd_config.d/40-gpufleet-forward.conf line 3: Directive 'AllowUsers' is not allowed "
+                  "within a Match block"),
+     [["/usr/sbin/sshd", "-t"], ["rm", "-f", "--", "/etc/ssh/sshd_config.d/40-gpufleet-forward.conf"]]),
+    (True, (255, "line 1: Bad configuration option: Nope"),
+     [["/usr/sbin/sshd", "-t"], ["mv", "-f", "-T", "--", "/etc/ssh/sshd_config.d/40-gpufleet-forward.conf.gpufleet.bak",
+                                 "/etc/ssh/sshd_config.d/40-gpufleet-forward.conf"]]),
+]
+
+
+@pytest.mark.parametrize("existed,sshd_t,commands", RELOADS)
+def test_sshd_reloads_only_after_sshd_t_passes_and_a_failing_drop_in_is_taken_back(existed, sshd_t, commands):
+    from gpufleet.errors import ValidationFailed
+    from gpufleet.facts import RemoteFile
+    from gpufleet.files import FileChange
+    from gpufleet.paths import SSHD_DROP_IN
+    from tasks.keys import check_and_reload_sshd
+    server = Server(sshd_t)
+    change = FileChange(SSHD_DROP_IN, RemoteFile(existed, b"old", "0644", "root", "root"), b"new")
+    if sshd_t[0]:
+        with pytest.raises(ValidationFailed, match=r"40-gpufleet-forward\.conf failed validation \(/usr/sbin/sshd -t\)"):
+            check_and_reload_sshd(server, change, "gpufleet-fwd")
+    else:
+        check_and_reload_sshd(server, change, "gpufleet-fwd")
+    assert server.ran == commands
