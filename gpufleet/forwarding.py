@@ -42,6 +42,7 @@ def sshd_drop_in(account: str, add_to_allow_users: bool) -> str:
     lines += [f"Match User {account}",
               "    AllowTcpForwarding local",
               f"    PermitOpen {LOOPBACK}:*",
+              "    PermitListen none",
               "    PermitTTY no",
               "    X11Forwarding no",
               "    AllowAgentForwarding no",

@@ -98,6 +98,11 @@ def test_a_person_reaches_their_container_and_nothing_else_on_the_server(lab, fa
             assert refused.returncode != 0 and "administratively prohibited" in refused.stderr, (target, refused.stderr)
             print(f"refused: forward to {target}: exit {refused.returncode}: " + refused.stderr.strip().replace("\n", " | "))
         print(f"refused: shell on gpu1: exit {shell.returncode}: " + (shell.stdout + shell.stderr).strip().replace("\n", " | "))
+        listen = subprocess.run(["ssh", "-F", str(alice), "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-N",
+                                 "-R", "127.0.0.1:0:127.0.0.1:22", "gpu1"], capture_output=True, text=True, timeout=60,
+                                stdin=subprocess.DEVNULL)
+        assert listen.returncode != 0 and "remote port forwarding failed" in listen.stderr, listen.stderr
+        print(f"refused: remote forward on gpu1: exit {listen.returncode}: " + listen.stderr.strip().replace("\n", " | "))
 
         # alice leaves dev: her key goes from the container and from the account, her alias stops working
         without = people_inventory(lab, tmp_path, "people-without-alice.toml", alice_in_dev=False)
