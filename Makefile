@@ -12,7 +12,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# test-only: Microsoft's jsonc-parser reads back the settings.json that gen-ssh-config --vscode writes
+JSONC   := tests/jsonc/node_modules/.package-lock.json
+
+$(JSONC): tests/jsonc/package-lock.json
+	cd tests/jsonc && npm ci --no-audit --no-fund --ignore-scripts
+
+setup: $(STAMP) $(JSONC)
 
 docker:
 	bash scripts/ensure-docker.sh

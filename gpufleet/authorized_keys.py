@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import struct
 from dataclasses import dataclass, field
@@ -145,3 +146,49 @@ def sync(existing: str, add: list[PublicKey], revoke: list[PublicKey]) -> SyncRe
             result.remaining += 1
     result.text = "".join(kept)
     return result
+
+
+# --- people's keys: which keys gpufleet put in which container for its users ---
+
+def container_keys(admins: list[PublicKey], users: list[PublicKey], revoke: list[PublicKey],
+                   recorded: list[PublicKey]) -> tuple[list[PublicKey], list[PublicKey]]:
+    """Pure: (keys to add, keys to remove) for a container: the admins' and its users' keys in; revoked keys
+    out, and so is a person's key the tool put there earlier (`recorded`) that neither list wants now.
+    Every other line of the file stays, as sync() keeps it."""
+    wanted = admins + users
+    keep = {k.identity for k in wanted}
+    return wanted, revoke + [k for k in recorded if k.identity not in keep]
+
+
+PEOPLE_RECORD_ABOUT = ("the keys of [people.NAME] that gpufleet put in each container's authorized_keys; "
+                       "one that leaves the inventory is removed there")
+
+
+def render_people_record(containers: dict[str, list[PublicKey]]) -> str:
+    """The record file: container name -> the "type blob" of each person's key the tool installed there."""
+    body = {name: sorted({f"{k.keytype} {k.blob}" for k in keys}) for name, keys in sorted(containers.items()) if keys}
+    return json.dumps({"about": PEOPLE_RECORD_ABOUT, "containers": body}, indent=2) + "\n"
+
+
+def parse_people_record(text: str, path: str) -> dict[str, list[PublicKey]]:
+    """What render_people_record wrote; anything else is refused in one line (nothing is removed then)."""
+    left = "; left untouched (remove it to start over: the keys it listed are then kept like keys added by hand)"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: line {e.lineno} column {e.colno}: {e.msg}{left}") from None
+    containers = value.get("containers") if isinstance(value, dict) else None
+    if not isinstance(containers, dict):
+        raise InputError(f"{path}: not a record gpufleet wrote (no \"containers\" table){left}")
+    out = {}
+    for name, lines in containers.items():
+        if not isinstance(lines, list):
+            raise InputError(f"{path}: containers.{name} is not a list of keys{left}")
+        keys = []
+        for line in lines:
+            key, problem = parse_line(line) if isinstance(line, str) else (None, "not a string")
+            if key is None or key.options or key.comment:
+                raise InputError(f"{path}: containers.{name}: {str(line)[:40]!r} is not a key type and blob{left}")
+            keys.append(key)
+        out[name] = keys
+    return out

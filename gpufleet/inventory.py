@@ -149,6 +149,10 @@ def _user_list(v):
     return [_user(x) for x in _list(v)]
 
 
+def _name_list(v):
+    return [_name(x) for x in _list(v)]
+
+
 def _package_list(v):
     return [_package(x) for x in _list(v)]
 
@@ -218,6 +222,8 @@ HOST_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     "git_name": (_str, "", "git user.name in containers"),
     "git_email": (_str, "", "git user.email in containers"),
     "github_access": (_choice("agent", "deploy-key", "none"), "agent", "GitHub access from containers"),
+    "forward_user": (_user, "gpufleet-fwd", "the forwarding-only account gpufleet keeps on this host for the "
+                                             "people of its containers (no shell, no password)"),
     "forward_agent": (_bool, True, "forward your ssh agent into this host's containers (root there can use it); "
                                    "by default only where github_access = 'agent'"),
     "containers": (_table, {}, "containers to run, by name"),
@@ -240,6 +246,14 @@ CONTAINER_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "restart": (_choice(*RESTART_POLICIES), "unless-stopped"),
     "allow_driver_mismatch": (_bool, False),
     "keep_snapshots": (_int_range(0, 1000), 3),
+    "users": (_name_list, []),
+}
+
+PERSON_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "keys": (_str_list, None),
+    "jump_user": (_str, ""),
+    "identity": (_str, ""),
+    "known_hosts": (_str, "~/.ssh/gpufleet_known_hosts"),
 }
 
 LOCAL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -249,6 +263,7 @@ LOCAL_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "public_keys": (_str_list, []),
     "revoked_keys": (_str_list, []),
     "container_alias": (_str, "{host}-{container}"),
+    "vscode_settings": (_str, ""),
 }
 
 RUN_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -257,7 +272,7 @@ RUN_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "log_dir": (_str, ".gpufleet/logs"),
 }
 
-TOP_LEVEL = ("run", "local", "defaults", "groups", "hosts")
+TOP_LEVEL = ("run", "local", "people", "defaults", "groups", "hosts")
 
 
 @dataclass(frozen=True)
@@ -283,6 +298,17 @@ class ContainerSpec:
     restart: str = "unless-stopped"
     allow_driver_mismatch: bool = False
     keep_snapshots: int = 3
+    users: tuple[str, ...] = ()  # names of [people.NAME] tables
+
+
+@dataclass(frozen=True)
+class Person:
+    """`[people.NAME]`: someone who uses containers; `keys` are key lines or .pub paths, read by sync-keys."""
+    name: str
+    keys: tuple[str, ...]
+    jump_user: str  # their own login on the jump hosts (the bastion is theirs, not the tool's)
+    identity: str
+    known_hosts: str
 
 
 @dataclass
@@ -326,6 +352,7 @@ class LocalSettings:
     public_keys: list[str]
     revoked_keys: list[str]
     container_alias: str
+    vscode_settings: Path | None = None
 
 
 @dataclass
@@ -341,6 +368,7 @@ class Inventory:
     hosts: dict[str, Host]
     local: LocalSettings
     run: RunSettings
+    people: dict[str, Person] = field(default_factory=dict)
 
     def host(self, name: str) -> Host:
         if name not in self.hosts:
@@ -514,9 +542,11 @@ class _Validator:
             layers = [("defaults", defaults)] + [(f"group {g}", groups[g]) for g in group_names] + [(f"host {hname}", layer)]
             hosts[hname] = self.merge(hname, address, tuple(group_names), layers)
 
+        people = self.people(data.get("people", {}))
         for host in hosts.values():
             self.check_local(host, hosts)
             self.check_jump(host, hosts)
+            self.check_users(host, people)
         return Inventory(
             path=self.path,
             hosts=hosts,
@@ -527,9 +557,39 @@ class _Validator:
                 public_keys=local["public_keys"],
                 revoked_keys=local["revoked_keys"],
                 container_alias=local["container_alias"],
+                vscode_settings=_expand(local["vscode_settings"]) if local["vscode_settings"] else None,
             ),
             run=RunSettings(run["parallel"], run["connect_timeout"], Path(run["log_dir"])),
+            people=people,
         )
+
+    def people(self, raw) -> dict[str, Person]:
+        if not isinstance(raw, dict):
+            self.fail("", "people", f"expected a table of people by name, got {_tname(raw)}")
+        people = {}
+        for name, pdata in raw.items():
+            self.checked("people", name, _name, name)
+            table = f"people.{name}"
+            values = self.section(pdata, table, PERSON_KEYS)
+            if values["keys"] is None:
+                self.fail(table, "keys", f"person {name!r} has no 'keys' (key lines or paths to .pub files)")
+            if not values["keys"]:
+                self.fail(table, "keys", f"person {name!r} has an empty key list")
+            jump_user = values["jump_user"] or name
+            self.checked(table, "jump_user", _user, jump_user)
+            people[name] = Person(name, tuple(values["keys"]), jump_user, values["identity"], values["known_hosts"])
+        return people
+
+    def check_users(self, host: Host, people: dict[str, Person]) -> None:
+        """Every name in a container's `users` is a [people.NAME] table."""
+        for cname, spec in host.containers.items():
+            for user in spec.users:
+                if user not in people:
+                    where = host.sources.get(f"containers.{cname}.users", "")
+                    table = (f"groups.{where[6:]}" if where.startswith("group ") else
+                             "defaults" if where == "defaults" else f"hosts.{host.name}")
+                    self.fail(f"{table}.containers.{cname}", "users",
+                              f"unknown person {user!r}{_suggest(user, people)} (add a [people.{user}] table)")
 
     def check_alias_pattern(self, pattern: str) -> None:
         try:
@@ -612,6 +672,7 @@ class _Validator:
                 restart=cdata.get("restart", "unless-stopped"),
                 allow_driver_mismatch=cdata.get("allow_driver_mismatch", False),
                 keep_snapshots=cdata.get("keep_snapshots", 3),
+                users=tuple(cdata.get("users", [])),
             )
         if settings["github_access"] == "agent" and not settings["forward_agent"]:
             where = sources["forward_agent"] if sources["forward_agent"] != "built-in default" else sources["github_access"]
@@ -681,7 +742,7 @@ def describe(host: Host) -> list[tuple[str, str, str]]:
     for cname, spec in host.containers.items():
         for key in CONTAINER_KEYS:
             value = getattr(spec, key)
-            if key == "volumes":
+            if key in ("volumes", "users"):
                 value = [str(v) for v in value]
             elif key == "env":
                 value = {k: MASK if isinstance(v, Secret) else v for k, v in value}

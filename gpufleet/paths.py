@@ -11,6 +11,8 @@ DOCKER_SOURCES = "/etc/apt/sources.list.d/docker.list"
 DAEMON_JSON = "/etc/docker/daemon.json"
 # which daemon.json keys the tool set, so that it can remove those the inventory drops
 DAEMON_JSON_KEYS = "/var/lib/gpufleet/daemon-json-keys.json"
+# which people's keys the tool put in each container's authorized_keys (so that it can remove them)
+PEOPLE_KEYS = "/var/lib/gpufleet/people-keys.json"
 NVIDIA_KEYRING = f"{APT_KEYRINGS}/nvidia-container-toolkit.asc"
 NVIDIA_SOURCES = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
 CONTAINER_DIR = "/var/lib/gpufleet/containers"
@@ -18,6 +20,10 @@ CONTAINER_DIR = "/var/lib/gpufleet/containers"
 IN_CONTAINER_DIR = "/etc/gpufleet"
 
 CONTAINER_AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
+# the forwarding-only account's (see gpufleet.forwarding)
+FORWARD_HOME = "/var/lib/gpufleet/forward"
+FORWARD_AUTHORIZED_KEYS = f"{FORWARD_HOME}/.ssh/authorized_keys"
+SSHD_DROP_IN = "/etc/ssh/sshd_config.d/40-gpufleet-forward.conf"
 CONTAINER_OS_RELEASE = "/etc/os-release"
 CONTAINER_GITCONFIG = "/root/.gitconfig"
 CONTAINER_KNOWN_HOSTS = "/root/.ssh/known_hosts"
@@ -51,9 +57,9 @@ def probe_request(ctx) -> ProbeRequest:
     host = ctx.host
     # the home read by an earlier probe of this run (keys.authorized asks again where it is elsewhere)
     homes = ctx.run_state.get("homes")
-    files = [APT_PROXY_CONF, DOCKER_KEYRING, DOCKER_SOURCES, DAEMON_JSON, DAEMON_JSON_KEYS,
+    files = [APT_PROXY_CONF, DOCKER_KEYRING, DOCKER_SOURCES, DAEMON_JSON, DAEMON_JSON_KEYS, PEOPLE_KEYS,
              NVIDIA_KEYRING, NVIDIA_SOURCES, authorized_keys_of(host.user, homes), f"{home_of(host.user, homes)}/.ssh",
-             pending.DOCKER_RESTART]
+             pending.DOCKER_RESTART, FORWARD_AUTHORIZED_KEYS, SSHD_DROP_IN]
     for name in host.containers:
         files += [*container_host_files(name), pending.container_restart(name), pending.sshd_reload(name)]
     inner = [CONTAINER_OS_RELEASE, CONTAINER_AUTHORIZED_KEYS, "/root/.ssh", APT_PROXY_CONF, CONTAINER_GITCONFIG,
@@ -63,7 +69,7 @@ def probe_request(ctx) -> ProbeRequest:
         files=files,
         images=sorted({spec.image for spec in host.containers.values()}),
         users=list(host.docker_users),
-        accounts=[host.user],
+        accounts=[host.user, host.forward_user],
         containers={name: inner for name in host.containers},
         container_packages=["openssh-server", *host.tools],
     )

@@ -9,7 +9,7 @@ from tasks import HOST_TASK_HELP, apt, containers, docker, doctor, hosts, inside
 
 BOOTSTRAP = [
     apt.PROXY, docker.INSTALL, docker.SERVICE, nvidia.TOOLKIT_STEP, docker.CONFIGURE, docker.USERS,
-    *containers.UP, keys.KEYS, inside.GIT,
+    *containers.UP, keys.KEYS, keys.FORWARD, inside.GIT,
 ]
 
 

@@ -108,3 +108,47 @@ def test_sync_splits_lines_like_sshd_only_on_newline():
     text = f"ssh-ed25519 {ALICE_BLOB} alice\x0cold\u2028laptop\n{DAVE.line()}\n"
     result = ak.sync(text, [], [ALICE])
     assert result.text == DAVE.line() + "\n" and result.problems == [] and len(result.removed) == 1
+
+
+# --- people: a container holds its users' keys and the admins', and loses a person the tool had put there ---
+
+BOB = ak.PublicKey("ssh-rsa", DAVE.blob, "bob@desk")
+HAND = f"# keys below were added by hand\nssh-ed25519 {NEW.blob} hand-added\n"
+# (what is in the file, the container's users' keys now, what the record says the tool put there) -> the result
+PEOPLE_CASES = [
+    ("users added", HAND, [ALICE, BOB], [], HAND + ALICE.line() + "\n" + BOB.line() + "\n"),
+    ("a person left: their key goes", HAND + ALICE.line() + "\n" + BOB.line() + "\n", [ALICE], [ALICE, BOB],
+     HAND + ALICE.line() + "\n"),
+    ("everyone left", HAND + ALICE.line() + "\n" + BOB.line() + "\n", [], [ALICE, BOB], HAND),
+    ("a key never recorded stays (added by hand)", HAND + BOB.line() + "\n", [ALICE], [], HAND + BOB.line() + "\n"
+     + ALICE.line() + "\n"),
+    ("a recorded key that is also a hand-added line: ours, it goes", HAND, [], [NEW], "# keys below were added by hand\n"),
+    ("nothing to do", HAND + ALICE.line() + "\n", [ALICE], [ALICE], HAND + ALICE.line() + "\n"),
+]
+
+
+@pytest.mark.parametrize("existing,users,recorded,expected", [c[1:] for c in PEOPLE_CASES],
+                         ids=[c[0] for c in PEOPLE_CASES])
+def test_container_keys_hold_its_users_and_lose_the_people_who_left(existing, users, recorded, expected):
+    add, revoke = ak.container_keys([], users, [], recorded)
+    assert ak.sync(existing, add, revoke).text == expected
+
+
+def test_an_admin_key_that_was_also_a_persons_stays_and_a_revoked_persons_key_goes():
+    add, revoke = ak.container_keys([ALICE], [], [], [ALICE, BOB])
+    assert ak.sync(ALICE.line() + "\n" + BOB.line() + "\n", add, revoke).text == ALICE.line() + "\n"
+    add, revoke = ak.container_keys([], [ALICE], [ALICE], [])
+    assert ak.sync(ALICE.line() + "\n", [k for k in add if k != ALICE], revoke).text == ""
+
+
+def test_people_record_round_trip_and_refusals():
+    text = ak.render_people_record({"dev": [ALICE, BOB, ALICE], "empty": []})
+    assert ak.parse_people_record(text, "/r") == {"dev": [ak.PublicKey(ALICE.keytype, ALICE.blob),
+                                                          ak.PublicKey(BOB.keytype, BOB.blob)]}
+    for broken, message in (("{", r"/r: line 1 column 2: Expecting property name"),
+                            ("[]", r'/r: not a record gpufleet wrote \(no "containers" table\)'),
+                            ('{"containers": {"dev": "x"}}', r"/r: containers\.dev is not a list of keys"),
+                            ('{"containers": {"dev": ["ssh-ed25519 AAAA"]}}', r"containers\.dev: 'ssh-ed25519 AAAA' is "
+                                                                              r"not a key type and blob")):
+        with pytest.raises(InputError, match=message):
+            ak.parse_people_record(broken, "/r")

@@ -73,6 +73,11 @@ INVENTORIES = {
                                       r"take the host out of it\)$",
     "inv-local-is-jump.toml": r":6: hosts\.gpu1\.jump: 'ws' is this machine \(address = \"local\"\) and cannot be a "
                               r"jump host; leave jump out to connect from here directly$",
+    "inv-container-unknown-person.toml": r":10: hosts\.gpu1\.containers\.dev\.users: unknown person 'bobb' \(did you mean "
+                                         r"'bob'\?\) \(add a \[people\.bobb\] table\)$",
+    "inv-container-unknown-person-from-group.toml": r":6: groups\.servers\.containers\.dev\.users: unknown person "
+                                                    r"'carol' \(add a \[people\.carol\] table\)$",
+    "inv-person-without-keys.toml": r":1: people\.alice\.keys: person 'alice' has no 'keys'",
     "inv-local-twice.toml": r":5: hosts\.box\.address: \"local\" is already host 'ws': only one host can be this machine$",
 }
 PUBLIC_KEYS = {
