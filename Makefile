@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 JSONC   := tests/jsonc/node_modules/.package-lock.json
 
 $(JSONC): tests/jsonc/package-lock.json
+	command -v npm >/dev/null || (apt-get update -q && apt-get install -y -q nodejs npm)
 	cd tests/jsonc && npm ci --no-audit --no-fund --ignore-scripts
 
-setup: $(STAMP) $(JSONC)
+setup: $(STAMP)
 
 docker:
 	bash scripts/ensure-docker.sh
@@ -30,10 +31,10 @@ demo: docker setup
 	@echo
 	@echo "Your lab is ready. Try:  ssh -F .lab/ssh_config gpu1-dev"
 
-test: docker setup
+test: docker setup $(JSONC)
 	$(BIN)/python -m pytest -q
 
-unit: setup
+unit: setup $(JSONC)
 	$(BIN)/python -m pytest -q tests/unit
 
 lab-down: setup
