@@ -184,29 +184,11 @@ def test_cdi_spec_problem(spec, spec_mtime, ctk_mtime, driver, uuids, problem):
     assert (problem in found and found) if problem else found == ""
 
 
-SHOW_LOADED = """Id=nvidia-cdi-refresh.path
-LoadState=loaded
-ActiveState=inactive
-UnitFileState=disabled
-
-Id=nvidia-cdi-refresh.service
-LoadState=loaded
-ActiveState=inactive
-UnitFileState=disabled
-"""
-SHOW_ENABLED = SHOW_LOADED.replace("UnitFileState=disabled", "UnitFileState=enabled").replace(
-    "Id=nvidia-cdi-refresh.path\nLoadState=loaded\nActiveState=inactive",
-    "Id=nvidia-cdi-refresh.path\nLoadState=loaded\nActiveState=active")
-SHOW_NOT_FOUND = """Id=nvidia-cdi-refresh.path
-LoadState=not-found
-ActiveState=inactive
-UnitFileState=
-
-Id=nvidia-cdi-refresh.service
-LoadState=not-found
-ActiveState=inactive
-UnitFileState=
-"""
+# `systemctl show` on a lab server (Debian 13): the lab's 1.18 packages (no units), NVIDIA's 1.20 units
+# installed, then after the commands the plan runs to enable them (tests/integration/test_gpu_path_lab.py)
+SHOW_NOT_FOUND = (FIXTURES / "systemctl-show-refresh-units-not-found.txt").read_text()
+SHOW_LOADED = (FIXTURES / "systemctl-show-refresh-units-disabled.txt").read_text()
+SHOW_ENABLED = (FIXTURES / "systemctl-show-refresh-units-enabled.txt").read_text()
 
 
 def cdi_host(systemd=True, units="", spec=SPEC, spec_mtime=2000, info=None, setting="auto"):
