@@ -190,8 +190,8 @@ def strip(rc: int, out: str) -> str:
 
 def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
     """Every fact of the probe for `request`: those read in order, and the jobs read side by side (the
-    facts of one job in order).  The first job is the init system's; the others, Docker's, are printed by
-    the reader where it runs (docker_reader.main prints exactly their sections)."""
+    facts of one job in order).  The first job is the host's own (init system, apt); the others, Docker's,
+    are printed by the reader where it runs (docker_reader.main prints exactly their sections)."""
     q = shlex.quote
     smi = f"timeout -k 5 {NVIDIA_SMI_TIMEOUT} nvidia-smi"
     in_order = [
@@ -217,8 +217,6 @@ def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
           for i, user in enumerate(request.accounts)),
         Fact("df", "df -Pm /var/lib/docker /data /", lambda rc, out: parse_df(out)),
         Fact("nvidia_ctk", "nvidia-ctk --version", gpu.parse_ctk_version),
-        Fact("toolkit_madison", "apt-cache madison " + " ".join(TOOLKIT_PACKAGES),
-             lambda rc, out: parse_madison(out)),
         Fact("cdi_spec", f"cat {gpu.CDI_SPEC}", lambda rc, out: out if rc == 0 else None),
         Fact("cdi_mtimes", f"stat -L -c '%Y %n' {gpu.CDI_SPEC} /usr/bin/nvidia-ctk",
              lambda rc, out: gpu.parse_mtimes(out)),
@@ -228,7 +226,10 @@ def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
     inside = [[Fact(f"inside:{i}", f"inside {q(name)} {q(inside_script(request, files))}",
                     lambda rc, out, name=name, files=files: parse_inside(name, files, rc, out))]
               for i, (name, files) in enumerate(request.containers.items())]
-    jobs = [[Fact("docker_enabled", "systemctl is-enabled docker", strip)],
+    # apt-cache reads its whole package cache (~0.5 s of CPU where it has no pkgcache.bin): beside Docker's calls
+    jobs = [[Fact("docker_enabled", "systemctl is-enabled docker", strip),
+             Fact("toolkit_madison", "apt-cache madison " + " ".join(TOOLKIT_PACKAGES),
+                  lambda rc, out: parse_madison(out))],
             [Fact("docker_info", "dinfo", parse_docker_info)],
             [Fact("containers", "listed", lambda rc, out: parse_containers(out) if rc == 0 else {})],
             *inside,

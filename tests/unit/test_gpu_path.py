@@ -390,3 +390,9 @@ def test_docker_run_argv_golden_cdi():
     doc = containers.resolved_spec(ctx, ctx.host.containers["dev"])
     check_golden(Path(__file__).resolve().parents[1] / "golden" / "docker_run" / "cdi.argv",
                  "".join(arg + "\n" for arg in containers.run_argv("dev", doc)).encode())
+
+
+def test_apt_cache_madison_runs_beside_dockers_calls_not_before_them():
+    in_order, jobs = facts.facts_table(facts.ProbeRequest())
+    assert "toolkit_madison" not in [fact.name for fact in in_order]
+    assert [fact.name for fact in jobs[0]] == ["docker_enabled", "toolkit_madison"]
