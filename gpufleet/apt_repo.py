@@ -157,12 +157,14 @@ CONFIGURE_WHEN_FREE = ("configure_when_free() { n=0; until said=$(LC_ALL=C dpkg 
                        'printf \'%s\\n\' "$said"; }')
 
 
-def apt_install(packages, update: bool = True, recommends: bool = True) -> Script:
-    """Install packages non-interactively, waiting for another apt or dpkg to finish."""
+def apt_install(packages, update: bool = True, recommends: bool = True, downgrades: bool = False) -> Script:
+    """Install packages non-interactively, waiting for another apt or dpkg to finish; `downgrades` lets
+    PKG=VERSION pins go below what is installed."""
     lines = ["set -e", "export DEBIAN_FRONTEND=noninteractive", CONFIGURE_WHEN_FREE,
              "dpkg --configure -a 2>/dev/null || configure_when_free"]
     if update:
         lines.append("apt-get -q -o DPkg::Lock::Timeout=300 update")
     lines.append("apt-get -q -y -o DPkg::Lock::Timeout=300 install " + ("" if recommends else "--no-install-recommends ")
+                 + ("--allow-downgrades " if downgrades else "")
                  + "-- " + " ".join(shlex.quote(p) for p in packages))
     return Script("\n".join(lines))

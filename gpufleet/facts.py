@@ -80,7 +80,11 @@ NVIDIA_SMI_TIMEOUT = 30
 
 HOST_PACKAGES = ("docker.io", "docker-ce", "docker-ce-cli", "containerd.io", "containerd", "runc",
                  "docker-compose-plugin", "docker-buildx-plugin", "podman-docker", "docker-doc",
-                 "nvidia-container-toolkit", "pciutils", "curl", "ca-certificates")
+                 "nvidia-container-toolkit", "pciutils", "curl", "ca-certificates",
+                 "nvidia-container-toolkit-base", "libnvidia-container-tools", "libnvidia-container1")
+# the toolkit's packages, installed at one version (gpufleet.toolkit)
+TOOLKIT_PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
+                    "libnvidia-container1")
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,11 @@ class HostFacts:
     mem_total_mb: int
     disk_free_mb: dict[str, int]
     homes: dict[str, str | None] = field(default_factory=dict)  # user -> home on the server; None: no such user
+    toolkit_version: str = ""  # `nvidia-ctk --version`; "" where there is none
+    toolkit_versions: dict[str, list[str]] = field(default_factory=dict)  # package -> versions apt knows, newest first
+    cdi_spec: str | None = None  # the toolkit's CDI spec (gpu.CDI_SPEC); None where it is missing
+    cdi_mtimes: dict[str, int] = field(default_factory=dict)  # the spec's and nvidia-ctk's modification times
+    cdi_units: dict[str, dict[str, str]] = field(default_factory=dict)  # nvidia-cdi-refresh units, as systemd has them
 
     @property
     def docker_running(self) -> bool:
@@ -181,8 +190,8 @@ def strip(rc: int, out: str) -> str:
 
 def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
     """Every fact of the probe for `request`: those read in order, and the jobs read side by side (the
-    facts of one job in order).  The first job is the init system's; the others, Docker's, are printed by
-    the reader where it runs (docker_reader.main prints exactly their sections)."""
+    facts of one job in order).  The first job is the host's own (init system, apt); the others, Docker's,
+    are printed by the reader where it runs (docker_reader.main prints exactly their sections)."""
     q = shlex.quote
     smi = f"timeout -k 5 {NVIDIA_SMI_TIMEOUT} nvidia-smi"
     in_order = [
@@ -207,11 +216,20 @@ def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
                lambda rc, out, user=user: parse_home(out, user) if rc == 0 else None)
           for i, user in enumerate(request.accounts)),
         Fact("df", "df -Pm /var/lib/docker /data /", lambda rc, out: parse_df(out)),
+        Fact("nvidia_ctk", "nvidia-ctk --version", gpu.parse_ctk_version),
+        Fact("cdi_spec", f"cat {gpu.CDI_SPEC}", lambda rc, out: out if rc == 0 else None),
+        Fact("cdi_mtimes", f"stat -L -c '%Y %n' {gpu.CDI_SPEC} /usr/bin/nvidia-ctk",
+             lambda rc, out: gpu.parse_mtimes(out)),
+        Fact("cdi_units", "systemctl show --property=Id,LoadState,UnitFileState,ActiveState "
+             + " ".join(gpu.CDI_REFRESH_UNITS), lambda rc, out: gpu.parse_unit_states(out) if rc == 0 else {}),
     ]
     inside = [[Fact(f"inside:{i}", f"inside {q(name)} {q(inside_script(request, files))}",
                     lambda rc, out, name=name, files=files: parse_inside(name, files, rc, out))]
               for i, (name, files) in enumerate(request.containers.items())]
-    jobs = [[Fact("docker_enabled", "systemctl is-enabled docker", strip)],
+    # apt-cache reads its whole package cache (~0.5 s of CPU where it has no pkgcache.bin): beside Docker's calls
+    jobs = [[Fact("docker_enabled", "systemctl is-enabled docker", strip),
+             Fact("toolkit_madison", "apt-cache madison " + " ".join(TOOLKIT_PACKAGES),
+                  lambda rc, out: parse_madison(out))],
             [Fact("docker_info", "dinfo", parse_docker_info)],
             [Fact("containers", "listed", lambda rc, out: parse_containers(out) if rc == 0 else {})],
             *inside,
@@ -422,6 +440,19 @@ def cli_created(text: str) -> int:
         return 0
 
 
+def parse_madison(out: str) -> dict[str, list[str]]:
+    """Pure: `apt-cache madison PKG...` (` pkg | version | source Packages` lines) → {package: [versions]},
+    newest first as apt lists them, each version once."""
+    found: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        cells = [cell.strip() for cell in line.split("|")]
+        if len(cells) == 3 and cells[0] and cells[1] and " " not in cells[1]:
+            versions = found.setdefault(cells[0], [])
+            if cells[1] not in versions:
+                versions.append(cells[1])
+    return found
+
+
 def parse_meminfo(rc: int, out: str) -> int:
     """Pure: `grep MemTotal /proc/meminfo` → MiB."""
     mem = re.search(r"(\d+)", out)
@@ -528,6 +559,11 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
         mem_total_mb=v["meminfo"],
         disk_free_mb=v["df"],
         homes={u: v[f"passwd:{i}"] for i, u in enumerate(request.accounts)},
+        toolkit_version=v["nvidia_ctk"],
+        toolkit_versions=v["toolkit_madison"],
+        cdi_spec=v["cdi_spec"],
+        cdi_mtimes=v["cdi_mtimes"],
+        cdi_units=v["cdi_units"],
     )
 
 

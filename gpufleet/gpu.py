@@ -216,3 +216,126 @@ def gpu_work_verdict(smi: tuple[int, str] | None, top: tuple[int, str]) -> str:
     if not mine:
         return ""
     return f"GPU processes are running in it ({', '.join(str(app) for app in mine)})"
+
+
+# --- the GPU path: the nvidia runtime or CDI devices ---
+
+GPU_PATHS = ("runtime", "cdi")
+CDI_SPEC = "/var/run/cdi/nvidia.yaml"
+CDI_REFRESH_UNITS = ("nvidia-cdi-refresh.path", "nvidia-cdi-refresh.service")
+# Docker enables CDI by default and lists the devices it found in `docker info` from 28.2; the toolkit
+# ships nvidia-cdi-refresh and makes its runtime use a just-in-time CDI spec from 1.18
+CDI_DOCKER = (28, 2)
+CDI_TOOLKIT = (1, 18)
+GPU_ID_RE = re.compile(r"^(GPU|MIG)-[A-Za-z0-9/-]+$")
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """Pure: '29.7.2' → (29, 7, 2); a Debian version ('5:26.1.5-1~debian.13~trixie', '26.1.5+dfsg1') by its
+    upstream part; () when it has no number."""
+    upstream = text.split(":", 1)[-1]
+    m = re.match(r"(\d+(?:\.\d+)*)", upstream)
+    return tuple(int(part) for part in m.group(1).split(".")) if m else ()
+
+
+def parse_ctk_version(rc: int, out: str) -> str:
+    """Pure: the toolkit's version from `nvidia-ctk --version` ('NVIDIA Container Toolkit CLI version 1.20.0'
+    and a commit line), "" where it did not run (no toolkit, or one older than nvidia-ctk)."""
+    m = re.search(r"^NVIDIA Container Toolkit CLI version\s+(\d+\.\d+\.\d+\S*)", out, re.M)
+    return m.group(1) if rc == 0 and m else ""
+
+
+def cdi_devices(docker_info: dict | None) -> list[str]:
+    """Pure: the CDI devices the engine discovered (`docker info`'s DiscoveredDevices, Docker 28.2+)."""
+    return [d.get("ID", "") for d in (docker_info or {}).get("DiscoveredDevices") or [] if d.get("Source") == "cdi"]
+
+
+def choose_gpu_path(setting: str, docker_info: dict | None, toolkit_version: str) -> tuple[str, str]:
+    """Pure: ("runtime" | "cdi", why) for `gpu_path` = auto | runtime | cdi on a host whose engine says
+    `docker_info` and whose `nvidia-ctk --version` is `toolkit_version`.  auto takes CDI devices where the
+    engine has CDI on by default (28.2+, its CDISpecDirs listed) and the toolkit keeps a CDI spec (1.18+),
+    else the nvidia runtime.  ValueError where `cdi` is asked of a host that cannot do it."""
+    info = docker_info or {}
+    engine, toolkit = info.get("ServerVersion", ""), toolkit_version
+    missing = []
+    if version_tuple(engine) < CDI_DOCKER:
+        missing.append(f"Docker {engine or '?'} (CDI needs 28.2+)")
+    if not info.get("CDISpecDirs"):
+        missing.append("CDI is off in the engine (docker info lists no CDISpecDirs)")
+    if version_tuple(toolkit) < CDI_TOOLKIT:
+        missing.append(f"toolkit {toolkit or 'not installed'} (CDI here needs 1.18+)")
+    if setting == "runtime":
+        return "runtime", "gpu_path = runtime"
+    if setting == "cdi":
+        if missing:
+            raise ValueError("gpu_path = 'cdi' but this host has " + ", ".join(missing))
+        return "cdi", "gpu_path = cdi"
+    if setting != "auto":
+        raise ValueError(f"gpu_path {setting!r} is not one of auto, runtime, cdi")
+    if missing:
+        return "runtime", "nvidia runtime: " + ", ".join(missing)
+    return "cdi", f"CDI devices: Docker {engine}, toolkit {toolkit}"
+
+
+def gpu_run_args(gpu_path: str, gpus) -> list[str]:
+    """Pure: the `docker run` arguments that give a container `gpus` ("none", "all", or a list of GPU/MIG
+    UUIDs) through `gpu_path` ("runtime": the nvidia runtime and --gpus; "cdi": one --device per CDI name).
+
+    A list for --gpus is one argument with its double quotes (the shell form '"device=U1,U2"'): Docker
+    reads --gpus as CSV, where a bare comma would split the device list."""
+    if gpus == "none":
+        return []
+    if gpu_path not in GPU_PATHS:
+        raise ValueError(f"gpu_path {gpu_path!r} is not one of {', '.join(GPU_PATHS)}")
+    if gpus != "all":
+        if isinstance(gpus, str) or not gpus:
+            raise ValueError(f"gpus {gpus!r} is not 'none', 'all' or a list of GPU UUIDs")
+        bad = [g for g in gpus if not isinstance(g, str) or not GPU_ID_RE.match(g)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a GPU or MIG UUID (GPU-… or MIG-…)")
+    if gpu_path == "runtime":
+        return ["--runtime", "nvidia", "--gpus", "all" if gpus == "all" else f'"device={",".join(gpus)}"']
+    names = ["all"] if gpus == "all" else list(gpus)
+    return [arg for name in names for arg in ("--device", f"nvidia.com/gpu={name}")]
+
+
+def cdi_spec_problem(spec: str | None, spec_mtime: int | None, ctk_mtime: int | None, driver: str,
+                     uuids: list[str]) -> str:
+    """Pure: why the toolkit's CDI spec (its text, None where it is missing) is not current, or "".
+
+    Current means: not older than nvidia-ctk (a toolkit install or upgrade replaces it), made for the
+    loaded driver (the spec mounts the driver's libraries by their versioned names: libcuda.so.DRIVER)
+    and naming every GPU nvidia-smi lists by its UUID (a GPU added or swapped).  A spec of WSL's, whose
+    libraries have no version in their names, is checked by its age and its GPUs only."""
+    if spec is None:
+        return f"{CDI_SPEC} is missing"
+    if spec_mtime is not None and ctk_mtime is not None and spec_mtime < ctk_mtime:
+        return f"{CDI_SPEC} is older than the toolkit's nvidia-ctk"
+    made_for = set(re.findall(r"libcuda\.so\.(\d+\.\d+(?:\.\d+)?)", spec))
+    if driver and made_for and driver not in made_for:  # WSL's libraries have no version in their names
+        return f"{CDI_SPEC} was made for driver {', '.join(sorted(made_for))}, not {driver}"
+    absent = [u for u in uuids if u and f"name: {u}" not in spec]
+    if absent:
+        return f"{CDI_SPEC} does not name {', '.join(absent)}"
+    return ""
+
+
+def parse_unit_states(out: str) -> dict[str, dict[str, str]]:
+    """Pure: `systemctl show --property=Id,LoadState,UnitFileState,ActiveState UNIT...` → {unit: {property:
+    value}}; a unit the system does not have has LoadState=not-found."""
+    units = {}
+    for block in re.split(r"\n\s*\n", out.strip()):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if props.get("Id"):
+            units[props["Id"]] = props
+    return units
+
+
+def parse_mtimes(out: str) -> dict[str, int]:
+    """Pure: `stat -L -c '%Y %n' PATH...` → {path: modification time, seconds since the epoch}."""
+    found = {}
+    for line in out.splitlines():
+        seconds, _, path = line.partition(" ")
+        if seconds.isdigit() and path:
+            found[path] = int(seconds)
+    return found

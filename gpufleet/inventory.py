@@ -145,6 +145,24 @@ _image = _matching(IMAGE_RE, "image reference (like pytorch/pytorch:2.3.1-cuda12
 _package = _matching(PACKAGE_RE, "package name (like git or python3-pip)")
 
 
+NOFILE_MAX = 1073741816  # the kernel's ceiling for fs.nr_open
+DEFAULT_NOFILE = "1048576:1048576"
+TOOLKIT_VERSION_RE = re.compile(r"^([0-9][A-Za-z0-9.+~:-]*)?$")
+
+
+def _nofile(v):
+    """The open-files limit of a container: N (soft and hard) or "SOFT:HARD", normalised to "SOFT:HARD"."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        soft = hard = v
+    elif isinstance(v, str) and re.fullmatch(r"[0-9]+:[0-9]+", v):
+        soft, hard = (int(x) for x in v.split(":"))
+    else:
+        raise ValueError(f"expected a number like 1048576 or \"SOFT:HARD\" like \"65536:1048576\", got {v!r}")
+    if not 1024 <= soft <= hard <= NOFILE_MAX:
+        raise ValueError(f"{v!r}: need 1024 <= soft <= hard <= {NOFILE_MAX} (sshd and DataLoader workers need files)")
+    return f"{soft}:{hard}"
+
+
 def _user_list(v):
     return [_user(x) for x in _list(v)]
 
@@ -216,6 +234,11 @@ HOST_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     "nvidia_key_fingerprint": (_fingerprint, NVIDIA_KEY_FINGERPRINT, "fingerprint of the key that signs nvidia_mirror"),
     "nvidia_toolkit": (_choice("auto", "always", "never"), "auto",
                        "install the NVIDIA Container Toolkit: auto (where a GPU is visible), always, never"),
+    "nvidia_toolkit_version": (_matching(TOOLKIT_VERSION_RE, "toolkit version (like 1.18.0 or 1.18.0-1)"), "",
+                               "the one version of all the toolkit's packages; empty: the newest the mirror has"),
+    "gpu_path": (_choice("auto", "runtime", "cdi"), "auto",
+                 "how containers get GPUs: runtime (--runtime nvidia --gpus), cdi (--device nvidia.com/gpu=…), "
+                 "auto (cdi with Docker 28.2+ and the toolkit 1.18+, else runtime)"),
     "docker_users": (_user_list, [], "users to add to the docker group"),
     "apt_mirror": (_optional_url, "", "apt mirror base URL used inside containers; empty = official archive"),
     "tools": (_package_list, ["git", "wget", "vim", "less", "openssh-client", "ca-certificates"], "packages installed in containers"),
@@ -247,6 +270,7 @@ CONTAINER_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "allow_driver_mismatch": (_bool, False),
     "keep_snapshots": (_int_range(0, 1000), 3),
     "users": (_name_list, []),
+    "ulimit_nofile": (_nofile, DEFAULT_NOFILE),
 }
 
 PERSON_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -299,6 +323,7 @@ class ContainerSpec:
     allow_driver_mismatch: bool = False
     keep_snapshots: int = 3
     users: tuple[str, ...] = ()  # names of [people.NAME] tables
+    ulimit_nofile: str = DEFAULT_NOFILE  # "SOFT:HARD"
 
 
 @dataclass(frozen=True)
@@ -673,6 +698,7 @@ class _Validator:
                 allow_driver_mismatch=cdata.get("allow_driver_mismatch", False),
                 keep_snapshots=cdata.get("keep_snapshots", 3),
                 users=tuple(cdata.get("users", [])),
+                ulimit_nofile=cdata.get("ulimit_nofile", DEFAULT_NOFILE),
             )
         if settings["github_access"] == "agent" and not settings["forward_agent"]:
             where = sources["forward_agent"] if sources["forward_agent"] != "built-in default" else sources["github_access"]

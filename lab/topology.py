@@ -208,6 +208,8 @@ def render_inventory(data: InventoryData) -> str:
         "ssh_port = 2222",
         'shm_size = "1g"',
         'volumes = ["/data/workspace:/workspace"]',
+        "# this machine's open-files limit is 20000 and the lab cannot raise it (the default is 1048576)",
+        'ulimit_nofile = "20000:20000"',
         "",
         "[hosts.bastion]",
         'address = "127.0.0.1"',

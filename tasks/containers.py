@@ -51,11 +51,20 @@ def use_gpus(c, spec: ContainerSpec) -> tuple[bool, str]:
     return (True, f"all {len(f.gpus)} GPU(s)") if ready else (False, "no GPUs: host has no NVIDIA GPU/runtime")
 
 
+def gpu_path(c) -> tuple[str, str]:
+    """("runtime" | "cdi", why): how this host's containers get their GPUs (gpu_path, from its facts)."""
+    f = c.facts()
+    try:
+        return gpu.choose_gpu_path(c.host.gpu_path, f.docker_info, f.toolkit_version)
+    except ValueError as e:
+        raise FleetError(f"host {c.name}: {e}") from None
+
+
 def resolved_spec(c, spec: ContainerSpec) -> dict:
     """The spec as it will be run on this host; stored in the container's label."""
     gpus, _ = use_gpus(c, spec)
-    # Docker's own --gpus hook needs libnvidia-container's CLI; the nvidia runtime works with or without it
-    runtime = {"runtime": "nvidia"} if gpus else {}
+    # Docker's own --gpus hook needs libnvidia-container's CLI; the nvidia runtime and CDI work without it
+    path = {"gpu_path": gpu_path(c)[0]} if gpus else {}
     return {
         "image": spec.image,
         "ssh_port": spec.ssh_port,
@@ -66,7 +75,8 @@ def resolved_spec(c, spec: ContainerSpec) -> dict:
         "env": {key: secret_digest(value) if isinstance(value, Secret) else value for key, value in spec.env},
         "restart": spec.restart,
         "hostname": c.inventory.container_alias(c.host.name, spec.name),
-        **runtime,
+        "ulimit_nofile": spec.ulimit_nofile,
+        **path,
     }
 
 
@@ -87,10 +97,9 @@ def run_argv(name: str, doc: dict) -> list[str]:
     for key, value in sorted(doc["env"].items()):
         # a secret's value comes from docker's own environment (see docker_run), never the command line
         argv += ["-e", key if value.startswith("secret:sha256:") else f"{key}={value}"]
-    if doc.get("runtime"):
-        argv += ["--runtime", doc["runtime"]]
-    if doc["gpus"] == "all":
-        argv += ["--gpus", "all"]
+    if doc.get("ulimit_nofile"):
+        argv += ["--ulimit", f"nofile={doc['ulimit_nofile']}"]
+    argv += gpu.gpu_run_args(doc.get("gpu_path", "runtime"), doc["gpus"])
     argv += ["--entrypoint", f"{IN_CONTAINER_DIR}/entrypoint.sh", "--", doc.get("restored_from") or doc["image"]]
     return argv
 
@@ -113,6 +122,9 @@ def spec_differences(old: dict, new: dict) -> list[str]:
 
     A container restored from a snapshot keeps running its snapshot image; that is not drift.
     """
+    if old.get("runtime") == "nvidia" and "gpu_path" not in old:
+        # made before gpu_path: `--runtime nvidia --gpus all` is what gpu_path = runtime runs
+        old = {**{k: v for k, v in old.items() if k != "runtime"}, "gpu_path": "runtime"}
     return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted((set(old) | set(new)) - {"restored_from"})
             if old.get(key) != new.get(key)]
 

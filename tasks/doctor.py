@@ -22,7 +22,7 @@ from gpufleet.paths import DAEMON_JSON, container_dir, probe_request
 from gpufleet.plan import HostContext, HostReport, Plan, Step
 from gpufleet.remote import LocalSession
 from tasks import HOST_TASK_HELP
-from tasks.containers import default_shm_size
+from tasks.containers import default_shm_size, gpu_path
 from tasks.docker import wanted_daemon_keys
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skipped"
@@ -96,11 +96,29 @@ def gpu_checks(c) -> list[Check]:
     names = sorted({g.name for g in f.gpus})
     checks = [Check("gpu", PASS, f"{len(f.gpus)}x {', '.join(names)}, driver {f.gpu_driver}, CUDA {f.gpu_cuda}")]
     if f.docker_running:
-        registered = "nvidia" in (f.docker_info.get("Runtimes") or {})
-        checks.append(Check("nvidia runtime", PASS if registered else FAIL,
-                            "registered with Docker" if registered else "not in docker info",
-                            "" if registered else f"fab -H {c.name} nvidia.install"))
+        checks.append(gpu_path_check(c))
     return checks
+
+
+def gpu_path_check(c) -> Check:
+    """What the engine reports for the host's GPU path: the nvidia runtime among its runtimes, or the
+    GPUs among the CDI devices it discovered (docker info)."""
+    f = c.facts()
+    fix = f"fab -H {c.name} nvidia.install"
+    try:
+        path, why = gpu_path(c)
+    except FleetError as e:
+        return Check("gpu path", FAIL, str(e), "set gpu_path = 'auto' or 'runtime'")
+    if path == "runtime":
+        runtimes = sorted(f.docker_info.get("Runtimes") or {})
+        ok = "nvidia" in runtimes
+        return Check("gpu path", PASS if ok else FAIL, f"nvidia runtime ({why}); docker info lists runtimes "
+                     f"{', '.join(runtimes) or 'none'}", "" if ok else fix)
+    devices = [d for d in gpu.cdi_devices(f.docker_info) if d.startswith("nvidia.com/gpu=")]
+    lacking = [name for name in ["all", *(g.uuid for g in f.gpus if g.uuid)] if f"nvidia.com/gpu={name}" not in devices]
+    detail = f"CDI devices ({why}); docker info lists {', '.join(devices) or 'no nvidia.com/gpu device'}"
+    return Check("gpu path", FAIL if lacking else PASS,
+                 detail + (f", not nvidia.com/gpu={', '.join(lacking)}" if lacking else ""), fix if lacking else "")
 
 
 def container_checks(c, name: str) -> list[Check]:

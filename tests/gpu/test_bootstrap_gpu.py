@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -98,6 +99,8 @@ gpus = "all"
 # torch lives in /opt/torch on this machine; the driver in /usr/local/nvidia, whose libraries the toolkit
 # mounts in but whose nvidia-smi (behind /usr/bin/nvidia-smi, a wrapper) it does not
 volumes = ["/opt/torch:/opt/torch:ro", "/usr/local/nvidia/bin:/usr/local/nvidia/bin:ro", "{WORK}/workspace:/workspace"]
+# this VM cannot raise the open-files limit past what its processes have (the default is 1048576)
+ulimit_nofile = {min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1048576)}
 {extra}'''
     path = WORK / ("hosts-extra.toml" if extra else "hosts.toml")
     path.write_text(text)

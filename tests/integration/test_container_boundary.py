@@ -79,6 +79,7 @@ OTHER = """
 image = "pytorch/pytorch:lab-bookworm"
 ssh_port = 2223
 shm_size = "1g"
+ulimit_nofile = "20000:20000"
 """
 
 

@@ -15,6 +15,7 @@ def vault(image, value):
     return ("\n[hosts.gpu1.containers.vault]\n"
             f"image = {json.dumps(image)}\n"
             "ssh_port = 2223\n"
+            'ulimit_nofile = "20000:20000"\n'
             f'env = {{ HF_TOKEN = {{ secret = "{value}" }}, MODE = "dev" }}\n')
 
 

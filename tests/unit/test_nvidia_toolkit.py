@@ -100,7 +100,9 @@ def test_nvidia_toolkit_setting(setting, gpu, in_place, expected):
         assert not plan.skip and not plan.actions and plan.reason == text
     else:
         assert [a.summary for a in plan.actions] == [
-            text, f"create {NVIDIA_SOURCES}", f"install nvidia-container-toolkit from {MIRROR}"]
+            text, f"create {NVIDIA_SOURCES}", "install nvidia-container-toolkit, nvidia-container-toolkit-base, "
+            "libnvidia-container-tools, libnvidia-container1 (those the mirror has) at one version: the newest the "
+            f"mirror has, read after apt-get update from {MIRROR}"]
 
 
 def test_auto_refuses_a_gpu_without_a_working_driver():
@@ -123,8 +125,8 @@ def test_daemon_json_registers_the_runtime_wherever_the_toolkit_is_installed(gpu
 
 
 CONTAINERS = [
-    # (id, GPU, runtimes docker info lists, gpus key, expected (gpus, runtime) or an error)
-    ("GPU and runtime", "smi", ("runc", "nvidia"), "auto", ("all", "nvidia")),
+    # (id, GPU, runtimes docker info lists, gpus key, expected (gpus, gpu_path) or an error)
+    ("GPU and runtime", "smi", ("runc", "nvidia"), "auto", ("all", "runtime")),
     ("GPU, runtime not registered", "smi", ("runc",), "auto", ("none", None)),
     ("runtime but no GPU (always)", "none", ("runc", "nvidia"), "auto", ("none", None)),
     ("gpus = none", "smi", ("runc", "nvidia"), "none", ("none", None)),
@@ -141,9 +143,9 @@ def test_gpu_containers_run_with_the_nvidia_runtime(gpu, runtimes, gpus_key, exp
             containers.resolved_spec(ctx, spec)
         return
     doc = containers.resolved_spec(ctx, spec)
-    assert (doc["gpus"], doc.get("runtime")) == expected
+    assert (doc["gpus"], doc.get("gpu_path")) == expected
     argv = containers.run_argv("dev", doc)
-    assert ("--runtime" in argv) is (expected[1] == "nvidia")
+    assert ("--runtime" in argv) is (expected[1] == "runtime")
     if expected[0] == "all":
         at = argv.index("--runtime")
         assert argv[at:at + 4] == ["--runtime", "nvidia", "--gpus", "all"]
@@ -152,8 +154,8 @@ def test_gpu_containers_run_with_the_nvidia_runtime(gpu, runtimes, gpus_key, exp
 def test_a_gpu_container_created_without_the_runtime_is_re_created():
     ctx = host_context("auto", "smi", runtimes=("runc", "nvidia"))
     new = containers.resolved_spec(ctx, ctx.host.containers["dev"])
-    old = {k: v for k, v in new.items() if k != "runtime"}
-    assert containers.spec_differences(old, new) == ["runtime: None -> 'nvidia'"]
+    old = {k: v for k, v in new.items() if k != "gpu_path"}
+    assert containers.spec_differences(old, new) == ["gpu_path: None -> 'runtime'"]
 
 
 @pytest.mark.parametrize("gpu,runtimes", [("smi", ("runc", "nvidia")), ("none", ("runc",))], ids=["gpu", "cpu"])

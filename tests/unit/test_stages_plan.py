@@ -55,7 +55,9 @@ def test_toolkit_planned_on_a_gpu_host_with_mirror_repo_file():
         "C95B321B61E88C1809C4F759DDCAE044F796ECB0 (nvidia_key_fingerprint), write "
         "/etc/apt/keyrings/nvidia-container-toolkit.asc",
         "create /etc/apt/sources.list.d/nvidia-container-toolkit.list",
-        "install nvidia-container-toolkit from https://mirrors.ustc.edu.cn/libnvidia-container"]
+        "install nvidia-container-toolkit, nvidia-container-toolkit-base, libnvidia-container-tools, "
+        "libnvidia-container1 (those the mirror has) at one version: the newest the mirror has, read after "
+        "apt-get update from https://mirrors.ustc.edu.cn/libnvidia-container"]
     assert ("+deb [signed-by=/etc/apt/keyrings/nvidia-container-toolkit.asc] "
             "https://mirrors.ustc.edu.cn/libnvidia-container/stable/deb/$(ARCH) /") in plan.actions[2].diff
 
@@ -195,8 +197,10 @@ shm_size = "1g"
 """
 DOCKER_INFO = {"ServerVersion": "27.3.1", "DockerRootDir": "/var/lib/docker", "Runtimes": {"runc": {}}}
 # `docker inspect` of the lab's dev container (real capture), its folder mounted read-only as the inventory asks
+# and its label with the open-files limit a container of this version has
 LISTED = (Path(REPO) / "tests" / "fixtures" / "docker" / "inspect-format-dev.txt").read_text().replace(
-    '"RW":true,"Source":"/var/lib/gpufleet', '"RW":false,"Source":"/var/lib/gpufleet')
+    '"RW":true,"Source":"/var/lib/gpufleet', '"RW":false,"Source":"/var/lib/gpufleet').replace(
+    '{\\"env\\": {}', '{\\"ulimit_nofile\\": \\"1048576:1048576\\", \\"env\\": {}')
 # what the probe read in the running container: sshd and every package in place
 INSIDE = (section("sshd_bin", "") + section("sshd_run", "")
           + section("pkgs", "openssh-server\tii \t1\ngit\tii \t1\nvim\tii \t1\n"))
