@@ -28,6 +28,7 @@ STACK, VIA = os.environ.get("GPUFLEET_PROOF_STACK", "26"), os.environ.get("GPUFL
 # what each stack's mirror serves, and the GPU path the tool should pick there
 DOCKER, TOOLKIT, GPU_PATH = {"26": ("26.1.5", "1.18.0", "runtime"), "29": ("29.7.2", "1.20.0", "cdi")}[STACK]
 WORK = Path("/tmp/gpufleet-proof")
+NOFILE = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1048576)  # this VM's ceiling (a server's is higher)
 SSH_LIBS = ":".join(str(WORK / "ssh" / d) for d in ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"))
 IMAGE, NEWER_CUDA_IMAGE = "gpufleet-proof/torch:local", "gpufleet-proof/torch:needs-cuda-13.1"
 PATH_IN_IMAGE = "/opt/torch/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -100,7 +101,7 @@ gpus = "all"
 # mounts in but whose nvidia-smi (behind /usr/bin/nvidia-smi, a wrapper) it does not
 volumes = ["/opt/torch:/opt/torch:ro", "/usr/local/nvidia/bin:/usr/local/nvidia/bin:ro", "{WORK}/workspace:/workspace"]
 # this VM cannot raise the open-files limit past what its processes have (the default is 1048576)
-ulimit_nofile = {min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1048576)}
+ulimit_nofile = {NOFILE}
 {extra}'''
     path = WORK / ("hosts-extra.toml" if extra else "hosts.toml")
     path.write_text(text)
@@ -219,7 +220,7 @@ def test_the_container_runs_with_all_gpus_shm_volumes_and_ssh_on_loopback(proof)
     else:  # the CLI turns `--device nvidia.com/gpu=…` into a request for the engine's CDI driver
         assert [(r["Driver"], r["DeviceIDs"]) for r in host["DeviceRequests"]] == [("cdi", ["nvidia.com/gpu=all"])]
     # DataLoader workers need open files: the spec's ulimit, not the engine's default of 1024
-    assert [u for u in host["Ulimits"] or [] if u["Name"] == "nofile"][0]["Soft"] >= 65536, host["Ulimits"]
+    assert [u for u in host["Ulimits"] or [] if u["Name"] == "nofile"][0]["Soft"] == NOFILE, host["Ulimits"]
     assert f"{WORK}/workspace:/workspace" in host["Binds"]
 
 
