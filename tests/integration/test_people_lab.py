@@ -42,6 +42,7 @@ known_hosts = "{tmp_path / 'bob.conf.known_hosts'}"
 image = {image}
 ssh_port = 2223
 users = ["bob"]
+ulimit_nofile = "20000:20000"     # the lab's nested engines cannot raise it further (see lab/README.md)
 """)
 
 
