@@ -14,8 +14,8 @@ from gpufleet.files import FileChange, apply_file
 from gpufleet.paths import DAEMON_JSON, DAEMON_JSON_KEYS
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Script
-from tasks import HOST_TASK_HELP
-from tasks.apt import PROXY
+from . import HOST_TASK_HELP
+from .apt import PROXY
 
 DISTRO_PACKAGES = ("docker.io",)
 CE_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io")

@@ -21,7 +21,7 @@ from gpufleet.files import FileChange, file_action, in_container
 from gpufleet.inventory import Inventory
 from gpufleet.paths import CONTAINER_AUTHORIZED_KEYS, authorized_keys_of, home_of
 from gpufleet.plan import Action, Plan, Step
-from tasks import HOST_TASK_HELP
+from . import HOST_TASK_HELP
 from gpufleet.container_changes import tracks_tool_writes
 
 KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-")

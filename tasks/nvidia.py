@@ -9,8 +9,8 @@ from gpufleet import apt_repo
 from gpufleet.errors import FleetError
 from gpufleet.fleet import fleet_task
 from gpufleet.plan import Plan, Step
-from tasks import HOST_TASK_HELP
-from tasks.docker import CONFIGURE
+from . import HOST_TASK_HELP
+from .docker import CONFIGURE
 
 TOOLKIT = "nvidia-container-toolkit"
 

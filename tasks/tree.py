@@ -5,7 +5,7 @@ Loaded by the checkout's fabfile (`fab`) and by the installed `gpufleet` command
 from invoke import Collection, task
 
 from gpufleet.fleet import fleet_task
-from tasks import HOST_TASK_HELP, apt, containers, docker, doctor, hosts, inside, keys, lab, nvidia, ops, sshconfig  # noqa: E501
+from . import HOST_TASK_HELP, apt, containers, docker, doctor, hosts, inside, keys, lab, nvidia, ops, sshconfig  # noqa: E501
 
 BOOTSTRAP = [
     apt.PROXY, docker.INSTALL, docker.SERVICE, nvidia.TOOLKIT_STEP, docker.CONFIGURE, docker.USERS,
