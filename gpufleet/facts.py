@@ -110,6 +110,7 @@ class ProbeRequest:
     accounts: list[str] = field(default_factory=list)  # users whose home is read (getent passwd)
     containers: dict[str, list[str]] = field(default_factory=dict)  # name -> files inside it
     container_packages: list[str] = field(default_factory=list)
+    apt_sources_dir: str = "/etc/apt/sources.list.d"  # every *.list and *.sources in it is read
 
     @property
     def packages_inside(self) -> list[str]:
@@ -153,6 +154,8 @@ class HostFacts:
     mem_total_mb: int
     disk_free_mb: dict[str, int]
     homes: dict[str, str | None] = field(default_factory=dict)  # user -> home on the server; None: no such user
+    apt_source_files: dict[str, bytes] = field(default_factory=dict)  # path -> content, of apt_sources_dir
+    docker_ce_policy: str = ""  # `apt-cache policy docker-ce` (gpufleet.apt_policy parses it)
 
     @property
     def docker_running(self) -> bool:
@@ -207,6 +210,9 @@ def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
                lambda rc, out, user=user: parse_home(out, user) if rc == 0 else None)
           for i, user in enumerate(request.accounts)),
         Fact("df", "df -Pm /var/lib/docker /data /", lambda rc, out: parse_df(out)),
+        Fact("apt_sources_d", f"sh -c {q(APT_SOURCES_D)} - {q(request.apt_sources_dir)}",
+             lambda rc, out: parse_source_files(out)),
+        Fact("docker_ce_policy", "env LC_ALL=C apt-cache policy docker-ce", lambda rc, out: out if rc == 0 else ""),
     ]
     inside = [[Fact(f"inside:{i}", f"inside {q(name)} {q(inside_script(request, files))}",
                     lambda rc, out, name=name, files=files: parse_inside(name, files, rc, out))]
@@ -377,6 +383,24 @@ def parse_packages(body: str) -> dict[str, str]:
     return out
 
 
+# one line per apt source file: its path and its content in base64 (what apt reads: *.list, *.sources)
+APT_SOURCES_D = ('for f in "$1"/*.list "$1"/*.sources; do [ -f "$f" ] || continue; '
+                 'printf "%s %s\\n" "$f" "$(base64 -w0 < "$f")"; done')
+
+
+def parse_source_files(body: str) -> dict[str, bytes]:
+    """Pure: the apt source files that APT_SOURCES_D printed, {path: content}."""
+    files = {}
+    for line in body.splitlines():
+        path, _, data = line.rpartition(" ")
+        if path.startswith("/"):
+            try:
+                files[path] = base64.b64decode(data, validate=True)
+            except ValueError:
+                raise ProbeOutputError(f"not what the apt sources listing prints: {line[:60]!r}") from None
+    return files
+
+
 def parse_df(body: str) -> dict[str, int]:
     """Pure: `df -Pm PATHS` → {mount point: free MiB} (missing paths are skipped)."""
     out = {}
@@ -528,6 +552,8 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
         mem_total_mb=v["meminfo"],
         disk_free_mb=v["df"],
         homes={u: v[f"passwd:{i}"] for i, u in enumerate(request.accounts)},
+        apt_source_files=v["apt_sources_d"],
+        docker_ce_policy=v["docker_ce_policy"],
     )
 
 

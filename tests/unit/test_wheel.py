@@ -61,7 +61,7 @@ def test_the_wheel_puts_only_gpufleet_into_site_packages(wheel):
     top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top == {"gpufleet"}, sorted(top)
     assert {"gpufleet/tasks/tree.py", "gpufleet/tasks/docker.py", "gpufleet/templates/sshd_config.j2",
-            "gpufleet/templates/docker.list.j2"} <= set(names)
+            "gpufleet/templates/docker.sources.j2"} <= set(names)
 
 
 def run(venv: Path, folder: Path, *argv: str) -> subprocess.CompletedProcess:
