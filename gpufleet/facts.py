@@ -188,6 +188,7 @@ def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
     the reader where it runs (docker_reader.main prints exactly their sections)."""
     q = shlex.quote
     smi = f"timeout -k 5 {NVIDIA_SMI_TIMEOUT} nvidia-smi"
+    old_docker = "|".join(codename for _, codename in osinfo.DOCKER_CE_LAST)
     in_order = [
         Fact("os_release", "cat /etc/os-release", lambda rc, out: osinfo.parse_os_release(out)),
         Fact("uname", "uname -a", strip),
@@ -212,7 +213,10 @@ def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
         Fact("df", "df -Pm /var/lib/docker /data /", lambda rc, out: parse_df(out)),
         Fact("apt_sources_d", f"sh -c {q(APT_SOURCES_D)} - {q(request.apt_sources_dir)}",
              lambda rc, out: parse_source_files(out)),
-        Fact("docker_ce_policy", "env LC_ALL=C apt-cache policy docker-ce", lambda rc, out: out if rc == 0 else ""),
+        # apt-cache policy can take a second (no pkgcache.bin): read only on the releases it is for
+        Fact("docker_ce_policy", "sh -c " + q(f"grep -qE '^(UBUNTU_|VERSION_)CODENAME=\"?({old_docker})\"?$' "
+                                              "/etc/os-release && LC_ALL=C apt-cache policy docker-ce"),
+             lambda rc, out: out if rc == 0 else ""),
     ]
     inside = [[Fact(f"inside:{i}", f"inside {q(name)} {q(inside_script(request, files))}",
                     lambda rc, out, name=name, files=files: parse_inside(name, files, rc, out))]

@@ -1,6 +1,8 @@
 """Releases: which docker-ce each one gets and why (os-release fixtures and apt-cache policy captures),
 and one line for a release the tool does not know."""
 import base64
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,18 @@ def test_a_release_the_tool_does_not_know_gets_one_line_naming_what_it_knows(os_
     with pytest.raises(FleetError, match=line) as raised:
         plan(os_release, None)
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("os_release,read", [
+    ("ubuntu-20.04-crlf-quotes.os-release", True), ("ubuntu-18.04.os-release", True),
+    ("mint-21.3.os-release", False), ("ubuntu-24.04.os-release", False), ("ubuntu-26.04.os-release", False),
+    ("debian-12.os-release", False)])
+def test_the_probe_asks_apt_only_on_the_releases_docker_stopped_building_for(os_release, read, tmp_path):
+    """apt-cache policy can take a second where apt keeps no pkgcache.bin: not on every probe of every host."""
+    fact = next(f for f in facts.all_facts(facts.ProbeRequest()) if f.name == "docker_ce_policy")
+    os_file = tmp_path / "os-release"
+    os_file.write_bytes((FIXTURES / "osinfo" / os_release).read_bytes().replace(b"\r\n", b"\n"))
+    done = subprocess.run(["sh", "-c", fact.command.replace("/etc/os-release", str(os_file))],
+                          capture_output=True, text=True)
+    assert (done.returncode == 0) == read, done
+    assert bool(fact.parse(done.returncode, done.stdout)) == (read and bool(shutil.which("apt-cache")))
