@@ -3,8 +3,15 @@
 One primitive for both: the key is fetched on the host with curl to stdout (nothing is
 written), its primary-key fingerprint (gpufleet.openpgp) is compared with the pin, and
 only then is the keyring written, 0644 under /etc/apt/keyrings, through the one file
-writer, followed by the sources list that names it in `signed-by` (never `apt-key`).
+writer, followed by the deb822 `.sources` file that names it in `Signed-By` (never `apt-key`).
 A keyring already on the host that is not the pinned key is fetched again.
+
+Every supported release's apt (1.6 on Ubuntu 18.04 and later) reads deb822 sources with
+Signed-By, so the repositories are written that way everywhere, as Docker's install guide
+does.  A file of the same folder that names the same repository (the one-line
+docker.list or nvidia-container-toolkit.list of an earlier run, of the user, of the guides)
+is replaced, not kept beside it: apt warns about sources configured twice, and a second
+Signed-By for one URI is an error.  It is renamed to *.gpufleet.bak, which apt ignores.
 """
 from __future__ import annotations
 
@@ -13,14 +20,18 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from gpufleet import openpgp
+from gpufleet.apt_sources import mirrors_in
 from gpufleet.errors import FleetError
 from gpufleet.facts import ABSENT, HostFacts, RemoteFile
-from gpufleet.files import FileChange, apply_file, file_action, render_template
+from gpufleet.files import FileChange, apply_file, file_action, render_template, unified_diff
+from gpufleet.local_files import BACKUP_SUFFIX
 from gpufleet.paths import DOCKER_KEYRING, DOCKER_SOURCES, NVIDIA_KEYRING, NVIDIA_SOURCES
 from gpufleet.plan import Action
 from gpufleet.remote import Script
 
 FETCH_TOOLS = ("curl", "ca-certificates")
+DOCKER_UPSTREAM = "https://download.docker.com/linux"
+NVIDIA_UPSTREAM = "https://nvidia.github.io/libnvidia-container"
 
 
 @dataclass(frozen=True)
@@ -34,27 +45,42 @@ class SignedRepo:
     keyring: str
     sources_path: str
     sources: bytes
+    uris: tuple[str, ...] = ()      # where this repository is served: the mirror, the publisher
+    old_paths: tuple[str, ...] = ()  # its one-line files of earlier runs and the guides: replaced whatever they say
 
     @property
     def keyrings_dir(self) -> str:
         return str(PurePosixPath(self.keyring).parent)
 
+    def names(self, uri: str) -> bool:
+        """Whether a source URI is this repository (or a path under it), http or https."""
+        bare = _bare(uri)
+        return any(bare == root or bare.startswith(root + "/") for root in map(_bare, self.uris))
+
+
+def _bare(uri: str) -> str:
+    return uri.split("://", 1)[-1].rstrip("/")
+
 
 def docker_ce_repo(mirror: str, fingerprint: str, family: str, codename: str, arch: str,
                    keyring: str = DOCKER_KEYRING, sources_path: str = DOCKER_SOURCES) -> SignedRepo:
     """Docker's docker-ce repository at `mirror` (download.docker.com/linux or a mirror of it)."""
-    sources = render_template("docker.list.j2", arch=arch, keyring=keyring, mirror=mirror, family=family,
+    sources = render_template("docker.sources.j2", arch=arch, keyring=keyring, mirror=mirror, family=family,
                               codename=codename)
+    folder = PurePosixPath(sources_path).parent
     return SignedRepo("Docker", mirror, f"{mirror}/{family}/gpg", fingerprint, "docker_key_fingerprint",
-                      keyring, sources_path, sources.encode())
+                      keyring, sources_path, sources.encode(), (f"{mirror}/{family}", f"{DOCKER_UPSTREAM}/{family}"),
+                      (str(folder / "docker.list"),))
 
 
 def nvidia_toolkit_repo(mirror: str, fingerprint: str, keyring: str = NVIDIA_KEYRING,
                         sources_path: str = NVIDIA_SOURCES) -> SignedRepo:
     """NVIDIA's libnvidia-container repository (the Container Toolkit) at `mirror`."""
-    sources = render_template("nvidia-container-toolkit.list.j2", keyring=keyring, mirror=mirror)
+    sources = render_template("nvidia-container-toolkit.sources.j2", keyring=keyring, mirror=mirror)
+    folder = PurePosixPath(sources_path).parent
     return SignedRepo("NVIDIA", mirror, f"{mirror}/gpgkey", fingerprint, "nvidia_key_fingerprint",
-                      keyring, sources_path, sources.encode())
+                      keyring, sources_path, sources.encode(), (mirror, NVIDIA_UPSTREAM),
+                      (str(folder / "nvidia-container-toolkit.list"),))
 
 
 def key_problem(repo: SignedRepo, data: bytes) -> str:
@@ -83,8 +109,45 @@ def check_key(repo: SignedRepo, data: bytes) -> None:
             f"its key, set {repo.fingerprint_setting} to the new published fingerprint)")
 
 
+def same_repo_files(repo: SignedRepo, source_files: dict[str, bytes]) -> dict[str, bytes]:
+    """Pure: the other files of the sources file's folder that hold this repository, to be replaced by it.
+
+    One of repo.old_paths is replaced whatever it says; another file when every source it has is
+    this repository.  A file that also has other repositories is refused (FleetError): removing it
+    would drop them, keeping it would configure this one twice."""
+    folder = str(PurePosixPath(repo.sources_path).parent)
+    found = {}
+    for path, content in sorted(source_files.items()):
+        if path == repo.sources_path or str(PurePosixPath(path).parent) != folder:
+            continue
+        uris = mirrors_in(content.decode("utf-8", "replace"))
+        ours = [uri for uri in uris if repo.names(uri)]
+        if path in repo.old_paths or (ours and len(ours) == len(uris)):
+            found[path] = content
+        elif ours:
+            others = ", ".join(uri for uri in uris if not repo.names(uri))
+            raise FleetError(f"{path} names {repo.name}'s repository ({ours[0]}) beside other sources ({others}); "
+                             f"gpufleet writes it to {repo.sources_path} and would have it twice: remove its "
+                             f"{repo.name} entry yourself (nothing was changed)")
+    return found
+
+
+def removal(path: str, content: bytes, why: str) -> Action:
+    """Rename an apt source file to PATH.gpufleet.bak (apt ignores *.bak), its removal shown as a diff."""
+    backup = path + BACKUP_SUFFIX
+
+    def forget(facts) -> None:
+        facts.apt_source_files.pop(path, None)
+    return Action(f"remove {path} ({why}; kept as {PurePosixPath(backup).name})",
+                  lambda c: c.run(["mv", "-f", "-T", "--", path, backup], sudo=True),
+                  diff=unified_diff(path, content, None), known_result=forget)
+
+
 def repo_actions(repo: SignedRepo, facts: HostFacts) -> tuple[list[Action], bool]:
-    """(actions that make the keyring and sources list right, whether the sources list changes)."""
+    """(actions that make the keyring and sources file right, whether the repository's URIs change).
+
+    The URIs change when the mirror does, not when the same repository moves from a one-line file
+    into the .sources file."""
     actions = []
     keyring = facts.files.get(repo.keyring, ABSENT)
     why = "" if not keyring.exists else key_problem(repo, keyring.content)
@@ -102,17 +165,28 @@ def repo_actions(repo: SignedRepo, facts: HostFacts) -> tuple[list[Action], bool
         permissions = FileChange(repo.keyring, keyring, keyring.content)
         if permissions.needed:
             actions.append(file_action(permissions))
-    sources = FileChange(repo.sources_path, facts.files.get(repo.sources_path, ABSENT), repo.sources)
+    current = facts.files.get(repo.sources_path, ABSENT)
+    replaced = same_repo_files(repo, facts.apt_source_files)
+    for path, content in replaced.items():
+        actions.append(removal(path, content, f"{repo.name}'s repository goes into {repo.sources_path}"))
+    sources = FileChange(repo.sources_path, current, repo.sources)
     if sources.needed:
         actions.append(file_action(sources))
-    return actions, sources.content_changed
+    before = [current.content, *replaced.values()] if current.exists else list(replaced.values())
+    return actions, repo_uris(repo, before) != repo_uris(repo, [repo.sources])
 
 
-def plan_repo_packages(repo: SignedRepo, facts: HostFacts, packages, conflicts=()) -> list[Action]:
-    """Key, sources list and `packages` from `repo`; installed `conflicts` are removed first.
+def repo_uris(repo: SignedRepo, contents) -> set[str]:
+    """Pure: the URIs of this repository that apt source file contents name."""
+    return {_bare(uri) for content in contents for uri in mirrors_in(content.decode("utf-8", "replace"))
+            if repo.names(uri)}
+
+
+def plan_repo_packages(repo: SignedRepo, facts: HostFacts, packages, conflicts=(), why: str = "") -> list[Action]:
+    """Key, sources file and `packages` from `repo`; installed `conflicts` are removed first.
 
     Empty when all is in place.  The packages are (re)installed when one is missing or the
-    sources list changed (a new mirror).
+    repository's URIs changed (a new mirror).  `why` is said with the install (which version and why).
     """
     actions, sources_changed = repo_actions(repo, facts)
     missing = [p for p in packages if p not in facts.packages]
@@ -124,7 +198,7 @@ def plan_repo_packages(repo: SignedRepo, facts: HostFacts, packages, conflicts=(
                                                    "-o", "DPkg::Lock::Timeout=300", "remove", "--", *conflicting],
                                                   sudo=True)))
         wanted = missing or list(packages)
-        actions.append(Action(f"install {' '.join(wanted)} from {repo.base_url}",
+        actions.append(Action(f"install {' '.join(wanted)} from {repo.base_url}" + (f" ({why})" if why else ""),
                               lambda c: c.run(apt_install(wanted), sudo=True, kind="install")))
     return actions
 

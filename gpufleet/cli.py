@@ -37,7 +37,7 @@ def main() -> int:
 
     from gpufleet.executor import FleetExecutor
     from gpufleet.fleet import skip_last_collection
-    from tasks.tree import ns
+    from gpufleet.tasks.tree import ns
 
     class GpufleetConfig(Config):
         prefix = "fabric"

@@ -114,6 +114,7 @@ class ProbeRequest:
     accounts: list[str] = field(default_factory=list)  # users whose home is read (getent passwd)
     containers: dict[str, list[str]] = field(default_factory=dict)  # name -> files inside it
     container_packages: list[str] = field(default_factory=list)
+    apt_sources_dir: str = "/etc/apt/sources.list.d"  # every *.list and *.sources in it is read
 
     @property
     def packages_inside(self) -> list[str]:
@@ -162,6 +163,8 @@ class HostFacts:
     cdi_spec: str | None = None  # the toolkit's CDI spec (gpu.CDI_SPEC); None where it is missing
     cdi_mtimes: dict[str, int] = field(default_factory=dict)  # the spec's and nvidia-ctk's modification times
     cdi_units: dict[str, dict[str, str]] = field(default_factory=dict)  # nvidia-cdi-refresh units, as systemd has them
+    apt_source_files: dict[str, bytes] = field(default_factory=dict)  # path -> content, of apt_sources_dir
+    docker_ce_policy: str = ""  # `apt-cache policy docker-ce` (gpufleet.apt_policy parses it)
 
     @property
     def docker_running(self) -> bool:
@@ -194,6 +197,7 @@ def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
     are printed by the reader where it runs (docker_reader.main prints exactly their sections)."""
     q = shlex.quote
     smi = f"timeout -k 5 {NVIDIA_SMI_TIMEOUT} nvidia-smi"
+    old_docker = "|".join(codename for _, codename in osinfo.DOCKER_CE_LAST)
     in_order = [
         Fact("os_release", "cat /etc/os-release", lambda rc, out: osinfo.parse_os_release(out)),
         Fact("uname", "uname -a", strip),
@@ -222,6 +226,12 @@ def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
              lambda rc, out: gpu.parse_mtimes(out)),
         Fact("cdi_units", "systemctl show --property=Id,LoadState,UnitFileState,ActiveState "
              + " ".join(gpu.CDI_REFRESH_UNITS), lambda rc, out: gpu.parse_unit_states(out) if rc == 0 else {}),
+        Fact("apt_sources_d", f"sh -c {q(APT_SOURCES_D)} - {q(request.apt_sources_dir)}",
+             lambda rc, out: parse_source_files(out)),
+        # apt-cache policy can take a second (no pkgcache.bin): read only on the releases it is for
+        Fact("docker_ce_policy", "sh -c " + q(f"grep -qE '^(UBUNTU_|VERSION_)CODENAME=\"?({old_docker})\"?$' "
+                                              "/etc/os-release && LC_ALL=C apt-cache policy docker-ce"),
+             lambda rc, out: out if rc == 0 else ""),
     ]
     inside = [[Fact(f"inside:{i}", f"inside {q(name)} {q(inside_script(request, files))}",
                     lambda rc, out, name=name, files=files: parse_inside(name, files, rc, out))]
@@ -395,6 +405,24 @@ def parse_packages(body: str) -> dict[str, str]:
     return out
 
 
+# one line per apt source file: its path and its content in base64 (what apt reads: *.list, *.sources)
+APT_SOURCES_D = ('for f in "$1"/*.list "$1"/*.sources; do [ -f "$f" ] || continue; '
+                 'printf "%s %s\\n" "$f" "$(base64 -w0 < "$f")"; done')
+
+
+def parse_source_files(body: str) -> dict[str, bytes]:
+    """Pure: the apt source files that APT_SOURCES_D printed, {path: content}."""
+    files = {}
+    for line in body.splitlines():
+        path, _, data = line.rpartition(" ")
+        if path.startswith("/"):
+            try:
+                files[path] = base64.b64decode(data, validate=True)
+            except ValueError:
+                raise ProbeOutputError(f"not what the apt sources listing prints: {line[:60]!r}") from None
+    return files
+
+
 def parse_df(body: str) -> dict[str, int]:
     """Pure: `df -Pm PATHS` → {mount point: free MiB} (missing paths are skipped)."""
     out = {}
@@ -564,6 +592,8 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
         cdi_spec=v["cdi_spec"],
         cdi_mtimes=v["cdi_mtimes"],
         cdi_units=v["cdi_units"],
+        apt_source_files=v["apt_sources_d"],
+        docker_ce_policy=v["docker_ce_policy"],
     )
 
 

@@ -5,9 +5,12 @@ import re
 import shlex
 from dataclasses import dataclass
 
-SUPPORTED = {"ubuntu": ("18.04", "20.04", "22.04", "24.04"), "debian": ("11", "12", "13")}
+SUPPORTED = {"ubuntu": ("18.04", "20.04", "22.04", "24.04", "26.04"), "debian": ("11", "12", "13")}
 # the codenames of those releases: how a derivative (Mint, Pop!_OS, LMDE...) says what it is built on
-SUPPORTED_CODENAMES = {"ubuntu": ("bionic", "focal", "jammy", "noble"), "debian": ("bullseye", "bookworm", "trixie")}
+SUPPORTED_CODENAMES = {"ubuntu": ("bionic", "focal", "jammy", "noble", "resolute"),
+                       "debian": ("bullseye", "bookworm", "trixie")}
+# releases Docker's repository no longer gets new engines for: the last docker-ce line it built for them
+DOCKER_CE_LAST = {("ubuntu", "bionic"): ("18.04", "24.0"), ("ubuntu", "focal"): ("20.04", "28.1")}
 # releases whose apt still uses one-line sources.list; every later one ships deb822 *.sources files
 CLASSIC_SOURCES = {"ubuntu": ("trusty", "xenial", "bionic", "cosmic", "disco", "eoan", "focal", "groovy", "hirsute",
                               "impish", "jammy", "kinetic", "lunar", "mantic"),
@@ -98,25 +101,39 @@ def is_wsl(uname_text: str) -> bool:
     return wsl_version(uname_text) is not None
 
 
+def known_releases() -> str:
+    """The releases the tool knows, in one phrase: what an unsupported system's line names."""
+    def family(label: str, key: str) -> str:
+        return f"{label} " + ", ".join(f"{v} ({c})" for v, c in zip(SUPPORTED[key], SUPPORTED_CODENAMES[key]))
+    return f"gpufleet knows {family('Ubuntu', 'ubuntu')}, {family('Debian', 'debian')} and derivatives built on them"
+
+
 def check_supported(os: OsRelease) -> str | None:
-    """None when supported, else a one-line reason."""
+    """None when supported, else one line: what the system is, and the releases the tool knows."""
     family = os.family
     name = os.pretty_name or os.id or "unknown OS"
     if family is None:
-        return f"{name} (ID={os.id or '?'}) is not Ubuntu, Debian or a derivative of them (ID_LIKE)"
+        return f"{name} (ID={os.id or '?'}) is not Ubuntu, Debian or a derivative of them (ID_LIKE); {known_releases()}"
     if os.id not in SUPPORTED:
         if os.base_codename in SUPPORTED_CODENAMES[family]:
             return None
         if not os.base_codename:
-            return f"{name}: cannot tell which {family} release it is built on"
-        return (f"{name} is built on {family} {os.base_codename!r}, which is not supported "
-                f"({family} {', '.join(SUPPORTED_CODENAMES[family])} are)")
+            return f"{name}: cannot tell which {family} release it is built on; {known_releases()}"
+        return f"{name} is built on {family} {os.base_codename!r}, which is not supported; {known_releases()}"
     if not os.version_id:
-        return f"{name}: no VERSION_ID (testing/unstable is not supported)"
+        return f"{name}: no VERSION_ID (testing/unstable is not supported); {known_releases()}"
     if os.version_id not in SUPPORTED[os.id]:
         label = name if os.version_id in name else f"{name} {os.version_id}"
-        return f"{label} is not supported ({os.id} {', '.join(SUPPORTED[os.id])} are)"
+        return f"{label} is not supported; {known_releases()}"
     return None
+
+
+def docker_ce_end(os: OsRelease) -> str:
+    """Why docker-ce stops at an older engine on this release ("" where Docker still builds new ones for it)."""
+    if (os.family, os.base_codename) not in DOCKER_CE_LAST:
+        return ""
+    version, last = DOCKER_CE_LAST[os.family, os.base_codename]
+    return f"Docker builds no docker-ce after {last} for Ubuntu {version} ({os.base_codename})"
 
 
 def apt_sources_style(os: OsRelease) -> str:

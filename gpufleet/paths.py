@@ -7,14 +7,14 @@ from gpufleet.facts import ProbeRequest
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/90gpufleet-proxy"
 APT_KEYRINGS = "/etc/apt/keyrings"
 DOCKER_KEYRING = f"{APT_KEYRINGS}/docker.asc"
-DOCKER_SOURCES = "/etc/apt/sources.list.d/docker.list"
+DOCKER_SOURCES = "/etc/apt/sources.list.d/docker.sources"
 DAEMON_JSON = "/etc/docker/daemon.json"
 # which daemon.json keys the tool set, so that it can remove those the inventory drops
 DAEMON_JSON_KEYS = "/var/lib/gpufleet/daemon-json-keys.json"
 # which people's keys the tool put in each container's authorized_keys (so that it can remove them)
 PEOPLE_KEYS = "/var/lib/gpufleet/people-keys.json"
 NVIDIA_KEYRING = f"{APT_KEYRINGS}/nvidia-container-toolkit.asc"
-NVIDIA_SOURCES = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
+NVIDIA_SOURCES = "/etc/apt/sources.list.d/nvidia-container-toolkit.sources"
 CONTAINER_DIR = "/var/lib/gpufleet/containers"
 # where the per-container host directory is mounted inside the container
 IN_CONTAINER_DIR = "/etc/gpufleet"

@@ -5,7 +5,7 @@ from gpufleet.fleet import fleet_task
 from gpufleet.files import FileChange, file_plan, removal_action, render_template
 from gpufleet.paths import APT_PROXY_CONF
 from gpufleet.plan import Plan, Step
-from tasks import HOST_TASK_HELP
+from . import HOST_TASK_HELP
 
 
 def proxy_file(proxy: str) -> bytes:

@@ -26,7 +26,7 @@ from gpufleet.inventory import ContainerSpec
 from gpufleet.paths import CONTAINER_DIR, IN_CONTAINER_DIR, container_dir
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Secret, Script
-from tasks import HOST_TASK_HELP, inside
+from . import HOST_TASK_HELP, inside
 
 SPEC_LABEL = "gpufleet.spec"
 

@@ -6,7 +6,7 @@ import shlex
 
 from invoke import Collection, task
 
-from gpufleet import apt_repo, daemon_json, osinfo, pending, progress
+from gpufleet import apt_policy, apt_repo, daemon_json, osinfo, pending, progress
 from gpufleet.apt_repo import apt_install
 from gpufleet.errors import FleetError
 from gpufleet.fleet import fleet_task
@@ -14,8 +14,8 @@ from gpufleet.files import FileChange, apply_file
 from gpufleet.paths import DAEMON_JSON, DAEMON_JSON_KEYS
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Script
-from tasks import HOST_TASK_HELP
-from tasks.apt import PROXY
+from . import HOST_TASK_HELP
+from .apt import PROXY
 
 DISTRO_PACKAGES = ("docker.io",)
 CE_PACKAGES = ("docker-ce", "docker-ce-cli", "containerd.io")
@@ -66,10 +66,25 @@ def plan_install(c) -> Plan:
     repo = apt_repo.docker_ce_repo(c.host.docker_mirror, c.host.docker_key_fingerprint, f.os.family,
                                    f.os.base_codename, f.arch)
     packages = CE_PACKAGES + (CE_PLUGINS if c.host.docker_plugins else ())
-    actions = apt_repo.plan_repo_packages(repo, f, packages, conflicts=CE_CONFLICTS)
+    why = docker_ce_choice(f, repo)
+    actions = apt_repo.plan_repo_packages(repo, f, packages, conflicts=CE_CONFLICTS, why=why)
     if not actions:
-        return Plan.ok(f"docker-ce {installed['docker-ce']} is installed from {c.host.docker_mirror}")
+        end = osinfo.docker_ce_end(f.os)
+        return Plan.ok(f"docker-ce {installed['docker-ce']} is installed from {c.host.docker_mirror}"
+                       + (f" ({end})" if end else ""))
     return Plan.change(*actions)
+
+
+def docker_ce_choice(facts, repo) -> str:
+    """Which docker-ce a release that Docker's repository stopped building for gets, and why ("" elsewhere);
+    the version is apt's candidate where apt already reads the repository."""
+    end = osinfo.docker_ce_end(facts.os)
+    if not end:
+        return ""
+    policy = apt_policy.parse_policy(facts.docker_ce_policy)
+    if policy.candidate and any(repo.names(uri) for uri in policy.served_by(policy.candidate)):
+        return f"docker-ce {policy.candidate}, the newest its repository has for this release: {end}"
+    return f"the newest docker-ce its repository has for this release: {end}"
 
 
 # --- docker.service ---

@@ -21,9 +21,9 @@ from gpufleet.files import in_container
 from gpufleet.paths import DAEMON_JSON, container_dir, probe_request
 from gpufleet.plan import HostContext, HostReport, Plan, Step
 from gpufleet.remote import LocalSession
-from tasks import HOST_TASK_HELP
-from tasks.containers import default_shm_size, gpu_path
-from tasks.docker import wanted_daemon_keys
+from . import HOST_TASK_HELP
+from .containers import default_shm_size, gpu_path
+from .docker import wanted_daemon_keys
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skipped"
 STYLE = {PASS: "green", WARN: "yellow", FAIL: "bold red", SKIP: "cyan"}

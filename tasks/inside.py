@@ -14,10 +14,10 @@ from gpufleet.paths import (APT_PROXY_CONF, CONTAINER_APT_SOURCES, CONTAINER_DEP
                             CONTAINER_KNOWN_HOSTS)
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Script
-from tasks import HOST_TASK_HELP
+from . import HOST_TASK_HELP
 from gpufleet.container_changes import tracks_tool_writes
-from tasks.apt import proxy_file
-from tasks.docker import apt_install
+from .apt import proxy_file
+from .docker import apt_install
 
 GITHUB_KNOWN_HOSTS = (TEMPLATES / "github_known_hosts").read_text()
 

@@ -23,7 +23,7 @@ from gpufleet.local_files import BACKUP_SUFFIX
 from gpufleet.paths import (CONTAINER_AUTHORIZED_KEYS, FORWARD_AUTHORIZED_KEYS, FORWARD_HOME, PEOPLE_KEYS,
                             SSHD_DROP_IN, authorized_keys_of, home_of)
 from gpufleet.plan import Action, Plan, Step
-from tasks import HOST_TASK_HELP
+from . import HOST_TASK_HELP
 from gpufleet.container_changes import tracks_tool_writes
 
 KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-")

@@ -17,9 +17,9 @@ from gpufleet.facts import TOOLKIT_PACKAGES
 from gpufleet.fleet import fleet_task
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Script
-from tasks import HOST_TASK_HELP
-from tasks.containers import gpu_path
-from tasks.docker import CONFIGURE
+from . import HOST_TASK_HELP
+from .containers import gpu_path
+from .docker import CONFIGURE
 
 TOOLKIT = "nvidia-container-toolkit"
 

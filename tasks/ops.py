@@ -22,8 +22,8 @@ from gpufleet.fleet import fleet_task, load_inventory
 from gpufleet.files import in_container
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Script
-from tasks import HOST_TASK_HELP
-from tasks.containers import SPEC_LABEL, oldest_first, recreate_from, snapshot, snapshot_repository
+from . import HOST_TASK_HELP
+from .containers import SPEC_LABEL, oldest_first, recreate_from, snapshot, snapshot_repository
 
 CONTAINER_HELP = {**HOST_TASK_HELP, "container": "container name (default: every managed container on the host)"}
 

@@ -2,10 +2,12 @@
 
 Loaded by the checkout's fabfile (`fab`) and by the installed `gpufleet` command alike.
 """
+from pathlib import Path
+
 from invoke import Collection, task
 
 from gpufleet.fleet import fleet_task
-from tasks import HOST_TASK_HELP, apt, containers, docker, doctor, hosts, inside, keys, lab, nvidia, ops, sshconfig  # noqa: E501
+from . import HOST_TASK_HELP, apt, containers, docker, doctor, hosts, inside, keys, lab, nvidia, ops, sshconfig  # noqa: E501
 
 BOOTSTRAP = [
     apt.PROXY, docker.INSTALL, docker.SERVICE, nvidia.TOOLKIT_STEP, docker.CONFIGURE, nvidia.CDI_STEP, docker.USERS,
@@ -22,5 +24,8 @@ def bootstrap(c, dry_run=False, json=None):
 
 ns = Collection(bootstrap, keys.sync_keys, sshconfig.gen_ssh_config, hosts.show_host, doctor.doctor,
                 doctor.doctor_local)
-for stage in (apt, docker, nvidia, containers, inside, ops, lab):
+for stage in (apt, docker, nvidia, containers, inside, ops):
     ns.add_collection(stage.ns)
+# the lab's tasks drive the checkout's lab/ package, which the installed tool does not have
+if (Path(__file__).resolve().parent.parent / "lab" / "topology.py").is_file():
+    ns.add_collection(lab.ns)

@@ -228,7 +228,7 @@ def test_a_mirror_whose_key_is_not_the_pinned_one_is_refused_and_nothing_is_inst
     pinned = defaults(lab)["docker_key_fingerprint"]
     assert "docker_key_fingerprint" in message and "0" * 40 in message and pinned in message, message
     # nothing was written or installed: no keyring, no sources list, no docker package
-    assert "docker.asc" not in after_refusal and "docker.list" not in after_refusal, after_refusal
+    assert "docker.asc" not in after_refusal and "docker.sources" not in after_refusal, after_refusal
     assert "ok installed" not in after_refusal, after_refusal
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gpufleet import apt_repo, inventory
+from gpufleet.errors import FleetError
 from gpufleet.facts import ProbeRequest
 from gpufleet.plan import CHANGED, FAILED, OK, HostContext, Plan, Step
 from gpufleet.remote import LocalSession
@@ -45,14 +46,15 @@ def make_repo(base: str, tmp_path: Path, fingerprint: str = RSA) -> apt_repo.Sig
     etc = tmp_path / "etc-apt"
     return apt_repo.docker_ce_repo(base, fingerprint, "debian", "bookworm", "amd64",
                                    keyring=str(etc / "keyrings" / "docker.asc"),
-                                   sources_path=str(etc / "sources.list.d" / "docker.list"))
+                                   sources_path=str(etc / "sources.list.d" / "docker.sources"))
 
 
 def host(repo: apt_repo.SignedRepo) -> HostContext:
     """A context on this machine whose probe reads the repo's files."""
     inv = inventory.loads('[hosts.here]\naddress = "127.0.0.1"\n')
     ctx = HostContext(inv.host("here"), inv, LocalSession("here"))
-    ctx.probe_request = lambda c: ProbeRequest(files=[repo.keyrings_dir, repo.keyring, repo.sources_path])
+    ctx.probe_request = lambda c: ProbeRequest(files=[repo.keyrings_dir, repo.keyring, repo.sources_path],
+                                               apt_sources_dir=str(Path(repo.sources_path).parent))
     return ctx
 
 
@@ -74,8 +76,9 @@ def test_key_fetched_checked_and_written_then_nothing_to_do(key_server, tmp_path
                                     "(docker_key_fingerprint), write ")
     assert Path(repo.keyring).read_bytes() == (www / "debian" / "gpg").read_bytes()
     assert mode(repo.keyring) == "0o644" and mode(repo.keyrings_dir) == "0o755"
-    assert Path(repo.sources_path).read_text().splitlines()[1] == (
-        f"deb [arch=amd64 signed-by={repo.keyring}] {base}/debian bookworm stable")
+    assert Path(repo.sources_path).read_text().splitlines()[1:] == [
+        "Types: deb", f"URIs: {base}/debian", "Suites: bookworm", "Components: stable", "Architectures: amd64",
+        f"Signed-By: {repo.keyring}"]
     again = host(repo).run_steps([repo_step(repo)]).steps[0]
     assert again.status == OK, again.message
     assert not list(Path(repo.keyrings_dir).glob("*gpufleet-tmp*"))
@@ -162,11 +165,88 @@ def test_the_mirror_repos_name_their_key_url_setting_and_signed_by():
     docker = apt_repo.docker_ce_repo("http://10.77.53.5:8080/docker-ce/linux", RSA, "debian", "bookworm", "arm64")
     assert (docker.key_url, docker.fingerprint_setting, docker.keyring) == (
         "http://10.77.53.5:8080/docker-ce/linux/debian/gpg", "docker_key_fingerprint", "/etc/apt/keyrings/docker.asc")
-    assert b"deb [arch=arm64 signed-by=/etc/apt/keyrings/docker.asc] http://10.77.53.5:8080/docker-ce/linux/debian " \
-           b"bookworm stable\n" in docker.sources
+    assert docker.sources_path == "/etc/apt/sources.list.d/docker.sources"
+    assert docker.sources.decode().splitlines()[1:] == [
+        "Types: deb", "URIs: http://10.77.53.5:8080/docker-ce/linux/debian", "Suites: bookworm", "Components: stable",
+        "Architectures: arm64", "Signed-By: /etc/apt/keyrings/docker.asc"]
     nvidia = apt_repo.nvidia_toolkit_repo("http://10.77.53.5:8080/libnvidia-container", ED25519)
     assert (nvidia.key_url, nvidia.fingerprint_setting, nvidia.sources_path) == (
         "http://10.77.53.5:8080/libnvidia-container/gpgkey", "nvidia_key_fingerprint",
-        "/etc/apt/sources.list.d/nvidia-container-toolkit.list")
-    assert b"deb [signed-by=/etc/apt/keyrings/nvidia-container-toolkit.asc] " \
-           b"http://10.77.53.5:8080/libnvidia-container/stable/deb/$(ARCH) /\n" in nvidia.sources
+        "/etc/apt/sources.list.d/nvidia-container-toolkit.sources")
+    assert nvidia.sources.decode().splitlines()[1:] == [  # a flat repository: a "/" suite and no components
+        "Types: deb", "URIs: http://10.77.53.5:8080/libnvidia-container/stable/deb/$(ARCH)", "Suites: /",
+        "Signed-By: /etc/apt/keyrings/nvidia-container-toolkit.asc"]
+
+
+SOURCES_D = "/etc/apt/sources.list.d"
+DOCKER_GUIDE_LIST = b"deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/ubuntu noble stable\n"
+NVIDIA_GUIDE_LIST = (b"deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] "
+                     b"https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /\n"
+                     b"#deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] "
+                     b"https://nvidia.github.io/libnvidia-container/experimental/deb/$(ARCH) /\n")
+MIRROR = "https://mirrors.tuna.tsinghua.edu.cn/docker-ce/linux"
+# what sources.list.d holds → the files replaced by docker.sources (None: refused)
+SAME_REPO = [
+    ("docker's guide, one line", {"docker.list": DOCKER_GUIDE_LIST}, ["docker.list"]),
+    ("docker.list naming another mirror (an earlier run's name)",
+     {"docker.list": b"deb [arch=amd64] https://mirrors.aliyun.com/docker-ce/linux/ubuntu noble stable\n"}, ["docker.list"]),
+    ("an old gpufleet docker.list with the inventory's mirror",
+     {"docker.list": f"# Managed by gpufleet\ndeb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] {MIRROR}/ubuntu noble stable\n".encode()},
+     ["docker.list"]),
+    ("the same repo under another name, http", {"archive_uri-docker.list": b"deb http://download.docker.com/linux/ubuntu noble stable\n"},
+     ["archive_uri-docker.list"]),
+    ("the mirror in deb822 under another name",
+     {"docker-mirror.sources": f"Types: deb\nURIs: {MIRROR}/ubuntu/\nSuites: noble\nComponents: stable\n".encode()},
+     ["docker-mirror.sources"]),
+    ("disabled and commented out: nothing", {"old.sources": f"Enabled: no\nTypes: deb\nURIs: {MIRROR}/ubuntu\n".encode(),
+                                             "old.list": b"# deb https://download.docker.com/linux/ubuntu noble stable\n"}, []),
+    ("Docker's repo for another family, another repo: kept", {"debian-docker.list": b"deb https://download.docker.com/linux/debian bookworm stable\n",
+                                                               "cuda.list": b"deb https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2404/x86_64/ /\n"}, []),
+    ("the toolkit's list is not Docker's", {"nvidia-container-toolkit.list": NVIDIA_GUIDE_LIST}, []),
+    ("docker.sources itself is written over, not removed", {"docker.sources": DOCKER_GUIDE_LIST}, []),
+    ("a file with Docker's repo and another one", {"extra.list": DOCKER_GUIDE_LIST + b"deb http://ppa.launchpad.net/x/y/ubuntu noble main\n"}, None),
+]
+
+
+@pytest.mark.parametrize("files,replaced", [r[1:] for r in SAME_REPO], ids=[r[0] for r in SAME_REPO])
+def test_the_files_that_hold_dockers_repo_are_replaced_by_docker_sources(files, replaced):
+    repo = apt_repo.docker_ce_repo(MIRROR, RSA, "ubuntu", "noble", "amd64")
+    source_files = {f"{SOURCES_D}/{name}": content for name, content in files.items()}
+    if replaced is None:
+        with pytest.raises(FleetError, match=r"^/etc/apt/sources.list.d/extra.list names Docker's repository "
+                                             r"\(https://download.docker.com/linux/ubuntu\) beside other sources "
+                                             r"\(http://ppa.launchpad.net/x/y/ubuntu\); .* \(nothing was changed\)$"):
+            apt_repo.same_repo_files(repo, source_files)
+        return
+    assert sorted(apt_repo.same_repo_files(repo, source_files)) == [f"{SOURCES_D}/{name}" for name in replaced]
+
+
+def test_nvidias_guide_list_is_replaced_by_the_toolkits_sources():
+    repo = apt_repo.nvidia_toolkit_repo("https://nvidia.github.io/libnvidia-container", ED25519)
+    files = {f"{SOURCES_D}/nvidia-container-toolkit.list": NVIDIA_GUIDE_LIST, f"{SOURCES_D}/docker.list": DOCKER_GUIDE_LIST}
+    assert list(apt_repo.same_repo_files(repo, files)) == [f"{SOURCES_D}/nvidia-container-toolkit.list"]
+    # one line or deb822, the same URI: not a new mirror (the packages are not installed again for it)
+    assert apt_repo.repo_uris(repo, [NVIDIA_GUIDE_LIST]) == apt_repo.repo_uris(repo, [repo.sources]) == {
+        "nvidia.github.io/libnvidia-container/stable/deb/$(ARCH)"}
+
+
+@needs_root
+def test_a_hand_written_docker_list_is_replaced_kept_as_a_backup_then_nothing_to_do(key_server, tmp_path):
+    base, www = key_server
+    repo = make_repo(base, tmp_path)
+    folder = Path(repo.sources_path).parent
+    folder.mkdir(parents=True)
+    hand = f"deb [arch=amd64 signed-by={repo.keyring}] {base}/debian bookworm stable\n"
+    (folder / "docker.list").write_text(hand)
+    (folder / "other.list").write_text("deb http://deb.example.invalid/debian bookworm main\n")
+    planned = Plan.change(*apt_repo.repo_actions(repo, host(repo).facts())[0])
+    removal = next(a for a in planned.actions if a.summary.startswith("remove"))
+    assert removal.summary == (f"remove {folder}/docker.list (Docker's repository goes into {repo.sources_path}; "
+                               "kept as docker.list.gpufleet.bak)")
+    assert f"-{hand}" in removal.diff and "+++ /dev/null" in removal.diff
+    first = host(repo).run_steps([repo_step(repo)]).steps[0]
+    assert first.status == CHANGED, first.message
+    assert sorted(p.name for p in folder.iterdir()) == ["docker.list.gpufleet.bak", "docker.sources", "other.list"]
+    assert (folder / "docker.list.gpufleet.bak").read_text() == hand
+    again = host(repo).run_steps([repo_step(repo)]).steps[0]
+    assert again.status == OK, again.message

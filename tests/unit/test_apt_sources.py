@@ -30,6 +30,7 @@ RENDERS = [
     ("ubuntu-22.04.os-release", False, "amd64", "/etc/apt/sources.list", "ubuntu-22.04-official.list"),
     ("ubuntu-22.04.os-release", True, "amd64", "/etc/apt/sources.list", "ubuntu-22.04-tuna.list"),
     ("ubuntu-24.04.os-release", False, "amd64", "/etc/apt/sources.list.d/ubuntu.sources", "ubuntu-24.04-official.sources"),
+    ("ubuntu-26.04.os-release", True, "amd64", "/etc/apt/sources.list.d/ubuntu.sources", "ubuntu-26.04-tuna.sources"),
     ("ubuntu-24.04.os-release", True, "amd64", "/etc/apt/sources.list.d/ubuntu.sources", "ubuntu-24.04-tuna.sources"),
     ("ubuntu-24.04.os-release", False, "arm64", "/etc/apt/sources.list.d/ubuntu.sources", "ubuntu-24.04-arm64-official.sources"),
     ("ubuntu-24.04.os-release", True, "arm64", "/etc/apt/sources.list.d/ubuntu.sources", "ubuntu-24.04-arm64-tuna.sources"),

@@ -68,8 +68,8 @@ gpus = "{gpus_key}"
 
 
 TOOLKIT_IN_PLACE = {NVIDIA_KEYRING: KEY.read_bytes(), "/etc/apt/keyrings": b"",
-                    NVIDIA_SOURCES: (f"# Managed by gpufleet (inventory key nvidia_mirror).\n"
-                                     f"deb [signed-by={NVIDIA_KEYRING}] {MIRROR}/stable/deb/$(ARCH) /\n").encode()}
+                    NVIDIA_SOURCES: (f"# Managed by gpufleet (inventory key nvidia_mirror).\nTypes: deb\n"
+                                     f"URIs: {MIRROR}/stable/deb/$(ARCH)\nSuites: /\nSigned-By: {NVIDIA_KEYRING}\n").encode()}
 FETCH = (f"fetch NVIDIA's signing key from {MIRROR}/gpgkey, check it is {KEY_FINGERPRINT} (nvidia_key_fingerprint), "
          f"write {NVIDIA_KEYRING}")
 

@@ -13,27 +13,33 @@ def release(name: str) -> osinfo.OsRelease:
     return osinfo.parse_os_release((FIXTURES / name).read_text(encoding="utf-8"))
 
 
+KNOWN = (r"; gpufleet knows Ubuntu 18\.04 \(bionic\), 20\.04 \(focal\), 22\.04 \(jammy\), 24\.04 \(noble\), "
+         r"26\.04 \(resolute\), Debian 11 \(bullseye\), 12 \(bookworm\), 13 \(trixie\) and derivatives built on them$")
+
 # file, id, family, version_id, codename, base codename, apt style, check_supported regex (None = supported)
 RELEASES = [
+    ("ubuntu-26.04.os-release", "ubuntu", "ubuntu", "26.04", "resolute", "resolute", "deb822", None),
+    ("ubuntu-26.10.os-release", "ubuntu", "ubuntu", "26.10", "stonking", "stonking", "deb822",
+     r"^Ubuntu 26\.10 is not supported" + KNOWN),
     ("ubuntu-24.04.os-release", "ubuntu", "ubuntu", "24.04", "noble", "noble", "deb822", None),
     ("ubuntu-22.04.os-release", "ubuntu", "ubuntu", "22.04", "jammy", "jammy", "classic", None),
     ("ubuntu-18.04.os-release", "ubuntu", "ubuntu", "18.04", "bionic", "bionic", "classic", None),
     ("ubuntu-20.04-crlf-quotes.os-release", "ubuntu", "ubuntu", "20.04", "focal", "focal", "classic", None),
     ("ubuntu-16.04.os-release", "ubuntu", "ubuntu", "16.04", "xenial", "xenial", "classic",
-     r"^Ubuntu 16\.04\.7 LTS is not supported \(ubuntu 18\.04, 20\.04, 22\.04, 24\.04 are\)$"),
+     r"^Ubuntu 16\.04\.7 LTS is not supported" + KNOWN),
     ("debian-12.os-release", "debian", "debian", "12", "bookworm", "bookworm", "deb822", None),
     ("debian-11.os-release", "debian", "debian", "11", "bullseye", "bullseye", "classic", None),
     ("debian-13.os-release", "debian", "debian", "13", "trixie", "trixie", "deb822", None),  # a lab server's
     ("debian-sid.os-release", "debian", "debian", "", "trixie", "trixie", "deb822",
-     r"trixie/sid: no VERSION_ID \(testing/unstable is not supported\)"),
+     r"trixie/sid: no VERSION_ID \(testing/unstable is not supported\)" + KNOWN),
     ("mint-21.3.os-release", "linuxmint", "ubuntu", "21.3", "virginia", "jammy", "classic", None),
     ("mint-22.os-release", "linuxmint", "ubuntu", "22", "wilma", "noble", "deb822", None),
     ("lmde-6.os-release", "linuxmint", "debian", "6", "faye", "bookworm", "deb822", None),
     ("pop-22.04.os-release", "pop", "ubuntu", "22.04", "jammy", "jammy", "classic", None),
     ("kali-rolling.os-release", "kali", "debian", "2024.2", "kali-rolling", "kali-rolling", "deb822",
-     r"built on debian 'kali-rolling', which is not supported \(debian bullseye, bookworm, trixie are\)"),
+     r"built on debian 'kali-rolling', which is not supported" + KNOWN),
     ("rocky-9.os-release", "rocky", None, "9.4", "", "", None,
-     r"^Rocky Linux 9\.4 \(Blue Onyx\) \(ID=rocky\) is not Ubuntu, Debian or a derivative"),
+     r"^Rocky Linux 9\.4 \(Blue Onyx\) \(ID=rocky\) is not Ubuntu, Debian or a derivative of them \(ID_LIKE\)" + KNOWN),
 ]
 
 

@@ -54,12 +54,12 @@ def test_toolkit_planned_on_a_gpu_host_with_mirror_repo_file():
         "fetch NVIDIA's signing key from https://mirrors.ustc.edu.cn/libnvidia-container/gpgkey, check it is "
         "C95B321B61E88C1809C4F759DDCAE044F796ECB0 (nvidia_key_fingerprint), write "
         "/etc/apt/keyrings/nvidia-container-toolkit.asc",
-        "create /etc/apt/sources.list.d/nvidia-container-toolkit.list",
+        "create /etc/apt/sources.list.d/nvidia-container-toolkit.sources",
         "install nvidia-container-toolkit, nvidia-container-toolkit-base, libnvidia-container-tools, "
         "libnvidia-container1 (those the mirror has) at one version: the newest the mirror has, read after "
         "apt-get update from https://mirrors.ustc.edu.cn/libnvidia-container"]
-    assert ("+deb [signed-by=/etc/apt/keyrings/nvidia-container-toolkit.asc] "
-            "https://mirrors.ustc.edu.cn/libnvidia-container/stable/deb/$(ARCH) /") in plan.actions[2].diff
+    assert ("+URIs: https://mirrors.ustc.edu.cn/libnvidia-container/stable/deb/$(ARCH)\n+Suites: /\n"
+            "+Signed-By: /etc/apt/keyrings/nvidia-container-toolkit.asc\n") in plan.actions[2].diff
 
 
 def test_toolkit_skipped_without_gpu():
@@ -164,13 +164,13 @@ def test_docker_ce_from_a_mirror_with_a_signed_by_keyring_and_conflicts_removed(
         "install curl ca-certificates (to fetch signing keys)",
         "fetch Docker's signing key from https://mirrors.aliyun.com/docker-ce/linux/ubuntu/gpg, check it is "
         "9DC858229FC7DD38854AE2D88D81803C0EBFCD88 (docker_key_fingerprint), write /etc/apt/keyrings/docker.asc",
-        "create /etc/apt/sources.list.d/docker.list",
+        "create /etc/apt/sources.list.d/docker.sources",
         "remove containerd, runc, which conflict with docker-ce",
         "install docker-ce docker-ce-cli containerd.io docker-buildx-plugin docker-compose-plugin from "
         "https://mirrors.aliyun.com/docker-ce/linux",
     ]
-    assert ("+deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.asc] https://mirrors.aliyun.com/docker-ce/linux/ubuntu "
-            "noble stable") in plan.actions[2].diff
+    assert ("+URIs: https://mirrors.aliyun.com/docker-ce/linux/ubuntu\n+Suites: noble\n+Components: stable\n"
+            "+Architectures: amd64\n+Signed-By: /etc/apt/keyrings/docker.asc\n") in plan.actions[2].diff
 
 
 def test_switching_docker_engines_is_refused_not_done():

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,14 +18,11 @@ def purelib(python: Path | str) -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """A fresh venv with the wheel installed; the dependencies come from this venv (a .pth line), never
-    the project itself (a .pth line does not run the editable install's own .pth)."""
+def build_wheel(tmp: Path) -> Path:
+    """The wheel of the checkout's tracked files, built offline (no build isolation) under `tmp`."""
     if not shutil.which("git") or not (REPO / ".git").exists():
         pytest.skip("needs the git checkout (the wheel is built from its tracked files)")
-    tmp = tmp_path_factory.mktemp("wheel")
-    src, dist, venv = tmp / "src", tmp / "dist", tmp / "venv"
+    src, dist = tmp / "src", tmp / "dist"
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
     for name in filter(None, tracked.decode().split("\0")):
         if (REPO / name).is_file():
@@ -33,7 +31,19 @@ def installed(tmp_path_factory) -> Path:
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                             "--no-index", "-w", str(dist), str(src)], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-2000:]
-    wheel = next(dist.glob("gpufleet-*.whl"))
+    return next(dist.glob("gpufleet-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """A fresh venv with the wheel installed; the dependencies come from this venv (a .pth line), never
+    the project itself (a .pth line does not run the editable install's own .pth)."""
+    venv = tmp_path_factory.mktemp("venv") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     (Path(purelib(python)) / "gpufleet-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
@@ -41,6 +51,17 @@ def installed(tmp_path_factory) -> Path:
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     return venv
+
+
+def test_the_wheel_puts_only_gpufleet_into_site_packages(wheel):
+    """No generic top-level name (`tasks`, `templates`): the stages are gpufleet.tasks, the templates
+    gpufleet/templates."""
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+    top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert top == {"gpufleet"}, sorted(top)
+    assert {"gpufleet/tasks/tree.py", "gpufleet/tasks/docker.py", "gpufleet/templates/sshd_config.j2",
+            "gpufleet/templates/docker.sources.j2"} <= set(names)
 
 
 def run(venv: Path, folder: Path, *argv: str) -> subprocess.CompletedProcess:
@@ -51,13 +72,15 @@ def run(venv: Path, folder: Path, *argv: str) -> subprocess.CompletedProcess:
 
 def test_the_wheel_runs_from_a_folder_with_only_a_hosts_toml(installed, tmp_path):
     (tmp_path / "hosts.toml").write_text('[hosts.ws]\naddress = "local"\ndocker_source = "distro"\n')
-    where = run(installed, tmp_path, "python", "-c", "import gpufleet, tasks, gpufleet.files as f; "
-                "print(gpufleet.__file__, tasks.__file__, f.TEMPLATES, sep='\\n')")
+    where = run(installed, tmp_path, "python", "-c", "import gpufleet, gpufleet.tasks as t, gpufleet.files as f; "
+                "print(gpufleet.__file__, t.__file__, f.TEMPLATES, sep='\\n')")
     assert where.returncode == 0, where.stderr
     site = purelib(installed / "bin" / "python")
     assert all(line.startswith(site) for line in where.stdout.split()), where.stdout  # not the checkout's
+    assert "No module named 'tasks'" in run(installed, tmp_path, "python", "-c", "import tasks").stderr
     listed = run(installed, tmp_path, "gpufleet", "--list")
     assert listed.returncode == 0 and "bootstrap" in listed.stdout and "ops.rm" in listed.stdout, listed.stderr
+    assert "lab." not in listed.stdout  # the lab drives the checkout's lab/ package, not in the wheel
     # every stage reads its templates and the local host's real facts; nothing is changed
     dry = run(installed, tmp_path, "gpufleet", "-H", "ws", "bootstrap", "--dry-run")
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-2000:]
