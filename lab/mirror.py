@@ -372,7 +372,7 @@ def today_docker_packages(codename: Codename, versions: dict[str, str], depends:
         cli_files = (FileFrom("/usr/bin/docker", "stack-docker:bin/docker", 0o755),
                      FileFrom("/usr/share/doc/docker-ce-cli/copyright", "stack-docker:licenses/LICENSE.cli"))
         runc = FileFrom("/usr/bin/runc", "stack-runc:runc", 0o755)
-        source = f"docker {TODAY_DOCKER} and runc {TODAY_RUNC} built from their tags (../shared/stack)"
+        source = f"Docker {TODAY_DOCKER} built from the moby/moby and docker/cli tags (../shared/stack)"
         # static binaries: no shared libraries to depend on
         engine_deps, cli_deps, runtime_deps = "", "", deps("sid-containerd")
     else:
@@ -452,6 +452,13 @@ gpufleet lab build of NVIDIA's toolkit {version} (built from NVIDIA's source);
 libnvidia-container (nvidia-container-cli) is not included, so Docker's
 built-in `--gpus` hook (legacy mode) cannot work: run GPU containers with the
 nvidia runtime (`--runtime=nvidia --gpus all`, or it as the default runtime)."""
+# 1.20 with Docker 29 (../shared/stack/device-2026-12-06.md): CDI needs no nvidia-container-cli.
+TOOLKIT_NOTE_CDI = """\
+gpufleet lab build of NVIDIA's toolkit {version} (built from NVIDIA's source);
+libnvidia-container (nvidia-container-cli) is not included: the legacy `--gpus`
+hook path needs it. CDI does not: `nvidia-ctk cdi generate`, then Docker 29's
+`--gpus all` or `--device nvidia.com/gpu=all`, or the nvidia runtime (its CDI
+mode)."""
 
 
 def toolkit_packages(version: str = TOOLKIT_VERSION) -> list[DebPackage]:
@@ -462,6 +469,7 @@ def toolkit_packages(version: str = TOOLKIT_VERSION) -> list[DebPackage]:
     # 1.20's tarball (../shared/stack) has bin/, packaging/debian/ and systemd/ (NVIDIA's nvidia-cdi-refresh
     # units, which -base ships from 1.20 on); 1.18's has usr/bin/ and upstream-debian-packaging/.
     today = _numeric(version) >= (1, 20)
+    note = (TOOLKIT_NOTE_CDI if today else TOOLKIT_NOTE).format(version=version)
     bin_dir, debian = ("bin/", "packaging/debian/") if today else ("usr/bin/", "upstream-debian-packaging/")
     units = (FileFrom("/lib/systemd/system/nvidia-cdi-refresh.service", f"{up}systemd/nvidia-cdi-refresh.service"),
              FileFrom("/lib/systemd/system/nvidia-cdi-refresh.path", f"{up}systemd/nvidia-cdi-refresh.path"),
@@ -477,7 +485,7 @@ def toolkit_packages(version: str = TOOLKIT_VERSION) -> list[DebPackage]:
                     ("Homepage", "https://github.com/NVIDIA/nvidia-container-toolkit")),
             description=("NVIDIA Container Toolkit Base\n"
                          "Provides tools such as the NVIDIA Container Runtime and NVIDIA Container Toolkit CLI "
-                         "to enable GPU support in containers.\n\n" + TOOLKIT_NOTE.format(version=version)),
+                         "to enable GPU support in containers.\n\n" + note),
             files=(FileFrom("/usr/bin/nvidia-container-runtime", f"{up}{bin_dir}nvidia-container-runtime", 0o755),
                    FileFrom("/usr/bin/nvidia-ctk", f"{up}{bin_dir}nvidia-ctk", 0o755),
                    FileFrom("/usr/bin/nvidia-cdi-hook", f"{up}{bin_dir}nvidia-cdi-hook", 0o755),
@@ -497,7 +505,7 @@ def toolkit_packages(version: str = TOOLKIT_VERSION) -> list[DebPackage]:
                     ("Homepage", "https://github.com/NVIDIA/nvidia-container-toolkit")),
             description=("NVIDIA Container toolkit\n"
                          "Provides tools and utilities to enable GPU support in containers.\n\n"
-                         + TOOLKIT_NOTE.format(version=version)),
+                         + note),
             files=(FileFrom("/usr/bin/nvidia-container-runtime-hook", f"{up}{bin_dir}nvidia-container-runtime-hook",
                             0o755),
                    FileFrom("/usr/share/doc/nvidia-container-toolkit/copyright", f"{up}{debian}copyright")),
