@@ -44,11 +44,19 @@ def installed(lab, fab, gpu4):
     return fab("-H", gpu4, "docker.install"), fab("-H", gpu4, "docker.install")
 
 
+# -x: a running container's rootfs is mounted under data-root (/data/docker/rootfs/...); du would count the
+# snapshot it shows there again
+DU = "du -smx /data/docker /var/lib/containerd /var/lib/docker 2>&1"
+
+
 @pytest.fixture(scope="module")
 def bootstrapped4(lab, fab, gpu4, installed):
     """Then the whole bootstrap, twice: daemon.json (data_root on /data, the registry mirror), the
-    toolkit, the dev container from the image pulled through the mirror."""
-    return fab("-H", gpu4, "bootstrap"), fab("-H", gpu4, "bootstrap")
+    toolkit, the dev container from the image pulled through the mirror. `du_before`: the sizes before it."""
+    du_before = sh(lab, gpu4, DU)[1]
+    first, second = fab("-H", gpu4, "bootstrap"), fab("-H", gpu4, "bootstrap")
+    first.du_before = du_before
+    return first, second
 
 
 def test_the_tool_installs_todays_docker_ce_and_a_second_run_changes_nothing(lab, gpu4, installed):
@@ -99,10 +107,13 @@ def test_bootstrap_runs_the_dev_container_from_a_pull_through_the_mirror(lab, gp
     info = json.loads(out)
     assert [m.rstrip("/") for m in info["RegistryConfig"]["Mirrors"]] == inventory["defaults"]["registry_mirrors"]
     assert info["DockerRootDir"] == inventory["defaults"]["data_root"] == "/data/docker"
+    # gpu4 has no route out: the image came through the lab's registry mirror
     code, out = sh(lab, gpu4, f"docker image inspect --format '{{{{.Id}}}}' {LAB_IMAGE} && "
                               "docker inspect --format '{{.State.Running}} {{.Config.Image}}' dev")
     assert code == 0 and out.splitlines()[-1] == f"true {LAB_IMAGE}", out
     # where the bytes landed, with the tool as it is (issue 19's evidence; not asserted here)
-    code, out = sh(lab, gpu4, "du -sm /data/docker /var/lib/containerd /var/lib/docker")
-    print(f"\ngpu4 after the pull of {LAB_IMAGE} (MB):\n{out}")
+    code, out = sh(lab, gpu4, DU)
     assert code == 0, out
+    _, detail = sh(lab, gpu4, "du -smx /data/docker/* /var/lib/containerd/* 2>&1 | sort -rn | head -8")
+    print(f"\ngpu4 before bootstrap (MB):\n{first.du_before}\nafter the pull of {LAB_IMAGE} and "
+          f"the container's start (MB):\n{out}\nlargest:\n{detail}")
