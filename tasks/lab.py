@@ -48,8 +48,9 @@ def _shown(path: Path) -> str:
 
 
 @task(auto_shortflags=False,  # -h stays --help
-      help={"hosts": "how many servers, default 3: gpu1 Debian 12 with systemd, gpu2 Debian 12 without, "
-                     "gpu3 Debian 13 with systemd (then odd ones systemd, even ones not, gpu7 Debian 13 ...)"})
+      help={"hosts": "how many servers, default 4: gpu1 Debian 12 with systemd, gpu2 Debian 12 without, "
+                     "gpu3 Debian 13 with systemd (docker-ce 26), gpu4 Debian 13 with systemd (docker-ce 29); "
+                     "then the same again"})
 def up(c, hosts=None):
     """Bring up the local lab (or reconcile it) and write .lab/hosts.toml."""
     console = _console()

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from lab.mirror import (CODENAMES, TOOLKIT_TARBALL, Mirror, MirrorBuilder, MirrorSpec, control_text, lab_keys, docker_packages, docker_version, installed_size, merge_depends,
-                        nvidia_list, packages_index, packages_stanza, digests_of, release_date, release_file,
-                        sources_list, toolkit_packages, upstream_version)
+from lab.mirror import (CODENAMES, LAB_SPEC, PACKAGING, STACK, TODAY_DOCKER, TOOLKIT_TARBALL, Mirror, MirrorBuilder,
+                        MirrorSpec, control_text, lab_keys, docker_packages, docker_version, installed_size,
+                        merge_depends, nvidia_list, packages_index, packages_stanza, digests_of, release_date,
+                        release_file, sources_list, today_docker_packages, toolkit_base_postinst, toolkit_packages,
+                        upstream_version)
+from lab.topology import older_engine_pins
 from tests.goldens import check_golden
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "lab"
@@ -38,6 +41,18 @@ TRIXIE = {
                 "docker-cli": "libc6 (>= 2.34)", "containerd": "runc (>= 0.1.0~), libc6 (>= 2.34)",
                 "runc": "libc6 (>= 2.38), libseccomp2 (>= 2.5.0)", "tini": "libc6 (>= 2.38)",
                 "docker-buildx": "libc6 (>= 2.34)", "docker-compose": "libc6 (>= 2.34)"},
+}
+
+# Debian unstable's packages today's docker-ce is made of (`dpkg-deb -f` of the .debs fetched 2026-12-07),
+# beside trixie's above (docker.io's /etc/init.d/docker, tini)
+SID = {
+    "versions": {**TRIXIE["versions"], "sid-containerd": "2.1.9+ds1-5", "sid-docker.io": "28.5.2+dfsg4-5",
+                 "sid-docker-cli": "28.5.2+dfsg4-5", "sid-runc": "1.3.6+ds1-1"},
+    "depends": {**TRIXIE["depends"], "sid-containerd": "runc (>= 0.1.0~), libc6 (>= 2.34)",
+                "sid-docker.io": "debconf (>= 0.5) | debconf-2.0, systemd | systemd-standalone-sysusers | "
+                                 "systemd-sysusers, libc6 (>= 2.34), libsystemd0, containerd (>= 1.4~), iptables, "
+                                 "sysvinit-utils (>= 3.05-4~), runc (>= 1.0.0~rc8~), tini-static",
+                "sid-docker-cli": "libc6 (>= 2.34)", "sid-runc": "libc6 (>= 2.38), libseccomp2 (>= 2.5.0)"},
 }
 
 
@@ -180,3 +195,104 @@ def test_the_cli_builds_a_signed_nvidia_repo_that_gpgv_accepts(tmp_path):
     contents = subprocess.run(["dpkg-deb", "-c", str(flat / "nvidia-container-toolkit-base_1.18.0-1_amd64.deb")],
                               capture_output=True, text=True).stdout
     assert "./usr/bin/nvidia-ctk" in contents and "./usr/bin/nvidia-container-runtime" in contents
+
+
+# --- today's stack: docker-ce 29 (or unstable's 28.5), containerd.io 2.x, the toolkit 1.20 ---
+
+@pytest.mark.parametrize("built, golden", [(True, "control-docker-trixie-today.txt"),
+                                           (False, "control-docker-trixie-today-unstable.txt")])
+def test_todays_docker_control_files(built, golden):
+    packages = today_docker_packages(CODENAMES["trixie"], SID["versions"], SID["depends"], built)
+    assert [p.name for p in packages] == ["docker-ce", "docker-ce-cli", "containerd.io"]
+    check_golden(GOLDEN / golden, controls(packages))
+
+
+@pytest.mark.parametrize("built, engine", [(True, "29.7.2"), (False, "28.5.2")])
+def test_todays_versions_are_in_dockers_scheme_and_newer_than_the_older_in_the_same_dist(built, engine):
+    ce, cli, containerd = today_docker_packages(CODENAMES["trixie"], SID["versions"], SID["depends"], built)
+    older = {p.name: p.version for p in docker_packages(CODENAMES["trixie"], TRIXIE["versions"], TRIXIE["depends"])}
+    assert ce.version == cli.version == f"5:{engine}-1~debian.13~trixie"
+    assert containerd.version == "2.1.9-1~debian.13~trixie"
+    # apt's own comparison: today's packages are the candidates where nothing pins the older ones
+    for package in (ce, cli, containerd):
+        assert subprocess.run(["dpkg", "--compare-versions", package.version, "gt", older[package.name]]).returncode == 0
+    assert {p.filename for p in (ce, cli, containerd)}.isdisjoint(
+        {p.filename for p in docker_packages(CODENAMES["trixie"], TRIXIE["versions"], TRIXIE["depends"])})
+
+
+@pytest.mark.parametrize("built", [True, False])
+def test_todays_packaging_runs_containerd_as_its_own_service_as_dockers_does(built):
+    ce, cli, containerd = (dict(p.fields) for p in today_docker_packages(CODENAMES["trixie"], **SID, built=built))
+    assert ce["Depends"].startswith("containerd.io (>= 2.1.5), docker-ce-cli, iptables")   # Docker 29's own bound
+    assert containerd["Provides"] == containerd["Conflicts"] == containerd["Replaces"] == "containerd, runc"
+    assert "docker.io" in ce["Conflicts"] and "docker.io" in cli["Conflicts"]
+    ce_files, _, containerd_files = ({f.dest: f.source for f in p.files}
+                                     for p in today_docker_packages(CODENAMES["trixie"], **SID, built=built))
+    assert containerd_files["/usr/lib/systemd/system/containerd.service"] == "lab:containerd.service"
+    assert containerd_files["/usr/bin/containerd"] == "sid-containerd:/usr/bin/containerd"
+    assert containerd_files["/usr/bin/runc"] == ("stack-runc:runc" if built else "sid-runc:/usr/sbin/runc")
+    assert ce_files["/usr/bin/dockerd"] == ("stack-docker:bin/dockerd" if built else "sid-docker.io:/usr/sbin/dockerd")
+    service = ce_files["/usr/lib/systemd/system/docker.service"]
+    assert service == ("stack-docker:systemd/docker.service" if built else "lab:docker.service")
+    unit = (PACKAGING / "containerd.service").read_text()
+    assert "ExecStart=/usr/bin/containerd\n" in unit and "Type=notify" in unit
+
+
+def exec_start(unit: str) -> list[str]:
+    return [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
+
+
+def test_the_fallbacks_docker_service_starts_dockerd_on_the_system_containerd():
+    unit = (PACKAGING / "docker.service").read_text()
+    assert exec_start(unit) == ["/usr/bin/dockerd -H fd:// --containerd=/run/containerd/containerd.sock"]
+    assert "containerd.service" in unit.split("Wants=")[1].splitlines()[0]
+
+
+@pytest.mark.skipif(not (STACK / f"docker-{TODAY_DOCKER}-amd64.tar.xz").is_file(), reason="no ../shared/stack")
+def test_docker_29s_own_docker_service_starts_dockerd_on_the_system_containerd():
+    import tarfile
+    with tarfile.open(STACK / f"docker-{TODAY_DOCKER}-amd64.tar.xz") as tar:
+        unit = tar.extractfile(f"docker-{TODAY_DOCKER}-amd64/systemd/docker.service").read().decode()
+    assert exec_start(unit) == ["/usr/bin/dockerd -H fd:// --containerd=/run/containerd/containerd.sock"]
+    assert "containerd.service" in unit.split("Wants=")[1].splitlines()[0]
+
+
+def test_toolkit_120_control_files_and_units():
+    packages = toolkit_packages("1.20.0")
+    check_golden(GOLDEN / "control-nvidia-1.20.txt", controls(packages))
+    base, toolkit = packages
+    assert dict(toolkit.fields)["Depends"] == "nvidia-container-toolkit-base (= 1.20.0-1)"  # no libnvidia-container-tools
+    files = {f.dest: f.source for f in base.files}
+    assert files["/usr/bin/nvidia-ctk"] == "up:bin/nvidia-ctk"                # 1.20's tarball layout
+    assert files["/lib/systemd/system/nvidia-cdi-refresh.path"] == "up:systemd/nvidia-cdi-refresh.path"
+    assert base.conffiles == ("/etc/nvidia-container-toolkit/nvidia-cdi-refresh.env",)
+    assert "systemctl enable nvidia-cdi-refresh.path" in toolkit_base_postinst("1.20.0")
+    assert "systemctl" not in toolkit_base_postinst("1.18.0")                # 1.18 ships no units
+    assert {f.dest for f in toolkit_packages("1.18.0")[0].files}.isdisjoint(files.keys() - {
+        "/usr/bin/nvidia-container-runtime", "/usr/bin/nvidia-ctk", "/usr/bin/nvidia-cdi-hook",
+        "/usr/share/doc/nvidia-container-toolkit-base/copyright"})
+
+
+def test_the_lab_mirror_holds_both_generations_in_one_dist():
+    assert LAB_SPEC.docker == ("bookworm", "trixie") and LAB_SPEC.today == ("trixie",)
+    assert LAB_SPEC.toolkits == ("1.18.0", "1.20.0")
+
+
+@pytest.mark.parametrize("spec", [MirrorSpec(docker=("bookworm",), today=("trixie",)),
+                                  MirrorSpec(today=("jammy",)), MirrorSpec(toolkits=("1.19.0",))])
+def test_impossible_mirror_specs_are_refused(spec):
+    from lab.common import LabError
+    with pytest.raises(LabError):
+        spec.check()
+
+
+def test_a_server_that_stays_on_the_older_versions_pins_each_one_that_differs():
+    older = {p.name: p.version for p in docker_packages(CODENAMES["trixie"], TRIXIE["versions"], TRIXIE["depends"])}
+    older |= {p.name: p.version for p in toolkit_packages("1.18.0")}
+    today = {p.name: p.version for p in today_docker_packages(CODENAMES["trixie"], **SID, built=True)}
+    today |= {p.name: p.version for p in toolkit_packages("1.20.0")}
+    check_golden(GOLDEN / "apt-pins-gpu3", older_engine_pins(older, today).encode())
+    pinned = [line.split()[1] for line in older_engine_pins(older, today).splitlines() if line.startswith("Package:")]
+    assert pinned == ["containerd.io", "docker-ce", "docker-ce-cli", "nvidia-container-toolkit",
+                      "nvidia-container-toolkit-base"]           # the plugins exist once: nothing to pin
+    assert older_engine_pins(older, {}) == ""
