@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from gpufleet import gpu, osinfo
+from gpufleet import containerd_config, gpu, osinfo
 from gpufleet.docker_reader import section as frame  # noqa: F401  (the one Python framer, for all)
 from gpufleet.errors import CommandFailed, FleetError
 from gpufleet.remote import Script, Session
@@ -153,6 +153,20 @@ class HostFacts:
     mem_total_mb: int
     disk_free_mb: dict[str, int]
     homes: dict[str, str | None] = field(default_factory=dict)  # user -> home on the server; None: no such user
+    containerd_root: str = ""  # what `containerd config dump` says; "" where it did not run
+
+    @property
+    def image_store(self) -> "containerd_config.ImageStore | None":
+        """The running engine's image store, or None where Docker does not answer."""
+        return containerd_config.image_store(self.docker_info) if self.docker_info is not None else None
+
+    @property
+    def images_path(self) -> str:
+        """Where the running engine's images and layers really are ("" where Docker does not answer)."""
+        if self.docker_info is None:
+            return ""
+        return self.image_store.images_path(self.docker_info.get("DockerRootDir", "/var/lib/docker"),
+                                            self.containerd_root or containerd_config.CONTAINERD_DEFAULT_ROOT)
 
     @property
     def docker_running(self) -> bool:
@@ -207,6 +221,8 @@ def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
                lambda rc, out, user=user: parse_home(out, user) if rc == 0 else None)
           for i, user in enumerate(request.accounts)),
         Fact("df", "df -Pm /var/lib/docker /data /", lambda rc, out: parse_df(out)),
+        # the root of the system's containerd (docker-ce's containerd.io), where the containerd image store is
+        Fact("containerd_root", "containerd config dump", containerd_config.parse_dump_root),
     ]
     inside = [[Fact(f"inside:{i}", f"inside {q(name)} {q(inside_script(request, files))}",
                     lambda rc, out, name=name, files=files: parse_inside(name, files, rc, out))]
@@ -528,6 +544,7 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
         mem_total_mb=v["meminfo"],
         disk_free_mb=v["df"],
         homes={u: v[f"passwd:{i}"] for i, u in enumerate(request.accounts)},
+        containerd_root=v["containerd_root"],
     )
 
 

@@ -8,7 +8,7 @@ from gpufleet.fleet import fleet_task
 from tasks import HOST_TASK_HELP, apt, containers, docker, doctor, hosts, inside, keys, lab, nvidia, ops, sshconfig  # noqa: E501
 
 BOOTSTRAP = [
-    apt.PROXY, docker.INSTALL, docker.SERVICE, nvidia.TOOLKIT_STEP, docker.CONFIGURE, docker.USERS,
+    apt.PROXY, docker.INSTALL, docker.SERVICE, nvidia.TOOLKIT_STEP, docker.CONFIGURE, docker.CONTAINERD, docker.USERS,
     *containers.UP, keys.KEYS, inside.GIT,
 ]
 
