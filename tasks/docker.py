@@ -295,10 +295,11 @@ def docker_info_differences(info: dict, config: dict) -> list[str]:
     return problems
 
 
-def copy_script(old_root: str, new_root: str, stop: str = SERVICE_STOP) -> Script:
-    """`stop` Docker and `cp -a` the data root; while cp runs, `du -sm` of the target every 5 s
-    says how far it got (lines that gpufleet.progress reads).  The same shell does it: no second
-    connection or channel, and the poller ends with the script (its trap)."""
+def copy_script(old_root: str, new_root: str, stop: str = SERVICE_STOP, skip: str = "") -> Script:
+    """`stop` Docker and `cp -a` the data root (but its entry `skip`: containerd's root, which
+    docker.containerd moves); while cp runs, `du -sm` of the target every 5 s says how far it got
+    (lines that gpufleet.progress reads).  The same shell does it: no second connection or channel,
+    and the poller ends with the script (its trap)."""
     q = shlex.quote
     start = progress.COPY_START.format(source="$source", target="$target", megabytes="$total")
     so_far = progress.COPY_DONE_SO_FAR.format(megabytes="$(du -sm -- \"$target\" 2>/dev/null | cut -f1)")
@@ -311,17 +312,30 @@ def copy_script(old_root: str, new_root: str, stop: str = SERVICE_STOP) -> Scrip
         f'( while sleep 5 >/dev/null 2>&1 </dev/null; do echo "{so_far}"; done ) &',
         "poller=$!",
         "trap 'kill \"$poller\" 2>/dev/null || :' EXIT",
-        'cp -a -- "$source/." "$target/"',
+        (f'find "$source" -mindepth 1 -maxdepth 1 ! -name {q(skip)} -exec cp -a -t "$target/" -- {{}} +' if skip
+         else 'cp -a -- "$source/." "$target/"'),
     ]))
 
 
+def containerd_root_inside(f, docker_root: str) -> str:
+    """The name of the entry of `docker_root` that is the system containerd's root, or "" (none there)."""
+    store = f.image_store
+    inner = f.containerd_root.rstrip("/")
+    if not (store and store.system_containerd and inner.startswith(docker_root.rstrip("/") + "/")):
+        return ""
+    rest = inner[len(docker_root.rstrip("/")) + 1:]
+    return "" if "/" in rest else rest
+
+
 def migrate_data_root(c, change: FileChange, old_root: str, new_root: str, was_pending: bool = False) -> None:
-    """Stop Docker, copy the data root (owners, hard links, xattrs kept), switch, check the images."""
+    """Stop Docker, copy the data root (owners, hard links, xattrs kept; not containerd's root inside
+    it, which docker.containerd moves), switch, check the images."""
     q = shlex.quote
     c.run(Script(f"if [ -d {q(new_root)} ] && [ -n \"$(ls -A -- {q(new_root)})\" ]; then "
                  f"echo {q(new_root + ' is not empty; not copying over it')} >&2; exit 1; fi"), sudo=True)
     before = c.run(["docker", "image", "ls", "-q", "--no-trunc"], sudo=True).stdout.split()
-    copied = c.run(copy_script(old_root, new_root), sudo=True, check=False, kind="copy")
+    skip = containerd_root_inside(c.facts(), old_root)
+    copied = c.run(copy_script(old_root, new_root, skip=skip), sudo=True, check=False, kind="copy")
     if copied.exit_code != 0:
         c.run(Script(f"{SERVICE_START}\n{WAIT_FOR_DOCKER}"), sudo=True, check=False)
         raise FleetError(f"copying {old_root} to {new_root} failed ({copied.stderr.strip()[-200:]}); "
@@ -359,16 +373,21 @@ def plan_containerd(c) -> Plan:
     """With the containerd image store and the system's containerd (docker-ce's packaging), move
     containerd's root into data_root: the `root` key of its config.toml, the one key the tool owns there."""
     f = c.facts()
+    root = wanted_containerd_root(c)
     if not f.docker_running:
+        if c.dry_run and root and c.host.image_store != "classic":  # an earlier step of this dry run starts it
+            return Plan.change(Action(f"set containerd's root to {root} in {CONTAINERD_CONFIG} once Docker runs, "
+                                      "where it uses the containerd image store", lambda c: None))
         return Plan.skipped("Docker is not running yet")
     store = f.image_store
-    if store.kind != "containerd":
-        return Plan.ok(f"images are in Docker's classic store, under {f.images_path}")
+    # the store the inventory picks is the engine's once docker.configure has run (in a dry run, not yet)
+    if (c.host.image_store or store.kind) != "containerd":
+        return Plan.ok(f"images are in Docker's classic store, under {f.docker_info.get('DockerRootDir')}")
     if not store.system_containerd:
         return Plan.ok(f"dockerd runs its own containerd: images are under {f.images_path}")
     current_file = f.file(CONTAINERD_CONFIG)
     text = current_file.text if current_file.exists else ""
-    new_text = containerd_config.set_root(text, wanted_containerd_root(c), CONTAINERD_CONFIG)
+    new_text = containerd_config.set_root(text, root, CONTAINERD_CONFIG)
     address = store.containerd_address or CONTAINERD_SOCKET
     was_pending = pending.is_pending(f, pending.CONTAINERD_RESTART)
     if new_text == text:

@@ -172,6 +172,25 @@ def test_nothing_to_move_where_data_root_already_holds_the_images(docker_info, r
     assert not plan.actions and plan.reason == reason
 
 
+def test_the_store_the_inventory_picks_decides():
+    classic = INVENTORY + 'image_store = "classic"\n'
+    plan = docker.plan_containerd(context(classic, info(), {CONTAINERD_CONFIG: CONTAINERD_IO}))
+    assert not plan.actions and plan.reason == "images are in Docker's classic store, under /data/docker"
+    switching = INVENTORY + 'image_store = "containerd"\n'  # a dry run: docker.configure switches it first
+    (action,) = docker.plan_containerd(context(switching, info(store="classic"), {CONTAINERD_CONFIG: CONTAINERD_IO})).actions
+    assert action.summary.startswith(f"update {CONTAINERD_CONFIG} (root = /data/docker/containerd)")
+
+
+def test_a_dry_run_on_a_fresh_server_announces_the_move():
+    ctx = context(INVENTORY, info())
+    ctx._facts.docker_info = None
+    (action,) = docker.plan_containerd(ctx).actions
+    assert action.summary == (f"set containerd's root to /data/docker/containerd in {CONTAINERD_CONFIG} once Docker "
+                              "runs, where it uses the containerd image store")
+    ctx.dry_run = False
+    assert docker.plan_containerd(ctx).skip == "Docker is not running yet"
+
+
 def test_moving_containerd_root_with_images_is_refused_then_copied_when_allowed():
     with pytest.raises(FleetError) as refused:
         docker.plan_containerd(context(INVENTORY, info(images=3, containers=1), {CONTAINERD_CONFIG: CONTAINERD_IO}))
@@ -271,3 +290,31 @@ def test_df_line():
            "/dev/nvme1n1          3755900 12034   3552642       1% /data\n")
     assert doctor.parse_df_line(out) == (3755900, 3552642, "1%", "/data")
     assert doctor.parse_df_line("df: /nope: No such file or directory\n") is None
+
+
+# --- a data-root move leaves containerd's root inside it to docker.containerd ---
+
+def test_the_data_root_copy_leaves_containerd_root_to_its_own_move(tmp_path):
+    old, new = tmp_path / "old root", tmp_path / "new root"
+    (old / "overlay2" / "l1").mkdir(parents=True)
+    (old / "overlay2" / "l1" / "blob").write_bytes(b"x" * 1000)
+    (old / "overlay2" / "hard").hardlink_to(old / "overlay2" / "l1" / "blob")
+    (old / ".hidden").write_text("kept")
+    (old / "containerd" / "io.containerd.content.v1.content").mkdir(parents=True)
+    result = LocalSession("ws").run(docker.copy_script(str(old), str(new), stop="true", skip="containerd"),
+                                    timeout=60, check=False)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in new.iterdir()) == [".hidden", "overlay2"]
+    assert (new / "overlay2" / "l1" / "blob").stat().st_ino == (new / "overlay2" / "hard").stat().st_ino
+
+
+@pytest.mark.parametrize("dump_root,docker_info,skip", [
+    ("/data/a/containerd", info(root="/data/a"), "containerd"),
+    ("/var/lib/containerd", info(root="/var/lib/docker"), ""),
+    ("/data/a/containerd", info(root="/data/a", address="/var/run/docker/containerd/containerd.sock"), ""),
+    ("/data/a/x/containerd", info(root="/data/a"), ""),
+    ("/data/ab", info(root="/data/a"), ""),
+])
+def test_which_entry_of_the_data_root_is_containerds_root(dump_root, docker_info, skip):
+    f = context(INVENTORY, docker_info, dump_root=dump_root).facts()
+    assert docker.containerd_root_inside(f, docker_info["DockerRootDir"]) == skip
