@@ -23,6 +23,7 @@ MARK = "# set by gpufleet from data_root"
 MANAGED_SOCKET = re.compile(r"^(/var)?/run/docker/containerd/")
 _ROOT_LINE = re.compile(r"^\s*root\s*=")
 _TABLE_LINE = re.compile(r"^\s*\[")
+_LOG_LINE = re.compile(r'^time="[^"]*" level=')
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,10 @@ def parse_dump_root(rc: int, out: str) -> str:
     or "" where it did not run (no containerd, or a config it refuses)."""
     if rc != 0:
         return ""
+    # the probe reads stderr too: containerd's own log lines (a deprecated config version, a migration)
+    toml = "\n".join(line for line in out.splitlines() if not _LOG_LINE.match(line))
     try:
-        root = tomllib.loads(out).get("root", "")
+        root = tomllib.loads(toml).get("root", "")
     except tomllib.TOMLDecodeError:
         return ""
     return root if isinstance(root, str) else ""

@@ -55,6 +55,8 @@ def test_image_store_from_docker_info(docker_info, kind, system, where):
 DUMPS = [  # captured `containerd config dump` → root
     ("dump-1.6.20-default.toml", 0, "/var/lib/containerd"),
     ("dump-1.6.20-root-moved.toml", 0, "/data/docker/containerd"),
+    # the probe merges stderr: containerd's warning about a version-1 config comes first
+    ("dump-1.6.20-v1-config-stderr-merged.txt", 0, "/data/docker/containerd"),
 ]
 
 
