@@ -19,7 +19,7 @@ docker:
 
 demo: docker setup
 	$(BIN)/fab lab.up
-	FABRIC_INVENTORY=.lab/hosts.toml $(BIN)/fab -H gpu1,gpu2,gpu3 bootstrap
+	FABRIC_INVENTORY=.lab/hosts.toml $(BIN)/fab -H gpu1,gpu2,gpu3,gpu4 bootstrap
 	FABRIC_INVENTORY=.lab/hosts.toml $(BIN)/fab gen-ssh-config
 	@echo
 	@echo "Your lab is ready. Try:  ssh -F .lab/ssh_config gpu1-dev"

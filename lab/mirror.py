@@ -18,6 +18,11 @@ CACHE/apt; the system's apt state is not touched) and repackaged with dpkg-deb. 
 two toolkit packages are made from the binaries and NVIDIA's packaging files in
 ../shared/gpu-stack. Both repos are signed with lab keys made once (CACHE/gnupg).
 
+Today's stack, in the same dists beside the older versions (as Docker's and NVIDIA's repos
+hold several): docker-ce/-cli 29.7.2 and runc 1.3.6 from ../shared/stack's builds, with
+containerd 2.x from Debian unstable in containerd.io, and the toolkit 1.20.0 from
+../shared/stack. Without ../shared/stack, docker-ce is Debian unstable's docker.io (28.5).
+
 `python -m lab.mirror --out DIR --docker noble --nvidia` builds a tree into DIR.
 """
 from __future__ import annotations
@@ -47,6 +52,12 @@ GPU_STACK = REPO.parent / "shared" / "gpu-stack"
 TOOLKIT_VERSION = "1.18.0"
 TOOLKIT_TARBALL = GPU_STACK / f"nvidia-container-toolkit-{TOOLKIT_VERSION}-amd64.tar.xz"
 PACKAGING = LAB_FILES / "packages"
+# Today's stack (../shared/stack/README.md): Docker 29 and runc 1.3 built from their tags, the toolkit 1.20.
+STACK = REPO.parent / "shared" / "stack"
+TODAY_DOCKER, TODAY_RUNC, TODAY_TOOLKIT = "29.7.2", "1.3.6", "1.20.0"
+TOOLKIT_VERSIONS = (TOOLKIT_VERSION, TODAY_TOOLKIT)
+# containerd 2.x for Docker 29 (and, without ../shared/stack, docker.io 28.5, docker-cli and runc 1.3)
+TODAY_FROM = "sid"
 
 DOCKER_BASE = "docker-ce/linux"           # as in https://download.docker.com/linux
 NVIDIA_BASE = "libnvidia-container"       # as in https://nvidia.github.io/libnvidia-container
@@ -337,6 +348,105 @@ def docker_packages(codename: Codename, versions: dict[str, str], depends: dict[
     return packages
 
 
+def today_docker_packages(codename: Codename, versions: dict[str, str], depends: dict[str, str],
+                          built: bool) -> list[DebPackage]:
+    """docker-ce, docker-ce-cli and containerd.io of today's stack for `codename`.
+
+    `built`: Docker 29 and runc from ../shared/stack ("stack-docker", "stack-runc"); else Debian
+    unstable's docker.io, docker-cli and runc ("sid-..."). containerd is unstable's in both.
+    Docker's packaging: containerd runs as its own containerd.service and docker.service starts
+    dockerd with --containerd=/run/containerd/containerd.sock."""
+    engine = TODAY_DOCKER if built else upstream_version(versions["sid-docker.io"])
+    ce_version = docker_version("5", engine, codename)
+    containerd = upstream_version(versions["sid-containerd"])
+    deps = lambda *names: merge_depends([d for n in names for d in library_depends(depends.get(n, ""))])
+    if built:
+        engine_files = (FileFrom("/usr/bin/dockerd", "stack-docker:bin/dockerd", 0o755),
+                        FileFrom("/usr/bin/docker-proxy", "stack-docker:bin/docker-proxy", 0o755),
+                        FileFrom("/usr/lib/systemd/system/docker.service", "stack-docker:systemd/docker.service"),
+                        FileFrom("/usr/lib/systemd/system/docker.socket", "stack-docker:systemd/docker.socket"),
+                        FileFrom("/etc/init.d/docker", "docker.io:/etc/init.d/docker", 0o755,
+                                 rewrite=(("DOCKERD=/usr/sbin/dockerd", "DOCKERD=/usr/bin/dockerd"),)),
+                        FileFrom("/etc/default/docker", "docker.io:/etc/default/docker"),
+                        FileFrom("/usr/share/doc/docker-ce/copyright", "stack-docker:licenses/LICENSE.moby"))
+        cli_files = (FileFrom("/usr/bin/docker", "stack-docker:bin/docker", 0o755),
+                     FileFrom("/usr/share/doc/docker-ce-cli/copyright", "stack-docker:licenses/LICENSE.cli"))
+        runc = FileFrom("/usr/bin/runc", "stack-runc:runc", 0o755)
+        source = f"docker {TODAY_DOCKER} and runc {TODAY_RUNC} built from their tags (../shared/stack)"
+        # static binaries: no shared libraries to depend on
+        engine_deps, cli_deps, runtime_deps = "", "", deps("sid-containerd")
+    else:
+        engine_files = (FileFrom("/usr/bin/dockerd", "sid-docker.io:/usr/sbin/dockerd", 0o755),
+                        FileFrom("/usr/bin/docker-proxy", "sid-docker.io:/usr/sbin/docker-proxy", 0o755),
+                        FileFrom("/usr/lib/systemd/system/docker.service", "lab:docker.service"),
+                        FileFrom("/usr/lib/systemd/system/docker.socket", "lab:docker.socket"),
+                        FileFrom("/etc/init.d/docker", "sid-docker.io:/etc/init.d/docker", 0o755,
+                                 rewrite=(("DOCKERD=/usr/sbin/dockerd", "DOCKERD=/usr/bin/dockerd"),)),
+                        FileFrom("/etc/default/docker", "sid-docker.io:/etc/default/docker"),
+                        FileFrom("/usr/share/doc/docker-ce/copyright", "sid-docker.io:/usr/share/doc/docker.io/copyright"))
+        cli_files = (FileFrom("/usr/bin/docker", "sid-docker-cli:/usr/bin/docker", 0o755),
+                     FileFrom("/usr/share/doc/docker-ce-cli/copyright",
+                              "sid-docker-cli:/usr/share/doc/docker-cli/copyright"))
+        runc = FileFrom("/usr/bin/runc", "sid-runc:/usr/sbin/runc", 0o755)
+        source = f"Debian unstable's docker.io {versions['sid-docker.io']}"
+        engine_deps, cli_deps = deps("sid-docker.io"), deps("sid-docker-cli")
+        runtime_deps = deps("sid-containerd", "sid-runc")
+    note = f"\n\ngpufleet lab build: {source} repackaged under Docker's package name and file layout; " \
+           f"not a build by Docker, Inc."
+    return [
+        DebPackage(
+            "docker-ce", ce_version,
+            # Docker's packaging of 29 requires containerd.io >= 2.1.5
+            fields=(("Depends", ", ".join(filter(None, ["containerd.io (>= 2.1.5), docker-ce-cli, iptables",
+                                                        engine_deps]))),
+                    ("Recommends", "apparmor, ca-certificates, docker-ce-rootless-extras, git, libltdl7, pigz, "
+                                   "procps, xz-utils"),
+                    ("Suggests", "aufs-tools, cgroupfs-mount | cgroup-lite"),
+                    ("Conflicts", "docker (<< 1.5~), docker-engine, docker.io"),
+                    ("Replaces", "docker-engine"),
+                    ("Section", "admin"), ("Priority", "optional"), ("Homepage", "https://www.docker.com")),
+            description=DOCKER_DESCRIPTION.split("\n\n")[0] + note,
+            files=(*engine_files, FileFrom("/usr/bin/docker-init", "tini:/usr/bin/tini-static", 0o755)),
+            scripts=(("postinst", "lab:docker-ce.postinst"), ("prerm", "lab:docker-ce.prerm"),
+                     ("postrm", "lab:docker-ce.postrm")),
+            conffiles=("/etc/default/docker", "/etc/init.d/docker")),
+        DebPackage(
+            "docker-ce-cli", ce_version,
+            fields=(("Depends", cli_deps),
+                    ("Recommends", "docker-buildx-plugin, docker-compose-plugin"),
+                    ("Conflicts", "docker (<< 1.5~), docker-engine, docker-engine-cs, docker.io, lxc-docker, "
+                                  "lxc-docker-virtual-package"),
+                    ("Replaces", "docker-ce (<< 5:0), docker-engine, docker-engine-cs"),
+                    ("Breaks", "docker-ce (<< 5:0)"),
+                    ("Section", "admin"), ("Priority", "optional"), ("Homepage", "https://www.docker.com")),
+            description=DOCKER_DESCRIPTION.split("\n\n")[0].replace("Docker: the", "Docker CLI: the") + note,
+            files=cli_files),
+        DebPackage(
+            "containerd.io", docker_version("", containerd, codename),
+            fields=(("Depends", runtime_deps),
+                    ("Provides", "containerd, runc"), ("Conflicts", "containerd, runc"),
+                    ("Replaces", "containerd, runc"),
+                    ("Section", "devel"), ("Priority", "optional"), ("Homepage", "https://containerd.io")),
+            description=(f"An open and reliable container runtime\n"
+                         f"containerd with runc, as Docker's containerd.io package has them.\n\n"
+                         f"gpufleet lab build: Debian unstable's containerd {versions['sid-containerd']} and "
+                         f"runc {TODAY_RUNC if built else versions['sid-runc']} "
+                         f"({'built from its tag, ../shared/stack' if built else 'Debian unstable'}) "
+                         f"repackaged; not a build by Docker, Inc."),
+            files=(FileFrom("/usr/bin/containerd", "sid-containerd:/usr/bin/containerd", 0o755),
+                   FileFrom("/usr/bin/containerd-shim-runc-v2", "sid-containerd:/usr/bin/containerd-shim-runc-v2",
+                            0o755),
+                   FileFrom("/usr/bin/ctr", "sid-containerd:/usr/bin/ctr", 0o755),
+                   runc,
+                   FileFrom("/etc/containerd/config.toml", "lab:containerd-config.toml"),
+                   FileFrom("/usr/lib/systemd/system/containerd.service", "lab:containerd.service"),
+                   FileFrom("/usr/share/doc/containerd.io/copyright",
+                            "sid-containerd:/usr/share/doc/containerd/copyright")),
+            scripts=(("postinst", "lab:containerd.io.postinst"), ("prerm", "lab:containerd.io.prerm")),
+            conffiles=("/etc/containerd/config.toml",)),
+    ]
+
+
 TOOLKIT_NOTE = """\
 gpufleet lab build of NVIDIA's toolkit {version} (built from NVIDIA's source);
 libnvidia-container (nvidia-container-cli) is not included, so Docker's
@@ -349,6 +459,14 @@ def toolkit_packages(version: str = TOOLKIT_VERSION) -> list[DebPackage]:
     less the dependency on libnvidia-container-tools (not built here)."""
     full = f"{version}-1"
     up = "up:"    # NVIDIA's packaging files in the toolkit tarball
+    # 1.20's tarball (../shared/stack) has bin/, packaging/debian/ and systemd/ (NVIDIA's nvidia-cdi-refresh
+    # units, which -base ships from 1.20 on); 1.18's has usr/bin/ and upstream-debian-packaging/.
+    today = _numeric(version) >= (1, 20)
+    bin_dir, debian = ("bin/", "packaging/debian/") if today else ("usr/bin/", "upstream-debian-packaging/")
+    units = (FileFrom("/lib/systemd/system/nvidia-cdi-refresh.service", f"{up}systemd/nvidia-cdi-refresh.service"),
+             FileFrom("/lib/systemd/system/nvidia-cdi-refresh.path", f"{up}systemd/nvidia-cdi-refresh.path"),
+             FileFrom("/etc/nvidia-container-toolkit/nvidia-cdi-refresh.env", f"{up}systemd/nvidia-cdi-refresh.env"),
+             ) if today else ()
     return [
         DebPackage(
             "nvidia-container-toolkit-base", full,
@@ -360,14 +478,16 @@ def toolkit_packages(version: str = TOOLKIT_VERSION) -> list[DebPackage]:
             description=("NVIDIA Container Toolkit Base\n"
                          "Provides tools such as the NVIDIA Container Runtime and NVIDIA Container Toolkit CLI "
                          "to enable GPU support in containers.\n\n" + TOOLKIT_NOTE.format(version=version)),
-            files=(FileFrom("/usr/bin/nvidia-container-runtime", f"{up}usr/bin/nvidia-container-runtime", 0o755),
-                   FileFrom("/usr/bin/nvidia-ctk", f"{up}usr/bin/nvidia-ctk", 0o755),
-                   FileFrom("/usr/bin/nvidia-cdi-hook", f"{up}usr/bin/nvidia-cdi-hook", 0o755),
-                   FileFrom("/usr/share/doc/nvidia-container-toolkit-base/copyright",
-                            f"{up}upstream-debian-packaging/copyright")),
-            # NVIDIA's postinst writes config.toml with `nvidia-ctk config`; its nvidia-cdi-refresh units
-            # are not in the tarball, so that part of it is left out.
-            scripts=(("postinst", "text:"),)),
+            files=(FileFrom("/usr/bin/nvidia-container-runtime", f"{up}{bin_dir}nvidia-container-runtime", 0o755),
+                   FileFrom("/usr/bin/nvidia-ctk", f"{up}{bin_dir}nvidia-ctk", 0o755),
+                   FileFrom("/usr/bin/nvidia-cdi-hook", f"{up}{bin_dir}nvidia-cdi-hook", 0o755),
+                   *units,
+                   FileFrom("/usr/share/doc/nvidia-container-toolkit-base/copyright", f"{up}{debian}copyright")),
+            # NVIDIA's postinst writes config.toml with `nvidia-ctk config`; 1.18's tarball has no
+            # nvidia-cdi-refresh units, so that part of it is left out there. 1.20: NVIDIA's postinst, and
+            # what `dh --with systemd` adds to it (enable the units; start none: without a GPU they do nothing).
+            scripts=(("postinst", "text:"),),
+            conffiles=("/etc/nvidia-container-toolkit/nvidia-cdi-refresh.env",) if today else ()),
         DebPackage(
             "nvidia-container-toolkit", full,
             fields=(("Depends", f"nvidia-container-toolkit-base (= {full})"),
@@ -378,12 +498,11 @@ def toolkit_packages(version: str = TOOLKIT_VERSION) -> list[DebPackage]:
             description=("NVIDIA Container toolkit\n"
                          "Provides tools and utilities to enable GPU support in containers.\n\n"
                          + TOOLKIT_NOTE.format(version=version)),
-            files=(FileFrom("/usr/bin/nvidia-container-runtime-hook", f"{up}usr/bin/nvidia-container-runtime-hook",
+            files=(FileFrom("/usr/bin/nvidia-container-runtime-hook", f"{up}{bin_dir}nvidia-container-runtime-hook",
                             0o755),
-                   FileFrom("/usr/share/doc/nvidia-container-toolkit/copyright",
-                            f"{up}upstream-debian-packaging/copyright")),
-            scripts=(("postinst", f"{up}upstream-debian-packaging/nvidia-container-toolkit.postinst"),
-                     ("postrm", f"{up}upstream-debian-packaging/nvidia-container-toolkit.postrm"))),
+                   FileFrom("/usr/share/doc/nvidia-container-toolkit/copyright", f"{up}{debian}copyright")),
+            scripts=(("postinst", f"{up}{debian}nvidia-container-toolkit.postinst"),
+                     ("postrm", f"{up}{debian}nvidia-container-toolkit.postrm"))),
     ]
 
 
@@ -404,6 +523,21 @@ case "$1" in
 esac
 exit 0
 """
+TOOLKIT_UNITS_POSTINST = """\
+if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
+    systemctl --system daemon-reload >/dev/null || true
+    systemctl enable nvidia-cdi-refresh.path nvidia-cdi-refresh.service >/dev/null 2>&1 || true
+fi
+"""
+
+
+def toolkit_base_postinst(version: str) -> str:
+    """-base's postinst: NVIDIA's, plus enabling the nvidia-cdi-refresh units where the package has them (1.20)."""
+    if _numeric(version) < (1, 20):
+        return TOOLKIT_BASE_POSTINST
+    return TOOLKIT_BASE_POSTINST.replace("less the nvidia-cdi-refresh units (not shipped here)",
+                                         "and what dh --with systemd adds for its units").replace(
+        "exit 0\n", TOOLKIT_UNITS_POSTINST + "exit 0\n")
 
 
 # --- indexes ---
@@ -518,13 +652,21 @@ class MirrorSpec:
     plugins: bool = True
     compression: str = "gzip"      # dpkg-deb -Z: gzip (-z1, quick) for the lab, xz for a small tree to carry
     list_url: str = ""             # where the tree is served, for nvidia-container-toolkit.list ("": not written)
+    today: tuple[str, ...] = ()    # codenames whose dist also holds today's docker-ce (29, or unstable's 28.5)
+    toolkits: tuple[str, ...] = (TOOLKIT_VERSION,)   # toolkit versions in the NVIDIA repo, where their tarball is
 
     def check(self) -> None:
-        unknown = [c for c in self.docker if c not in CODENAMES]
+        unknown = [c for c in (*self.docker, *self.today) if c not in CODENAMES]
         if unknown:
             raise LabError(f"unknown codename {', '.join(unknown)}: one of {', '.join(CODENAMES)}")
         if self.compression not in ("gzip", "xz", "none"):
             raise LabError(f"compression {self.compression!r}: gzip, xz or none")
+        if set(self.today) - set(self.docker):
+            raise LabError(f"today's docker-ce for {', '.join(sorted(set(self.today) - set(self.docker)))}: "
+                           f"also give that codename's Docker repo")
+        unknown = [v for v in self.toolkits if v not in TOOLKIT_VERSIONS]
+        if unknown:
+            raise LabError(f"toolkit {', '.join(unknown)}: one of {', '.join(TOOLKIT_VERSIONS)}")
 
 
 @dataclass
@@ -536,6 +678,11 @@ class Mirror:
     docker: dict[str, dict[str, str]] = field(default_factory=dict)    # codename -> package -> version
     nvidia: dict[str, str] = field(default_factory=dict)               # package -> version; empty: not built
     sizes: dict[str, int] = field(default_factory=dict)                # path under root -> bytes, of each .deb
+    # today's stack beside the packages above: codename -> package -> version, and where its engine came
+    # from ("stack": ../shared/stack's Docker 29; "sid": Debian unstable's docker.io)
+    docker_today: dict[str, dict[str, str]] = field(default_factory=dict)
+    docker_today_from: str = ""
+    nvidia_today: dict[str, str] = field(default_factory=dict)         # toolkit 1.20, beside `nvidia` (1.18)
 
     @classmethod
     def load(cls, root: Path) -> Mirror:
@@ -551,16 +698,32 @@ class MirrorBuilder:
     """Builds a mirror tree from Debian's archive, the toolkit tarball and the lab's keys."""
 
     def __init__(self, spec: MirrorSpec, keys: dict[str, SigningKey] | None = None,
-                 apt_root: Path | None = None, toolkit: Path = TOOLKIT_TARBALL, log=print):
+                 apt_root: Path | None = None, toolkit: Path = TOOLKIT_TARBALL, log=print, stack: Path = STACK):
         spec.check()
-        self.spec, self.log, self.toolkit = spec, log, toolkit
+        self.spec, self.log, self.toolkit, self.stack = spec, log, toolkit, stack
         self.keys = keys or lab_keys()
         self.archive = DebianArchive(apt_root or CACHE / "apt",
-                                     [CODENAMES[c].binaries_from for c in spec.docker] + [PLUGINS_FROM], log=log)
+                                     [CODENAMES[c].binaries_from for c in spec.docker] + [PLUGINS_FROM]
+                                     + ([TODAY_FROM] if spec.today else []), log=log)
+
+    def toolkit_tarball(self, version: str) -> Path:
+        return self.toolkit if version == TOOLKIT_VERSION else self.stack / f"nvidia-container-toolkit-{version}-amd64.tar.xz"
+
+    @property
+    def toolkits_available(self) -> list[str]:
+        """The toolkit versions asked for whose tarball is there."""
+        return [v for v in self.spec.toolkits if self.toolkit_tarball(v).is_file()]
 
     @property
     def nvidia_available(self) -> bool:
-        return self.toolkit.is_file()
+        return bool(self.toolkits_available)
+
+    @property
+    def stack_tarballs(self) -> dict[str, Path]:
+        """../shared/stack's Docker 29 and runc builds, by source name; empty where one is missing."""
+        tarballs = {"docker": self.stack / f"docker-{TODAY_DOCKER}-amd64.tar.xz",
+                    "runc": self.stack / f"runc-{TODAY_RUNC}-amd64.tar.xz"}
+        return tarballs if all(p.is_file() for p in tarballs.values()) else {}
 
     def source_debs(self) -> dict[str, dict[str, Path]]:
         """Debian release -> source package -> its .deb (downloaded when not in the cache)."""
@@ -572,7 +735,14 @@ class MirrorBuilder:
                 wanted[suite].add("docker-cli")
         if self.spec.plugins and self.spec.docker:
             wanted.setdefault(PLUGINS_FROM, set()).update(("docker-buildx", "docker-compose"))
-        return {suite: {pkg: self.archive.fetch(suite, pkg) for pkg in sorted(pkgs)} for suite, pkgs in wanted.items()}
+        if self.spec.today:
+            wanted.setdefault(TODAY_FROM, set()).add("containerd")
+            if not self.stack_tarballs:
+                wanted[TODAY_FROM].update(("docker.io", "docker-cli", "runc"))
+        debs = {suite: {pkg: self.archive.fetch(suite, pkg) for pkg in sorted(pkgs)} for suite, pkgs in wanted.items()}
+        if self.spec.today and self.stack_tarballs:
+            debs["stack"] = dict(self.stack_tarballs)
+        return debs
 
     def inputs_digest(self, debs: dict[str, dict[str, Path]]) -> str:
         """Changes when anything the tree is made of changes: the debs, this code, the packaging files, the keys."""
@@ -582,10 +752,13 @@ class MirrorBuilder:
         for path in sorted(PACKAGING.iterdir()):
             h.update(path.name.encode() + path.read_bytes())
         h.update(self.keys["docker"].fingerprint().encode())
+        tarballs = list(debs.get("stack", {}).values())
         if self.spec.nvidia and self.nvidia_available:
             h.update(self.keys["nvidia"].fingerprint().encode())
-            stat = self.toolkit.stat()
-            h.update(f"{self.toolkit.name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
+            tarballs += [self.toolkit_tarball(v) for v in self.toolkits_available]
+        for tarball in tarballs:
+            stat = tarball.stat()
+            h.update(f"{tarball.name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
         return h.hexdigest()[:12]
 
     def build(self, out: Path, debs: dict[str, dict[str, Path]] | None = None) -> Mirror:
@@ -603,8 +776,13 @@ class MirrorBuilder:
                     if (suite, pkg) not in unpacked:
                         target = work / "src" / suite / pkg
                         target.mkdir(parents=True)
-                        run(["dpkg-deb", "-x", str(debs[suite][pkg]), str(target)],
-                            f"unpacking {debs[suite][pkg].name}")
+                        if suite == "stack":
+                            with tarfile.open(debs[suite][pkg]) as tar:
+                                tar.extractall(target, filter="data")
+                            target = single_folder(target)
+                        else:
+                            run(["dpkg-deb", "-x", str(debs[suite][pkg]), str(target)],
+                                f"unpacking {debs[suite][pkg].name}")
                         unpacked[suite, pkg] = target
                     return unpacked[suite, pkg]
 
@@ -620,9 +798,12 @@ class MirrorBuilder:
                     else:
                         self.log(f"NVIDIA part skipped: {self.toolkit} is not there (a clone without ../shared)")
                 for name, repo in docker.items():
-                    mirror.docker[name] = repo.result()
+                    mirror.docker[name], today = repo.result()
+                    if today:
+                        mirror.docker_today[name] = today
+                        mirror.docker_today_from = "stack" if "stack" in debs else TODAY_FROM
                 if nvidia:
-                    mirror.nvidia = nvidia.result()
+                    mirror.nvidia, mirror.nvidia_today = nvidia.result()
         finally:
             remove_tree(work)
             for key in self.keys.values():
@@ -648,7 +829,7 @@ class MirrorBuilder:
             sizes.append(len(data))
         for script, source in pkg.scripts:
             path = stage / "DEBIAN" / script
-            data = resolve(source, TOOLKIT_BASE_POSTINST if source == "text:" else "")
+            data = resolve(source, toolkit_base_postinst(upstream_version(pkg.version)) if source == "text:" else "")
             path.write_bytes(data.replace(b"#DEBHELPER#\n", b""))
             path.chmod(0o755)
         if pkg.conffiles:
@@ -678,7 +859,13 @@ class MirrorBuilder:
                    if pkg in debs.get(suite, {})}
         if self.spec.plugins:
             sources |= {pkg: (PLUGINS_FROM, pkg) for pkg in ("docker-buildx", "docker-compose")}
+        today = codename.name in self.spec.today
+        if today:
+            sources |= {f"{TODAY_FROM}-{pkg}": (TODAY_FROM, pkg) for pkg in debs.get(TODAY_FROM, {})}
+            sources |= {f"stack-{name}": ("stack", name) for name in debs.get("stack", {})}
         for pkg, (from_suite, name) in sources.items():
+            if from_suite == "stack":
+                continue
             versions[pkg] = deb_field(debs[from_suite][name], "Version")
             depends[pkg] = deb_field(debs[from_suite][name], "Depends")
 
@@ -696,8 +883,13 @@ class MirrorBuilder:
         pool.mkdir(parents=True)
         self.log(f"making docker-ce {upstream_version(versions['docker.io'])} for {codename.name} "
                  f"from Debian {suite}'s binaries ({self.spec.compression})")
-        built = [self._build_deb(pkg, work, pool, resolve)
-                 for pkg in docker_packages(codename, versions, depends, self.spec.plugins)]
+        older_packages = docker_packages(codename, versions, depends, self.spec.plugins)
+        today_packages = today_docker_packages(codename, versions, depends, "stack" in debs) if today else []
+        if today_packages:
+            self.log(f"making today's docker-ce {upstream_version(today_packages[0].version)} and containerd.io "
+                     f"{upstream_version(today_packages[2].version)} for {codename.name} "
+                     f"({'../shared/stack' if 'stack' in debs else 'Debian unstable'})")
+        built = [self._build_deb(pkg, work, pool, resolve) for pkg in older_packages + today_packages]
         for deb, _ in built:
             mirror.sizes[str(deb.relative_to(out))] = deb.stat().st_size
         packages = self._index(built, family)
@@ -714,27 +906,33 @@ class MirrorBuilder:
         (dist / "Release").write_text(release)
         self.keys["docker"].sign_release(dist / "Release")
         (family / "gpg").write_bytes(self.keys["docker"].public_key())
-        return {pkg.name: pkg.version for pkg in docker_packages(codename, versions, depends, self.spec.plugins)}
+        return ({pkg.name: pkg.version for pkg in older_packages},
+                {pkg.name: pkg.version for pkg in today_packages})
 
-    def _nvidia_repo(self, out: Path, work: Path, mirror: Mirror) -> dict[str, str]:
-        unpacked = work / "toolkit"
-        unpacked.mkdir(parents=True)
-        with tarfile.open(self.toolkit) as tar:
-            tar.extractall(unpacked, filter="data")
-        top = unpacked / f"nvidia-container-toolkit-{TOOLKIT_VERSION}"
-
-        def resolve(source: str, text: str) -> bytes:
-            where, _, path = source.partition(":")
-            if where == "text":
-                return text.encode()
-            return (top / path).read_bytes()
-
+    def _nvidia_repo(self, out: Path, work: Path, mirror: Mirror) -> tuple[dict[str, str], dict[str, str]]:
         base = out / NVIDIA_BASE
         flat = base / "stable" / "deb" / ARCH
         flat.mkdir(parents=True)
-        self.log(f"making nvidia-container-toolkit {TOOLKIT_VERSION} from {self.toolkit.name} ({self.spec.compression})")
-        packages = toolkit_packages()
-        built = [self._build_deb(pkg, work, flat, resolve) for pkg in packages]
+        built, versions = [], {}
+        for version in self.toolkits_available:
+            tarball = self.toolkit_tarball(version)
+            unpacked = work / f"toolkit-{version}"
+            unpacked.mkdir(parents=True)
+            with tarfile.open(tarball) as tar:
+                tar.extractall(unpacked, filter="data")
+            top = single_folder(unpacked)
+
+            def resolve(source: str, text: str, top=top) -> bytes:
+                where, _, path = source.partition(":")
+                if where == "text":
+                    return text.encode()
+                return (top / path).read_bytes()
+
+            self.log(f"making nvidia-container-toolkit {version} from {tarball.name} ({self.spec.compression})")
+            packages = toolkit_packages(version)
+            built += [self._build_deb(pkg, work, flat, resolve) for pkg in packages]
+            versions[version] = {pkg.name: pkg.version for pkg in packages}
+        ordered = [versions[v] for v in self.toolkits_available]
         for deb, _ in built:
             mirror.sizes[str(deb.relative_to(out))] = deb.stat().st_size
         index = self._index(built, flat)
@@ -752,12 +950,13 @@ class MirrorBuilder:
         if self.spec.list_url:
             (base / "stable" / "deb" / "nvidia-container-toolkit.list").write_text(
                 nvidia_list(f"{self.spec.list_url.rstrip('/')}/{NVIDIA_BASE}"))
-        return {pkg.name: pkg.version for pkg in packages}
+        return ordered[0], ordered[1] if len(ordered) > 1 else {}
 
 
 # --- the lab's cached mirror ---
 
-LAB_SPEC = MirrorSpec(docker=("bookworm", "trixie"), nvidia=True, plugins=True, compression="gzip")
+LAB_SPEC = MirrorSpec(docker=("bookworm", "trixie"), nvidia=True, plugins=True, compression="gzip",
+                      today=("trixie",), toolkits=TOOLKIT_VERSIONS)
 
 
 def ensure_lab_mirror(log=print, spec: MirrorSpec = LAB_SPEC, cache: Path | None = None) -> Mirror:
@@ -796,6 +995,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docker", action="append", default=[], metavar="CODENAME",
                         help=f"a Docker repo for this codename ({', '.join(CODENAMES)}); repeatable")
     parser.add_argument("--nvidia", action="store_true", help="the NVIDIA toolkit repo (needs ../shared/gpu-stack)")
+    parser.add_argument("--today", action="append", default=[], metavar="CODENAME",
+                        help=f"that codename's dist also holds docker-ce {TODAY_DOCKER} and containerd.io 2.x "
+                             f"(../shared/stack; without it Debian unstable's docker.io); repeatable")
+    parser.add_argument("--toolkit", action="append", default=[], choices=TOOLKIT_VERSIONS,
+                        help=f"with --nvidia: the toolkit versions to build (default {TOOLKIT_VERSION}); repeatable")
     parser.add_argument("--plugins", action="store_true",
                         help="also docker-buildx-plugin and docker-compose-plugin (about 26 MB more with xz)")
     parser.add_argument("--url", default="http://127.0.0.1:8000",
@@ -807,12 +1011,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.out.exists():
             raise LabError(f"--out {args.out} exists; give a new directory")
         spec = MirrorSpec(docker=tuple(args.docker), nvidia=args.nvidia, plugins=args.plugins,
-                          compression=args.compression, list_url=args.url)
+                          compression=args.compression, list_url=args.url, today=tuple(args.today),
+                          toolkits=tuple(args.toolkit) or (TOOLKIT_VERSION,))
         if not spec.docker and not spec.nvidia:
             raise LabError("nothing to build: give --docker CODENAME and/or --nvidia")
         builder = MirrorBuilder(spec, log=lambda line: print(line, file=sys.stderr))
         if spec.nvidia and not builder.nvidia_available:
-            raise LabError(f"--nvidia needs {builder.toolkit} (../shared/gpu-stack beside the checkout)")
+            raise LabError(f"--nvidia needs {builder.toolkit_tarball(spec.toolkits[0])} (../shared beside the checkout)")
         mirror = builder.build(args.out.absolute())
     except LabError as e:
         print(f"lab.mirror: {e}", file=sys.stderr)
@@ -830,6 +1035,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f'  nvidia_mirror = "{url}/{NVIDIA_BASE}"')
         print(f'  nvidia_key_fingerprint = "{mirror.nvidia_key_fingerprint}"')
     return 0
+
+
+def single_folder(directory: Path) -> Path:
+    """The one folder an unpacked tarball holds (docker-29.7.2-amd64/, ...)."""
+    entries = list(directory.iterdir())
+    if len(entries) != 1 or not entries[0].is_dir():
+        raise LabError(f"{directory}: expected one top folder, found {sorted(e.name for e in entries)}")
+    return entries[0]
 
 
 def tree_size(root: Path) -> int:

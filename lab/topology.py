@@ -8,7 +8,8 @@ One internal Docker network (fixed subnet, no route out) holds:
                       pkgmirror plain HTTP serving the lab's Docker CE and NVIDIA apt repos (lab/mirror.py)
                       gpu1      Debian 12, systemd as PID 1, docker-ce from the lab's repo
                       gpu2      Debian 12, no systemd (like WSL2), Debian's docker.io
-                      gpu3      Debian 13, systemd, docker-ce 26 and the toolkit from the lab's repos
+                      gpu3      Debian 13, systemd, docker-ce 26 and the toolkit 1.18 (pinned) from the lab's repos
+                      gpu4      Debian 13, systemd, today's stack: docker-ce 29, containerd.io 2.x, the toolkit 1.20
 
 Servers start bare (no Docker) and accept SSH only from the bastion's address.
 Everything goes through the Docker SDK; base images come from one debootstrap per
@@ -41,7 +42,7 @@ from lab.images import BOOKWORM, PYTORCH, SERVERS, SERVICES, TRIXIE, ImageBuilde
 
 DEFAULT_PREFIX = "gpufleet-lab"
 DEFAULT_SUBNET = "10.77.10.0/24"
-DEFAULT_HOSTS = 3
+DEFAULT_HOSTS = 4
 
 HUB_REPOSITORY = "pytorch/pytorch"
 HUB_TAG = f"lab-{BOOKWORM}"
@@ -84,6 +85,7 @@ class MemberPlan:
     role: str
     ip: str
     suite: str = BOOKWORM           # servers: the Debian release they run
+    today: bool = False             # servers: gets today's stack (docker-ce 29), the newest the repos hold
 
     @property
     def is_server(self) -> bool:
@@ -91,13 +93,18 @@ class MemberPlan:
 
 
 def server_role(index: int) -> str:
-    """Odd servers run systemd as PID 1, even ones do not (like WSL2)."""
-    return SYSTEMD if index % 2 else SYSV
+    """gpu2, gpu6, ... do not run systemd as PID 1 (like WSL2); the others do."""
+    return SYSV if index % 4 == 2 else SYSTEMD
 
 
 def server_suite(index: int) -> str:
-    """gpu3, gpu7, ... run Debian 13 (trixie); the others Debian 12 (bookworm)."""
-    return TRIXIE if index % 4 == 3 else BOOKWORM
+    """gpu3, gpu4, gpu7, gpu8, ... run Debian 13 (trixie); the others Debian 12 (bookworm)."""
+    return TRIXIE if index % 4 in (3, 0) else BOOKWORM
+
+
+def server_today(index: int) -> bool:
+    """gpu4, gpu8, ... get today's stack (docker-ce 29); gpu3, gpu7, ... stay on docker-ce 26 (pinned)."""
+    return index % 4 == 0
 
 
 def plan_members(subnet: str, hosts: int) -> list[MemberPlan]:
@@ -108,7 +115,8 @@ def plan_members(subnet: str, hosts: int) -> list[MemberPlan]:
     if not 1 <= hosts <= net.num_addresses - 12:
         raise LabError(f"--hosts {hosts}: the subnet {subnet} holds 1 to {net.num_addresses - 12} servers")
     members = [MemberPlan(role, role, str(net[2 + i])) for i, role in enumerate(SERVICE_ROLES)]
-    members += [MemberPlan(f"gpu{i}", server_role(i), str(net[10 + i]), server_suite(i)) for i in range(1, hosts + 1)]
+    members += [MemberPlan(f"gpu{i}", server_role(i), str(net[10 + i]), server_suite(i), server_today(i))
+                for i in range(1, hosts + 1)]
     return members
 
 
@@ -119,6 +127,7 @@ class ServerEntry(NamedTuple):
     user: str
     role: str
     suite: str
+    today: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,8 @@ class PackageRepos:
     engines: tuple[tuple[str, str], ...]           # (suite, Docker version the repo gives it)
     nvidia_mirror: str = ""
     nvidia_key_fingerprint: str = ""
+    today_engine: str = ""     # today's docker-ce beside `engines` in trixie: 29.7.2, or unstable's 28.5.2
+    today_from: str = ""       # "stack" (../shared/stack) or "sid" (Debian unstable's docker.io)
 
 
 @dataclass(frozen=True)
@@ -156,6 +167,9 @@ def describe_server(entry: ServerEntry, repos: PackageRepos) -> str:
     init = "systemd" if entry.role == SYSTEMD else "no systemd (like WSL2)"
     if server_docker_source(entry) == "distro":
         docker = "Debian's docker.io"
+    elif entry.today:
+        docker = f"docker-ce {repos.today_engine or '?'} + containerd.io 2.x from the lab mirror (today's stack" + (
+            ", Debian unstable's docker.io with the containerd image store on)" if repos.today_from == "sid" else ")")
     else:
         docker = f"docker-ce {dict(repos.engines).get(entry.suite, '?')} from the lab mirror"
     toolkit = ", the NVIDIA toolkit with no GPU (nvidia_toolkit = always)" if wants_toolkit(entry, repos) else ""
@@ -222,7 +236,20 @@ def render_inventory(data: InventoryData) -> str:
             lines.append('docker_source = "distro"')
         if wants_toolkit(entry, repos):
             lines.append('nvidia_toolkit = "always"')
+        if entry.today and repos.today_from == "sid":
+            # Debian's docker.io 28.5 stores images as Docker 29 does once this is on (29's default)
+            lines.append('daemon_json = { features = { containerd-snapshotter = true } }')
     return "\n".join(lines) + "\n"
+
+
+def older_engine_pins(older: dict[str, str], today: dict[str, str]) -> str:
+    """/etc/apt/preferences.d of a server that stays on the older versions a dist also holds (gpu3):
+    each package whose version differs, pinned to the older one, as an admin would pin it."""
+    stanzas = [f"Package: {name}\nPin: version {version}\nPin-Priority: 1001\n"
+               for name, version in sorted(older.items()) if today.get(name, version) != version]
+    if not stanzas:
+        return ""
+    return "# gpufleet lab: this server stays on the older engine and toolkit\n" + "\n".join(stanzas)
 
 
 @dataclass
@@ -298,7 +325,9 @@ class Lab:
 
     def server_volumes(self, name: str) -> dict[str, str]:
         """Volume name -> mount point: the inner engine's data must not sit on overlayfs."""
-        return {f"{self.prefix}-{name}-docker": "/var/lib/docker", f"{self.prefix}-{name}-data": "/data"}
+        return {f"{self.prefix}-{name}-docker": "/var/lib/docker", f"{self.prefix}-{name}-data": "/data",
+                # Docker 29's containerd image store keeps its overlay snapshots under containerd's root
+                f"{self.prefix}-{name}-containerd": "/var/lib/containerd"}
 
     @property
     def server_names(self) -> list[str]:
@@ -369,8 +398,8 @@ class Lab:
             directory=self.directory, bastion_port=bastion_port,
             apt_proxy=f"http://{by_role['aptproxy'].ip}:{APT_PROXY_PORT}",
             registry_mirror=f"http://{by_role['mirror'].ip}:{MIRROR_PORT}", image=LAB_IMAGE,
-            servers=tuple(ServerEntry(m.name, m.ip, DEV_USER if m.role == SYSV else "root", m.role, m.suite)
-                          for m in servers),
+            servers=tuple(ServerEntry(m.name, m.ip, DEV_USER if m.role == SYSV else "root", m.role, m.suite,
+                                      m.today) for m in servers),
             repos=repos)
         write_atomic(self.inventory_path, render_inventory(data).encode(), 0o644)
         return LabInfo(prefix=self.prefix, subnet=self.subnet, inventory=self.inventory_path, identity=self.identity,
@@ -384,10 +413,13 @@ class Lab:
         from lab.mirror import DOCKER_BASE, NVIDIA_BASE, upstream_version
         mirror, base = self.package_mirror, f"http://{pkgmirror_ip}"
         engines = tuple((suite, upstream_version(packages["docker-ce"])) for suite, packages in mirror.docker.items())
+        today = mirror.docker_today.get(TRIXIE, {})
+        today_fields = dict(today_engine=upstream_version(today["docker-ce"]) if today else "",
+                            today_from=mirror.docker_today_from)
         if not mirror.nvidia:
-            return PackageRepos(f"{base}/{DOCKER_BASE}", mirror.docker_key_fingerprint, engines)
+            return PackageRepos(f"{base}/{DOCKER_BASE}", mirror.docker_key_fingerprint, engines, **today_fields)
         return PackageRepos(f"{base}/{DOCKER_BASE}", mirror.docker_key_fingerprint, engines,
-                            f"{base}/{NVIDIA_BASE}", mirror.nvidia_key_fingerprint)
+                            f"{base}/{NVIDIA_BASE}", mirror.nvidia_key_fingerprint, **today_fields)
 
     def status(self) -> list[Member]:
         """Every lab container: (name, role, state, address on the lab network)."""
@@ -577,6 +609,14 @@ class Lab:
             # Nothing outside the lab resolves: fail in a second, not after ten.
             spec.update(image=SERVERS[member.suite].reference, volumes=volumes, dns_opt=["timeout:1", "attempts:1"],
                         **SERVER_POWERS)
+            mirror = self.package_mirror
+            pins = older_engine_pins({**mirror.docker.get(member.suite, {}), **mirror.nvidia},
+                                     {**mirror.docker_today.get(member.suite, {}), **mirror.nvidia_today})
+            if pins and mirror.docker_today.get(member.suite) and not member.today:
+                files["etc/apt/preferences.d/gpufleet-lab-pins"] = (pins.encode(), 0o644, 0)
+            if member.today:
+                files["etc/systemd/system/docker.service.d/gpufleet-lab-proc-sys-net.conf"] = (
+                    (LAB_FILES / "docker-proc-sys-net.conf").read_bytes(), 0o644, 0)
             if member.role == SYSTEMD:
                 spec.update(command=["/sbin/init"], stop_signal="SIGRTMIN+3", environment={"container": "docker"})
             else:

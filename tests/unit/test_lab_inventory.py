@@ -15,13 +15,15 @@ LAB_DIR = Path("/repo/.lab")
 DOCKER_FPR, NVIDIA_FPR = "A" * 40, "0123456789ABCDEF0123456789ABCDEF01234567"
 REPOS = PackageRepos(docker_mirror="http://10.77.10.5/docker-ce/linux", docker_key_fingerprint=DOCKER_FPR,
                      engines=(("bookworm", "20.10.24"), ("trixie", "26.1.5")),
-                     nvidia_mirror="http://10.77.10.5/libnvidia-container", nvidia_key_fingerprint=NVIDIA_FPR)
+                     nvidia_mirror="http://10.77.10.5/libnvidia-container", nvidia_key_fingerprint=NVIDIA_FPR,
+                     today_engine="29.7.2", today_from="stack")
 DATA = InventoryData(
     directory=LAB_DIR, bastion_port=32768, apt_proxy="http://10.77.10.3:3142",
     registry_mirror="http://10.77.10.4:5000", image=LAB_IMAGE,
     servers=(ServerEntry("gpu1", "10.77.10.11", "root", SYSTEMD, "bookworm"),
              ServerEntry("gpu2", "10.77.10.12", "dev", SYSV, "bookworm"),
-             ServerEntry("gpu3", "10.77.10.13", "root", SYSTEMD, "trixie")),
+             ServerEntry("gpu3", "10.77.10.13", "root", SYSTEMD, "trixie"),
+             ServerEntry("gpu4", "10.77.10.14", "root", SYSTEMD, "trixie", today=True)),
     repos=REPOS)
 
 
@@ -30,10 +32,14 @@ def test_inventory_text_is_exactly_the_documented_schema():
 
 
 def test_without_the_nvidia_repo_no_server_asks_for_the_toolkit():
-    bare = InventoryData(**{**DATA.__dict__, "repos": PackageRepos(REPOS.docker_mirror, DOCKER_FPR, REPOS.engines)})
+    bare = InventoryData(**{**DATA.__dict__, "repos": PackageRepos(REPOS.docker_mirror, DOCKER_FPR, REPOS.engines,
+                                                                   today_engine="28.5.2", today_from="sid")})
     check_golden(GOLDEN / "hosts-without-nvidia.toml", render_inventory(bare).encode())
     inventory = inv.loads(render_inventory(bare), LAB_DIR / "hosts.toml")
-    assert {inventory.host(n).nvidia_toolkit for n in ("gpu1", "gpu2", "gpu3")} == {"auto"}
+    assert {inventory.host(n).nvidia_toolkit for n in ("gpu1", "gpu2", "gpu3", "gpu4")} == {"auto"}
+    # without ../shared, gpu4's docker-ce is Debian unstable's docker.io 28.5: the containerd image store goes on
+    assert inventory.host("gpu4").daemon_json == {"features": {"containerd-snapshotter": True}}
+    assert inventory.host("gpu3").daemon_json == {}
 
 
 def test_inventory_passes_the_tools_own_validation():
@@ -52,6 +58,10 @@ def test_inventory_passes_the_tools_own_validation():
     assert gpu3.nvidia_mirror == "http://10.77.10.5/libnvidia-container"
     assert gpu3.nvidia_key_fingerprint == NVIDIA_FPR
     assert [h.nvidia_toolkit for h in (gpu1, gpu2, gpu3)] == ["auto", "auto", "always"]
+    # gpu4: today's stack with its fresh-install defaults (no daemon.json features), data_root on /data
+    gpu4 = inventory.host("gpu4")
+    assert (gpu4.docker_source, gpu4.nvidia_toolkit, gpu4.daemon_json, gpu4.data_root) == \
+        ("docker-ce", "always", {}, "/data/docker")
 
 
 def test_paths_with_quotes_stay_valid_toml():
@@ -67,15 +77,18 @@ SERVICES = [("bastion", "bastion", ".2", "bookworm"), ("aptproxy", "aptproxy", "
 @pytest.mark.parametrize("subnet, hosts, servers", [
     ("10.77.10.0/24", 3, [("gpu1", SYSTEMD, ".11", "bookworm"), ("gpu2", SYSV, ".12", "bookworm"),
                           ("gpu3", SYSTEMD, ".13", "trixie")]),
+    ("10.77.10.0/24", 4, [("gpu1", SYSTEMD, ".11", "bookworm"), ("gpu2", SYSV, ".12", "bookworm"),
+                          ("gpu3", SYSTEMD, ".13", "trixie"), ("gpu4", SYSTEMD, ".14", "trixie", True)]),
     ("172.30.5.0/24", 8, [("gpu1", SYSTEMD, ".11", "bookworm"), ("gpu2", SYSV, ".12", "bookworm"),
-                          ("gpu3", SYSTEMD, ".13", "trixie"), ("gpu4", SYSV, ".14", "bookworm"),
+                          ("gpu3", SYSTEMD, ".13", "trixie"), ("gpu4", SYSTEMD, ".14", "trixie", True),
                           ("gpu5", SYSTEMD, ".15", "bookworm"), ("gpu6", SYSV, ".16", "bookworm"),
-                          ("gpu7", SYSTEMD, ".17", "trixie"), ("gpu8", SYSV, ".18", "bookworm")]),
+                          ("gpu7", SYSTEMD, ".17", "trixie"), ("gpu8", SYSTEMD, ".18", "trixie", True)]),
 ])
 def test_members_get_fixed_roles_releases_and_addresses(subnet, hosts, servers):
     net = subnet.rsplit(".", 1)[0]
-    expected = [(name, role, net + ip, suite) for name, role, ip, suite in SERVICES + servers]
-    assert [(m.name, m.role, m.ip, m.suite) for m in plan_members(subnet, hosts)] == expected
+    expected = [(name, role, net + ip, suite, today) for name, role, ip, suite, *today in SERVICES + servers
+                for today in [bool(today)]]
+    assert [(m.name, m.role, m.ip, m.suite, m.today) for m in plan_members(subnet, hosts)] == expected
 
 
 @pytest.mark.parametrize("subnet, hosts", [("10.77.10.0/24", 0), ("10.77.10.0/28", 5), ("fd00::/64", 1)])
