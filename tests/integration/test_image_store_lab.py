@@ -63,8 +63,16 @@ def pull(lab, label):
 
 
 @pytest.fixture(scope="module")
-def variants(lab, tmp_path_factory):
-    assert HOST in lab.server_names, lab.server_names
+def gpu4(lab):
+    """The session lab with its 4th server (bare, Debian 13, systemd); back to 3 servers afterwards."""
+    lab.up(hosts=4)
+    lab.recreate_server(HOST)
+    yield HOST
+    lab.up(hosts=3)
+
+
+@pytest.fixture(scope="module")
+def variants(lab, gpu4, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("image-store")
     default = f'data_root = "{DATA_ROOT}"'
     return {
