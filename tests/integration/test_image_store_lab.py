@@ -4,7 +4,10 @@ second disk at /data.  Bytes are measured with `du -sb` on data_root and /var/li
 after a real pull through the lab's registry mirror; the containerd store and `image_store = "classic"`;
 a move with images refused, then allowed and compared; a second run changes nothing."""
 import json
+import os
 import re
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +41,14 @@ def sizes(lab):
 
 def docker_info(lab):
     return json.loads(run(lab, "docker info --format '{{json .}}'"))
+
+
+def capture(lab, name, script):
+    """Keep a real output for the unit tests' fixtures where GPUFLEET_CAPTURE names a folder."""
+    folder = os.environ.get("GPUFLEET_CAPTURE")
+    if folder:
+        code, out = lab.exec(HOST, ["sh", "-c", script])
+        (Path(folder) / name).write_text(out)
 
 
 def store_of(info):
@@ -97,6 +108,9 @@ def test_docker_29_pulls_into_containerd_root_until_data_root_moves_it(lab, fab,
     info = docker_info(lab)
     assert info["ServerVersion"].split(".")[0] == "29" and store_of(info) == "containerd", info.get("DriverStatus")
     assert info["Containerd"]["Address"] == "/run/containerd/containerd.sock"  # the system's containerd.service
+    capture(lab, "info-29.7.2-containerd-store.json", "docker info --format '{{json .}}'")
+    capture(lab, "config-containerd.io-2.1.9.toml", "cat /etc/containerd/config.toml")
+    capture(lab, "dump-2.1.9-default.txt", "containerd config dump 2>&1")
     # without data_root the images land in containerd's root: the problem this item solves
     grown, image = pull(lab, "Docker 29, containerd store, no data_root")
     assert grown[CONTAINERD_DEFAULT] >= image * 0.9, grown
@@ -125,7 +139,9 @@ def test_docker_29_pulls_into_containerd_root_until_data_root_moves_it(lab, fab,
     assert moved.hosts[HOST]["changed"] == 2, moved.hosts[HOST]["steps"]
     assert images(lab) == before
     assert OUR_LINE in run(lab, "cat /etc/containerd/config.toml")
-    assert re.search(rf'^root = "{MOVED_ROOT}"$', run(lab, "containerd config dump"), re.M)
+    assert tomllib.loads(run(lab, "containerd config dump"))["root"] == MOVED_ROOT
+    capture(lab, "dump-2.1.9-root-moved.txt", "containerd config dump 2>&1")
+    capture(lab, "config-containerd.io-2.1.9-root-moved.toml", "cat /etc/containerd/config.toml")
     assert docker_info(lab)["DockerRootDir"] == DATA_ROOT
     assert du(lab, MOVED_ROOT) >= image * 0.9  # the copy
     again = configure(fab, variants["allowed"])
@@ -154,6 +170,7 @@ def test_classic_store_switch_refused_with_images_then_pulls_into_data_root(lab,
     assert "stay in the containerd store" in step.get("warning", ""), step
     assert "+ features.containerd-snapshotter: false" in step.get("diff", "")
     info = docker_info(lab)
+    capture(lab, "info-29.7.2-classic-store.json", "docker info --format '{{json .}}'")
     assert store_of(info) == "classic" and info["Driver"] == "overlay2" and info["Images"] == 0
     again = configure(fab, variants["classic_allowed"])
     assert again.returncode == 0 and again.hosts[HOST]["changed"] == 0, again.hosts[HOST]["steps"]

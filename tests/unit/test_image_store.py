@@ -34,8 +34,15 @@ def info(version="29.7.2", store="containerd", address=SYSTEM_SOCKET, images=0, 
 
 # --- the image store, from docker info ---
 
+def captured(name):
+    return json.loads((DOCKER / name).read_text())
+
+
 STORES = [  # (docker info, kind, system containerd, where the images are with data-root /data/docker)
-    (json.loads((DOCKER / "info-20.10-classic.json").read_text()), "classic", True, "/data/docker"),
+    (captured("info-20.10-classic.json"), "classic", True, "/data/docker"),
+    # the lab's gpu4: docker-ce 29.7.2 with containerd.io 2.1.9's containerd.service, fresh; then classic
+    (captured("info-29.7.2-containerd-store.json"), "containerd", True, "/var/lib/containerd"),
+    (captured("info-29.7.2-classic-store.json"), "classic", True, "/data/docker"),
     (info(), "containerd", True, "/var/lib/containerd"),
     (info(address="/var/run/docker/containerd/containerd.sock"), "containerd", False,
      "/data/docker/containerd/daemon"),
@@ -57,6 +64,9 @@ DUMPS = [  # captured `containerd config dump` → root
     ("dump-1.6.20-root-moved.toml", 0, "/data/docker/containerd"),
     # the probe merges stderr: containerd's warning about a version-1 config comes first
     ("dump-1.6.20-v1-config-stderr-merged.txt", 0, "/data/docker/containerd"),
+    # containerd 2.1.9 (gpu4) writes single-quoted strings, version 3
+    ("dump-2.1.9-default.txt", 0, "/var/lib/containerd"),
+    ("dump-2.1.9-root-moved.txt", 0, "/data/docker/containerd"),
 ]
 
 
@@ -99,6 +109,13 @@ def test_config_toml_root(text, root, expected):
     assert containerd_config.set_root(written, root) == written  # a second run changes nothing
     if root:
         assert containerd_config.parse(written)["root"] == root
+
+
+def test_config_toml_as_the_lab_wrote_it_on_containerd_io():
+    before = (CONTAINERD / "config-containerd.io-2.1.9.toml").read_text()
+    written = (CONTAINERD / "config-containerd.io-2.1.9-root-moved.toml").read_text()
+    assert containerd_config.set_root(before, "/data/docker/containerd") == written
+    assert containerd_config.set_root(written, None) == before
 
 
 def test_config_toml_keeps_every_other_byte_and_comes_back():
