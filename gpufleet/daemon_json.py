@@ -48,8 +48,9 @@ def parse(text: str, path: str = "/etc/docker/daemon.json") -> dict:
     return value
 
 
-# tables whose entries have owners of their own: another runtime someone registered is theirs
-NESTED = ("runtimes",)
+# tables whose entries have owners of their own: another runtime someone registered is theirs, and so is
+# a feature flag the tool does not set (nvidia-ctk's `cdi`)
+NESTED = ("runtimes", "features")
 KeyPath = tuple  # ("data-root",) or ("runtimes", "nvidia")
 
 
@@ -149,6 +150,13 @@ def check_schema(config: dict) -> list[str]:
                     problems.append(f"runtimes.{name} needs a string 'path'")
                 elif not isinstance(runtime.get("runtimeArgs", runtime.get("args", [])), list):
                     problems.append(f"runtimes.{name} args must be a list")
+    features = config.get("features")
+    if features is not None:
+        if not isinstance(features, dict):
+            problems.append("features must be an object")
+        else:
+            problems += [f"features.{name} must be true or false" for name, on in features.items()
+                         if not isinstance(on, bool)]
     for key in ("live-restore", "debug", "ipv6"):
         if key in config and not isinstance(config[key], bool):
             problems.append(f"{key} must be true or false")

@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from gpufleet import gpu, osinfo
+from gpufleet import containerd_config, gpu, osinfo
 from gpufleet.docker_reader import section as frame  # noqa: F401  (the one Python framer, for all)
 from gpufleet.errors import CommandFailed, FleetError
 from gpufleet.remote import Script, Session
@@ -165,6 +165,20 @@ class HostFacts:
     cdi_units: dict[str, dict[str, str]] = field(default_factory=dict)  # nvidia-cdi-refresh units, as systemd has them
     apt_source_files: dict[str, bytes] = field(default_factory=dict)  # path -> content, of apt_sources_dir
     docker_ce_policy: str = ""  # `apt-cache policy docker-ce` (gpufleet.apt_policy parses it)
+    containerd_root: str = ""  # what `containerd config dump` says; "" where it did not run
+
+    @property
+    def image_store(self) -> "containerd_config.ImageStore | None":
+        """The running engine's image store, or None where Docker does not answer."""
+        return containerd_config.image_store(self.docker_info) if self.docker_info is not None else None
+
+    @property
+    def images_path(self) -> str:
+        """Where the running engine's images and layers really are ("" where Docker does not answer)."""
+        if self.docker_info is None:
+            return ""
+        return self.image_store.images_path(self.docker_info.get("DockerRootDir", "/var/lib/docker"),
+                                            self.containerd_root or containerd_config.CONTAINERD_DEFAULT_ROOT)
 
     @property
     def docker_running(self) -> bool:
@@ -232,6 +246,8 @@ def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
         Fact("docker_ce_policy", "sh -c " + q(f"grep -qE '^(UBUNTU_|VERSION_)CODENAME=\"?({old_docker})\"?$' "
                                               "/etc/os-release && LC_ALL=C apt-cache policy docker-ce"),
              lambda rc, out: out if rc == 0 else ""),
+        # the root of the system's containerd (docker-ce's containerd.io), where the containerd image store is
+        Fact("containerd_root", "containerd config dump", containerd_config.parse_dump_root),
     ]
     inside = [[Fact(f"inside:{i}", f"inside {q(name)} {q(inside_script(request, files))}",
                     lambda rc, out, name=name, files=files: parse_inside(name, files, rc, out))]
@@ -594,6 +610,7 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
         cdi_units=v["cdi_units"],
         apt_source_files=v["apt_sources_d"],
         docker_ce_policy=v["docker_ce_policy"],
+        containerd_root=v["containerd_root"],
     )
 
 

@@ -228,6 +228,8 @@ HOST_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     "docker_key_fingerprint": (_fingerprint, DOCKER_KEY_FINGERPRINT, "fingerprint of the key that signs docker_mirror"),
     "data_root": (_abs_path, "", "Docker data-root; empty leaves Docker's default"),
     "allow_data_root_migration": (_bool, False, "copy existing images/containers when data_root changes"),
+    "image_store": (_choice("classic", "containerd"), "",
+                    "Docker's image store: classic or containerd; empty leaves the engine's own"),
     "registry_mirrors": (_url_list, [], "Docker Hub registry mirrors"),
     "daemon_json": (_table, {}, "extra daemon.json keys to set"),
     "nvidia_mirror": (_url, "https://nvidia.github.io/libnvidia-container", "base URL of NVIDIA's libnvidia-container repo or a mirror"),

@@ -16,6 +16,7 @@ from gpufleet.remote import Session
 
 PENDING_DIR = "/var/lib/gpufleet/pending"
 DOCKER_RESTART = f"{PENDING_DIR}/docker-restart"
+CONTAINERD_RESTART = f"{PENDING_DIR}/containerd-restart"
 
 
 def container_restart(name: str) -> str:

@@ -6,7 +6,7 @@ import shlex
 
 from invoke import Collection, task
 
-from gpufleet import apt_policy, apt_repo, daemon_json, osinfo, pending, progress
+from gpufleet import apt_policy, apt_repo, containerd_config, daemon_json, osinfo, pending, progress
 from gpufleet.apt_repo import apt_install
 from gpufleet.errors import FleetError
 from gpufleet.fleet import fleet_task
@@ -23,6 +23,7 @@ CE_PLUGINS = ("docker-buildx-plugin", "docker-compose-plugin")
 # Docker's install guide removes these before installing docker-ce
 CE_CONFLICTS = ("docker.io", "docker-doc", "docker-compose", "podman-docker", "containerd", "runc")
 NVIDIA_RUNTIME = {"nvidia": {"path": "nvidia-container-runtime", "args": []}}
+SNAPSHOTTER_FEATURE = "containerd-snapshotter"
 
 SERVICE_START = "if [ -d /run/systemd/system ]; then systemctl enable --now docker; else service docker start; fi"
 # sysv `restart` does not wait for the old dockerd to exit, so its `start` can see it and do nothing
@@ -121,6 +122,9 @@ def wanted_daemon_keys(c) -> dict:
         wanted["data-root"] = c.host.data_root
     if c.host.registry_mirrors:
         wanted["registry-mirrors"] = list(c.host.registry_mirrors)
+    if c.host.image_store:
+        features = wanted.get("features") if isinstance(wanted.get("features"), dict) else {}
+        wanted["features"] = {**features, SNAPSHOTTER_FEATURE: c.host.image_store == "containerd"}
     if "nvidia-container-toolkit" in f.packages:  # also without a visible GPU (nvidia_toolkit = "always")
         wanted["runtimes"] = NVIDIA_RUNTIME
     return wanted
@@ -178,6 +182,22 @@ def plan_configure(c) -> Plan:
     running = f.docker_info.get("ContainersRunning", 0)
     if running and not new.get("live-restore"):
         warning = f"restarting Docker stops {running} running container(s) (live-restore is off); restart policies bring them back"
+    store_now, store_new = f.image_store.kind, wanted_store(new)
+    if store_new and store_new != store_now:
+        if store_new == "containerd" and docker_major(f) < 24:
+            raise FleetError(f"image_store = 'containerd' needs Docker 24 or newer; this host runs "
+                             f"{f.docker_info.get('ServerVersion')} (nothing was changed)")
+        images, containers = f.docker_info.get("Images", 0), f.docker_info.get("Containers", 0)
+        if images or containers:
+            hidden = (f"{images} image(s) and {containers} container(s) stay in the {store_now} store, not copied: "
+                      f"images in one store are invisible in the other")
+            if not c.host.allow_data_root_migration:
+                raise FleetError(f"image store change {store_now} -> {store_new}: {hidden}; set "
+                                 f"allow_data_root_migration = true to switch anyway (nothing was changed)")
+            if new_root.rstrip("/") != old_root.rstrip("/"):
+                raise FleetError("data_root and image_store both change on a host with images: change one, "
+                                 "run, then the other (nothing was changed)")
+            warning = "; ".join(filter(None, [warning, f"{hidden} (image_store = '{store_now}' shows them again)"]))
     if new_root.rstrip("/") != old_root.rstrip("/"):
         images, containers = f.docker_info.get("Images", 0), f.docker_info.get("Containers", 0)
         if images or containers:
@@ -194,14 +214,25 @@ def plan_configure(c) -> Plan:
                        record_action)
 
 
-def dockerd_validator(facts):
-    """`dockerd --validate` exists from Docker 23; older engines get our JSON and schema check only."""
+def wanted_store(config: dict) -> str:
+    """Pure: the image store daemon.json asks for ("containerd", "classic"), or "" (the engine's own)."""
+    features = config.get("features")
+    if not isinstance(features, dict) or not isinstance(features.get(SNAPSHOTTER_FEATURE), bool):
+        return ""
+    return "containerd" if features[SNAPSHOTTER_FEATURE] else "classic"
+
+
+def docker_major(facts) -> int:
     version = (facts.docker_info or {}).get("ServerVersion", "0")
     try:
-        major = int(version.split(".")[0])
+        return int(version.split(".")[0])
     except ValueError:
-        major = 0
-    if major >= 23:
+        return 0
+
+
+def dockerd_validator(facts):
+    """`dockerd --validate` exists from Docker 23; older engines get our JSON and schema check only."""
+    if docker_major(facts) >= 23:
         return lambda path: ["dockerd", "--validate", "--config-file", path]
     return None
 
@@ -211,11 +242,12 @@ def unapplied_daemon_json(facts, config: dict) -> str:
 
     A pending-restart record says so for every key: it is written before daemon.json and removed
     after the restart.  The mirrors and runtimes the running daemon reports are compared too, which
-    also catches a file written without the record (by hand, by an older gpufleet); data-root is not,
-    as a restart onto another data root is the migration's to decide."""
+    also catches a file written without the record (by hand, by an older gpufleet); data-root and the
+    image store are not, as a restart onto another data root or store is the migration's to decide."""
     if pending.is_pending(facts, pending.DOCKER_RESTART):
         return "an earlier run wrote it and was cut off before the restart"
-    problems = [p for p in docker_info_differences(facts.docker_info or {}, config) if "data root" not in p]
+    problems = [p for p in docker_info_differences(facts.docker_info or {}, config)
+                if "data root" not in p and "image store" not in p]
     return "the running Docker differs: " + "; ".join(problems) if problems else ""
 
 
@@ -265,6 +297,9 @@ def docker_info_differences(info: dict, config: dict) -> list[str]:
     problems = []
     if "data-root" in config and info.get("DockerRootDir", "").rstrip("/") != config["data-root"].rstrip("/"):
         problems.append(f"data root is {info.get('DockerRootDir')}, not {config['data-root']}")
+    store = wanted_store(config)
+    if store and containerd_config.image_store(info).kind != store:
+        problems.append(f"image store is {containerd_config.image_store(info).kind}, not {store}")
     mirrors = [m.rstrip("/") for m in (info.get("RegistryConfig") or {}).get("Mirrors") or []]
     for mirror in config.get("registry-mirrors", []):
         if mirror.rstrip("/") not in mirrors:
@@ -275,10 +310,11 @@ def docker_info_differences(info: dict, config: dict) -> list[str]:
     return problems
 
 
-def copy_script(old_root: str, new_root: str, stop: str = SERVICE_STOP) -> Script:
-    """`stop` Docker and `cp -a` the data root; while cp runs, `du -sm` of the target every 5 s
-    says how far it got (lines that gpufleet.progress reads).  The same shell does it: no second
-    connection or channel, and the poller ends with the script (its trap)."""
+def copy_script(old_root: str, new_root: str, stop: str = SERVICE_STOP, skip: str = "") -> Script:
+    """`stop` Docker and `cp -a` the data root (but its entry `skip`: containerd's root, which
+    docker.containerd moves); while cp runs, `du -sm` of the target every 5 s says how far it got
+    (lines that gpufleet.progress reads).  The same shell does it: no second connection or channel,
+    and the poller ends with the script (its trap)."""
     q = shlex.quote
     start = progress.COPY_START.format(source="$source", target="$target", megabytes="$total")
     so_far = progress.COPY_DONE_SO_FAR.format(megabytes="$(du -sm -- \"$target\" 2>/dev/null | cut -f1)")
@@ -291,17 +327,30 @@ def copy_script(old_root: str, new_root: str, stop: str = SERVICE_STOP) -> Scrip
         f'( while sleep 5 >/dev/null 2>&1 </dev/null; do echo "{so_far}"; done ) &',
         "poller=$!",
         "trap 'kill \"$poller\" 2>/dev/null || :' EXIT",
-        'cp -a -- "$source/." "$target/"',
+        (f'find "$source" -mindepth 1 -maxdepth 1 ! -name {q(skip)} -exec cp -a -t "$target/" -- {{}} +' if skip
+         else 'cp -a -- "$source/." "$target/"'),
     ]))
 
 
+def containerd_root_inside(f, docker_root: str) -> str:
+    """The name of the entry of `docker_root` that is the system containerd's root, or "" (none there)."""
+    store = f.image_store
+    inner = f.containerd_root.rstrip("/")
+    if not (store and store.system_containerd and inner.startswith(docker_root.rstrip("/") + "/")):
+        return ""
+    rest = inner[len(docker_root.rstrip("/")) + 1:]
+    return "" if "/" in rest else rest
+
+
 def migrate_data_root(c, change: FileChange, old_root: str, new_root: str, was_pending: bool = False) -> None:
-    """Stop Docker, copy the data root (owners, hard links, xattrs kept), switch, check the images."""
+    """Stop Docker, copy the data root (owners, hard links, xattrs kept; not containerd's root inside
+    it, which docker.containerd moves), switch, check the images."""
     q = shlex.quote
     c.run(Script(f"if [ -d {q(new_root)} ] && [ -n \"$(ls -A -- {q(new_root)})\" ]; then "
                  f"echo {q(new_root + ' is not empty; not copying over it')} >&2; exit 1; fi"), sudo=True)
     before = c.run(["docker", "image", "ls", "-q", "--no-trunc"], sudo=True).stdout.split()
-    copied = c.run(copy_script(old_root, new_root), sudo=True, check=False, kind="copy")
+    skip = containerd_root_inside(c.facts(), old_root)
+    copied = c.run(copy_script(old_root, new_root, skip=skip), sudo=True, check=False, kind="copy")
     if copied.exit_code != 0:
         c.run(Script(f"{SERVICE_START}\n{WAIT_FOR_DOCKER}"), sudo=True, check=False)
         raise FleetError(f"copying {old_root} to {new_root} failed ({copied.stderr.strip()[-200:]}); "
@@ -310,6 +359,127 @@ def migrate_data_root(c, change: FileChange, old_root: str, new_root: str, was_p
     after = c.run(["docker", "image", "ls", "-q", "--no-trunc"], sudo=True).stdout.split()
     if sorted(before) != sorted(after):
         raise FleetError(f"after moving the data root, images differ: before {len(before)}, after {len(after)}; "
+                         f"the old data is untouched in {old_root}")
+
+
+# --- docker.containerd (containerd's root, where the containerd image store keeps the images) ---
+
+CONTAINERD_CONFIG = containerd_config.CONTAINERD_CONFIG
+CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+CONTAINERD_STOP = ("if [ -d /run/systemd/system ]; then systemctl stop containerd; else service containerd stop; i=0; "
+                   "while pidof containerd >/dev/null && [ $i -lt 100 ]; do i=$((i+1)); sleep 0.2; done; fi")
+CONTAINERD_START = "if [ -d /run/systemd/system ]; then systemctl start containerd; else service containerd start; fi"
+CONTAINERD_LOG = ("if [ -d /run/systemd/system ]; then journalctl -u containerd --no-pager -n 20 -o cat; "
+                  "else tail -n 20 /var/log/containerd.log 2>/dev/null; fi")
+
+
+def wait_for_containerd(address: str) -> str:
+    q = shlex.quote(address)
+    return (f"i=0; until ctr --address {q} version >/dev/null 2>&1; do i=$((i+1)); "
+            f"if [ $i -gt 120 ]; then ctr --address {q} version; exit 1; fi; sleep 0.5; done")
+
+
+def wanted_containerd_root(c) -> str | None:
+    """Where containerd's root goes: inside data_root, so that the big disk holds the images."""
+    return f"{c.host.data_root}/containerd" if c.host.data_root else None
+
+
+def plan_containerd(c) -> Plan:
+    """With the containerd image store and the system's containerd (docker-ce's packaging), move
+    containerd's root into data_root: the `root` key of its config.toml, the one key the tool owns there."""
+    f = c.facts()
+    root = wanted_containerd_root(c)
+    if not f.docker_running:
+        if c.dry_run and root and c.host.image_store != "classic":  # an earlier step of this dry run starts it
+            return Plan.change(Action(f"set containerd's root to {root} in {CONTAINERD_CONFIG} once Docker runs, "
+                                      "where it uses the containerd image store", lambda c: None))
+        return Plan.skipped("Docker is not running yet")
+    store = f.image_store
+    # the store the inventory picks is the engine's once docker.configure has run (in a dry run, not yet)
+    if (c.host.image_store or store.kind) != "containerd":
+        return Plan.ok(f"images are in Docker's classic store, under {f.docker_info.get('DockerRootDir')}")
+    if not store.system_containerd:
+        return Plan.ok(f"dockerd runs its own containerd: images are under {f.images_path}")
+    current_file = f.file(CONTAINERD_CONFIG)
+    text = current_file.text if current_file.exists else ""
+    new_text = containerd_config.set_root(text, root, CONTAINERD_CONFIG)
+    address = store.containerd_address or CONTAINERD_SOCKET
+    was_pending = pending.is_pending(f, pending.CONTAINERD_RESTART)
+    if new_text == text:
+        if was_pending:
+            return Plan.change(Action(f"restart containerd and Docker to apply {CONTAINERD_CONFIG} (an earlier run "
+                                      "wrote it and was cut off before the restart)",
+                                      lambda c: restart_containerd(c, current_file, address)))
+        return Plan.ok(f"images are under {f.images_path} (containerd's root)")
+    old_root = f.containerd_root or containerd_config.configured_root(text)
+    new_root = containerd_config.configured_root(new_text)
+    change = FileChange(CONTAINERD_CONFIG, current_file, new_text.encode(), mode=current_file.mode or "0644",
+                        validate=lambda path: ["containerd", "--config", path, "config", "dump"])
+    diff = change.diff()
+    images, containers = f.docker_info.get("Images", 0), f.docker_info.get("Containers", 0)
+    running = f.docker_info.get("ContainersRunning", 0)
+    warning = f"restarting containerd and Docker stops {running} running container(s)" if running else ""
+    if old_root.rstrip("/") != new_root.rstrip("/") and (images or containers):
+        if not c.host.allow_data_root_migration:
+            raise FleetError(
+                f"containerd root change {old_root} -> {new_root} (the containerd image store) would hide {images} "
+                f"image(s) and {containers} container(s); set allow_data_root_migration = true to copy them over "
+                "(nothing was changed)")
+        return Plan.change(Action(f"move containerd's data from {old_root} to {new_root}, update {CONTAINERD_CONFIG} "
+                                  "(root), restart containerd and Docker",
+                                  lambda c: migrate_containerd_root(c, change, old_root, new_root, address, was_pending),
+                                  diff=diff, warning=warning))
+    return Plan.change(Action(f"update {CONTAINERD_CONFIG} (root = {new_root}) and restart containerd and Docker",
+                              lambda c: install_containerd_config(c, change, address, was_pending),
+                              diff=diff, warning=warning))
+
+
+def install_containerd_config(c, change: FileChange, address: str, was_pending: bool = False) -> None:
+    """Write config.toml (after recording that containerd must restart), restart containerd and Docker."""
+    pending.write_then_restart(c.session, change, pending.CONTAINERD_RESTART,
+                               f"{CONTAINERD_CONFIG} was written; containerd has not restarted since", was_pending)
+    restart_containerd(c, change.current, address)
+
+
+def restart_containerd(c, previous, address: str) -> None:
+    """Stop Docker, restart containerd onto its config.toml, start Docker; if containerd does not come up,
+    put the backup of `previous` back and start both again."""
+    up = f"{CONTAINERD_START}\n{wait_for_containerd(address)}\n{SERVICE_START}\n{WAIT_FOR_DOCKER}"
+    result = c.run(Script(f"{SERVICE_STOP}\n{CONTAINERD_STOP}\n{up}"), sudo=True, check=False)
+    if result.exit_code != 0:
+        said = " | ".join(c.run(Script(CONTAINERD_LOG), sudo=True, check=False).stdout.strip().splitlines()[-2:])
+        backup = f"{CONTAINERD_CONFIG}.gpufleet.bak"
+        restore = (f"if [ -e {backup} ]; then mv -f {backup} {CONTAINERD_CONFIG}; fi" if previous.exists
+                   else f"rm -f {CONTAINERD_CONFIG}")
+        back = c.run(Script(f"{SERVICE_STOP}\n{CONTAINERD_STOP}\n{restore}\n{up}"), sudo=True, check=False)
+        if back.exit_code == 0:
+            pending.clear(c.session, pending.CONTAINERD_RESTART)
+        state = ("the previous config.toml was restored and containerd and Docker run again" if back.exit_code == 0
+                 else "restoring the previous config.toml did not bring them back either")
+        raise FleetError(f"containerd or Docker did not start with the new {CONTAINERD_CONFIG}; {state}. "
+                         f"containerd said: {said}")
+    pending.clear(c.session, pending.CONTAINERD_RESTART)
+
+
+def migrate_containerd_root(c, change: FileChange, old_root: str, new_root: str, address: str,
+                            was_pending: bool = False) -> None:
+    """Stop Docker and containerd, copy containerd's root (owners, hard links, xattrs kept), switch,
+    check that Docker lists the same images."""
+    q = shlex.quote
+    c.run(Script(f"if [ -d {q(new_root)} ] && [ -n \"$(ls -A -- {q(new_root)})\" ]; then "
+                 f"echo {q(new_root + ' is not empty; not copying over it')} >&2; exit 1; fi"), sudo=True)
+    before = c.run(["docker", "image", "ls", "-q", "--no-trunc"], sudo=True).stdout.split()
+    copied = c.run(copy_script(old_root, new_root, stop=f"{SERVICE_STOP}\n{CONTAINERD_STOP}"), sudo=True,
+                   check=False, kind="copy")
+    if copied.exit_code != 0:
+        c.run(Script(f"{CONTAINERD_START}\n{wait_for_containerd(address)}\n{SERVICE_START}\n{WAIT_FOR_DOCKER}"),
+              sudo=True, check=False)
+        raise FleetError(f"copying {old_root} to {new_root} failed ({copied.stderr.strip()[-200:]}); "
+                         f"containerd and Docker were started again on {old_root}")
+    install_containerd_config(c, change, address, was_pending)
+    after = c.run(["docker", "image", "ls", "-q", "--no-trunc"], sudo=True).stdout.split()
+    if sorted(before) != sorted(after):
+        raise FleetError(f"after moving containerd's root, images differ: before {len(before)}, after {len(after)}; "
                          f"the old data is untouched in {old_root}")
 
 
@@ -339,6 +509,7 @@ def add_to_docker_group(c, user: str) -> None:
 INSTALL = Step("docker.install", plan_install)
 SERVICE = Step("docker.service", plan_service)
 CONFIGURE = Step("docker.configure", plan_configure)
+CONTAINERD = Step("docker.containerd", plan_containerd)
 USERS = Step("docker.users", plan_users)
 
 
@@ -352,8 +523,8 @@ def install(c, dry_run=False, json=None):
 @task(help=HOST_TASK_HELP)
 @fleet_task()
 def configure(c, dry_run=False, json=None):
-    """Merge the inventory's keys into /etc/docker/daemon.json and restart Docker if it changed."""
-    c.run_steps([CONFIGURE])
+    """Merge the inventory's keys into /etc/docker/daemon.json (and containerd's root into data_root); restart on change."""
+    c.run_steps([CONFIGURE, CONTAINERD])
 
 
 @task(help=HOST_TASK_HELP)

@@ -79,12 +79,37 @@ def host_checks(c) -> list[Check]:
         status = PASS if ok.exit_code == 0 or ok.stdout.strip() in ("200", "401") else FAIL
         checks.append(Check("mirror", status, f"{mirror} answered {ok.stdout.strip() or ok.stderr.strip()[-80:]}",
                             "" if status == PASS else "check the mirror URL and the host's route to it"))
-    root = info.get("DockerRootDir", "/var/lib/docker")
-    free = c.run(["df", "-Pm", root], check=False).stdout.splitlines()[-1:]
-    free_mb = int(free[0].split()[3]) if free and free[0].split()[3].isdigit() else 0
-    checks.append(Check("disk", PASS if free_mb >= MIN_FREE_MB else WARN, f"{free_mb // 1024} GiB free on {root}",
+    checks.append(images_check(c))
+    root = f.images_path  # where the images really are: with the containerd store, containerd's root
+    disk = parse_df_line(c.run(["df", "-Pm", root], check=False).stdout)
+    free_mb = disk[1] if disk else 0
+    detail = (f"{free_mb // 1024} GiB free of {disk[0] // 1024} GiB ({disk[2]} used) on {disk[3]}, which holds {root}"
+              if disk else f"df cannot read {root}")
+    checks.append(Check("disk", PASS if free_mb >= MIN_FREE_MB else WARN, detail,
                         "" if free_mb >= MIN_FREE_MB else "free space or move data_root to a bigger disk"))
     return checks + gpu_checks(c)
+
+
+def images_check(c) -> Check:
+    """Where the images and layers really are, and whether that is inside data_root."""
+    f = c.facts()
+    store, path = f.image_store, f.images_path
+    where = ("classic store, under data-root" if store.kind == "classic" else
+             "containerd store, under containerd's root" if store.system_containerd else
+             "containerd store, under dockerd's own containerd in data-root")
+    root = c.host.data_root
+    if root and path != root and not path.startswith(root.rstrip("/") + "/"):
+        return Check("images", FAIL, f"in {path} ({where}), not in data_root {root}", f"fab -H {c.name} docker.configure")
+    return Check("images", PASS, f"in {path} ({where})")
+
+
+def parse_df_line(text: str) -> tuple[int, int, str, str] | None:
+    """Pure: `df -Pm PATH` → (size MiB, free MiB, use%, mount point), or None."""
+    lines = text.strip().splitlines()
+    parts = lines[-1].split() if len(lines) >= 2 else []
+    if len(parts) < 6 or not (parts[1].isdigit() and parts[3].isdigit()):
+        return None
+    return int(parts[1]), int(parts[3]), parts[4], parts[5]
 
 
 def gpu_checks(c) -> list[Check]:

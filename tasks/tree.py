@@ -10,8 +10,8 @@ from gpufleet.fleet import fleet_task
 from . import HOST_TASK_HELP, apt, containers, docker, doctor, hosts, inside, keys, lab, nvidia, ops, sshconfig  # noqa: E501
 
 BOOTSTRAP = [
-    apt.PROXY, docker.INSTALL, docker.SERVICE, nvidia.TOOLKIT_STEP, docker.CONFIGURE, nvidia.CDI_STEP, docker.USERS,
-    *containers.UP, keys.KEYS, keys.FORWARD, inside.GIT,
+    apt.PROXY, docker.INSTALL, docker.SERVICE, nvidia.TOOLKIT_STEP, docker.CONFIGURE, docker.CONTAINERD,
+    nvidia.CDI_STEP, docker.USERS, *containers.UP, keys.KEYS, keys.FORWARD, inside.GIT,
 ]
 
 

@@ -11,13 +11,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from gpufleet import apt_sources, daemon_json, inventory, ssh_config, sshd_config
+from gpufleet import apt_sources, containerd_config, daemon_json, inventory, ssh_config, sshd_config
 from gpufleet.errors import InputError
 from tasks import keys
 from tests.conftest import REPO
 
 BAD = Path(__file__).resolve().parents[1] / "fixtures" / "bad_inputs"
 DAEMON = "/etc/docker/daemon.json"
+CONTAINERD = "/etc/containerd/config.toml"
 
 # file → regex the one-line message must match (after the file's own path, for inventories)
 INVENTORIES = {
@@ -48,6 +49,8 @@ INVENTORIES = {
     "inv-volume-relative-host-path.toml": r":6: hosts\.gpu1\.containers\.dev\.volumes: 'data:/workspace': host path 'data' must be absolute",
     "inv-volume-relative-container-path.toml": r":6: hosts\.gpu1\.containers\.dev\.volumes: '/data/w:workspace': container path 'workspace' must be absolute",
     "inv-data-root-relative.toml": r":2: defaults\.data_root: 'data/docker' is not an absolute path",
+    "inv-image-store-unknown.toml": r":2: defaults\.image_store: 'overlay2' is not one of classic, containerd$",
+    "inv-image-store-bool.toml": r":3: hosts\.gpu1\.image_store: True is not one of classic, containerd$",
     "inv-not-utf8.toml": r": not UTF-8 \(byte 40\)",
     # strings that would reach a shell, a file or an argv as something else
     "inv-address-newline.toml": r":2: hosts\.gpu1\.address: value has a control character \('\\n'\)",
@@ -100,6 +103,10 @@ DAEMON_JSON = {
     "daemon-single-quotes.json": r": line 1 column 2: Expecting property name",
     "daemon-bom-crlf.json": r": line 1 column 1: Unexpected UTF-8 BOM",
 }
+CONTAINERD_TOML = {
+    "containerd-unterminated-string.toml": r": Illegal character '\\n' \(at line 2, column 28\); the file is not valid TOML",
+    "containerd-duplicate-root.toml": r": Cannot overwrite a value \(at line 3, column 12\); the file is not valid TOML",
+}
 APT_SOURCES = {
     "apt-gbk.list": r": not UTF-8 at byte 2; left untouched",
     "apt-latin1.sources": r": not UTF-8 at byte 23; left untouched",
@@ -120,7 +127,7 @@ SSH_CONFIG = {  # ssh config → None when update() keeps its bytes, else the on
     "ssh-begin-without-end.ssh_config": r":3: the gpufleet block has no '# END gpufleet managed block' line; "
                                         r"restore it or delete the block by hand \(nothing was changed\)$",
 }
-TABLES = {**INVENTORIES, **PUBLIC_KEYS, **DAEMON_JSON, **APT_SOURCES, **SSHD, **SSH_CONFIG}
+TABLES = {**INVENTORIES, **PUBLIC_KEYS, **DAEMON_JSON, **CONTAINERD_TOML, **APT_SOURCES, **SSHD, **SSH_CONFIG}
 
 
 def one_line(message: str, pattern: str) -> None:
@@ -161,6 +168,14 @@ def test_broken_daemon_json(name):
     with pytest.raises(InputError) as err:
         daemon_json.parse(text, f"gpu1:{DAEMON}")
     one_line(str(err.value), f"^gpu1:{DAEMON}" + DAEMON_JSON[name])
+
+
+@pytest.mark.parametrize("name", sorted(CONTAINERD_TOML))
+def test_broken_containerd_config(name):
+    text = (BAD / name).read_bytes().decode("utf-8")
+    with pytest.raises(InputError) as err:
+        containerd_config.set_root(text, "/data/docker/containerd", f"gpu1:{CONTAINERD}")
+    one_line(str(err.value), f"^gpu1:{CONTAINERD}" + CONTAINERD_TOML[name])
 
 
 @pytest.mark.parametrize("name", sorted(APT_SOURCES))
