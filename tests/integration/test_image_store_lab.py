@@ -20,6 +20,8 @@ CONTAINERD_DEFAULT = "/var/lib/containerd"
 MOVED_ROOT = f"{DATA_ROOT}/containerd"
 OUR_LINE = f'root = "{MOVED_ROOT}"  # set by gpufleet from data_root'
 ALLOW = f'data_root = "{DATA_ROOT}"\nallow_data_root_migration = true'
+SECOND_ROOT = "/data/docker2"  # a second move: containerd's root inside the old data root moves with it
+ALLOW2 = f'data_root = "{SECOND_ROOT}"\nallow_data_root_migration = true'
 FIGURES = []
 
 
@@ -35,8 +37,8 @@ def du(lab, path):
     return int(out)
 
 
-def sizes(lab):
-    return {path: du(lab, path) for path in (DATA_ROOT, CONTAINERD_DEFAULT)}
+def sizes(lab, data_root=DATA_ROOT):
+    return {path: du(lab, path) for path in (data_root, CONTAINERD_DEFAULT)}
 
 
 def docker_info(lab):
@@ -60,12 +62,12 @@ def images(lab):
     return sorted(run(lab, "docker image ls -q --no-trunc").split())
 
 
-def pull(lab, label):
+def pull(lab, label, data_root=DATA_ROOT):
     """Pull the lab's image (removed first) and record where its bytes landed."""
     sh(lab, HOST, f"docker image rm -f {LAB_IMAGE} >/dev/null 2>&1; docker image prune -af >/dev/null 2>&1")
-    before = sizes(lab)
+    before = sizes(lab, data_root)
     run(lab, f"docker pull -q {LAB_IMAGE}")
-    after = sizes(lab)
+    after = sizes(lab, data_root)
     image = int(run(lab, f"docker image inspect -f '{{{{.Size}}}}' {LAB_IMAGE}"))
     grown = {path: after[path] - before[path] for path in before}
     FIGURES.append((label, before, after, image))
@@ -90,9 +92,11 @@ def variants(lab, gpu4, tmp_path_factory):
         "bare": inventory_variant(lab, tmp, "bare.toml", {default: ""}),  # Docker's own data root
         "data_root": lab.inventory_path,
         "allowed": inventory_variant(lab, tmp, "allowed.toml", {default: ALLOW}),
-        "classic": inventory_variant(lab, tmp, "classic.toml", {default: default + '\nimage_store = "classic"'}),
+        "second": inventory_variant(lab, tmp, "second.toml", {default: ALLOW2}),
+        "classic": inventory_variant(lab, tmp, "classic.toml",
+                                     {default: f'data_root = "{SECOND_ROOT}"\nimage_store = "classic"'}),
         "classic_allowed": inventory_variant(lab, tmp, "classic-allowed.toml",
-                                             {default: ALLOW + '\nimage_store = "classic"'}),
+                                             {default: ALLOW2 + '\nimage_store = "classic"'}),
     }
 
 
@@ -157,6 +161,23 @@ def test_docker_29_pulls_into_containerd_root_until_data_root_moves_it(lab, fab,
     assert doctor.stdout.count(MOVED_ROOT) >= 2 and "containerd store" in doctor.stdout, doctor.stdout[-3000:]
 
 
+def test_a_second_data_root_move_takes_containerd_root_along(lab, fab, variants):
+    before = images(lab)
+    assert before  # left by the test before
+    moved = configure(fab, variants["second"])
+    assert moved.returncode == 0, moved.stdout[-3000:]
+    assert moved.hosts[HOST]["changed"] == 2, moved.hosts[HOST]["steps"]
+    assert images(lab) == before
+    assert docker_info(lab)["DockerRootDir"] == SECOND_ROOT
+    assert tomllib.loads(run(lab, "containerd config dump"))["root"] == f"{SECOND_ROOT}/containerd"
+    assert du(lab, f"{SECOND_ROOT}/containerd") >= du(lab, MOVED_ROOT) * 0.9  # copied once, by its own move
+    again = configure(fab, variants["second"])
+    assert again.returncode == 0 and again.hosts[HOST]["changed"] == 0, again.hosts[HOST]["steps"]
+    grown, image = pull(lab, f"Docker 29, containerd store, data_root moved on to {SECOND_ROOT}", SECOND_ROOT)
+    assert grown[SECOND_ROOT] >= image * 0.9, grown
+    assert grown[CONTAINERD_DEFAULT] < image * 0.05, grown
+
+
 def test_classic_store_switch_refused_with_images_then_pulls_into_data_root(lab, fab, variants):
     assert images(lab)  # left by the test before
     refused = configure(fab, variants["classic"])
@@ -174,10 +195,10 @@ def test_classic_store_switch_refused_with_images_then_pulls_into_data_root(lab,
     assert store_of(info) == "classic" and info["Driver"] == "overlay2" and info["Images"] == 0
     again = configure(fab, variants["classic_allowed"])
     assert again.returncode == 0 and again.hosts[HOST]["changed"] == 0, again.hosts[HOST]["steps"]
-    grown, image = pull(lab, "Docker 29, image_store = classic, data_root = /data/docker")
-    assert grown[DATA_ROOT] >= image * 0.9, grown
+    grown, image = pull(lab, f"Docker 29, image_store = classic, data_root = {SECOND_ROOT}", SECOND_ROOT)
+    assert grown[SECOND_ROOT] >= image * 0.9, grown
     assert grown[CONTAINERD_DEFAULT] < image * 0.05, grown
-    assert du(lab, f"{DATA_ROOT}/overlay2") >= image * 0.9  # the classic store's layers
+    assert du(lab, f"{SECOND_ROOT}/overlay2") >= image * 0.9  # the classic store's layers
 
 
 def test_figures():
