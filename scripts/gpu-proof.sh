@@ -35,7 +35,9 @@ prepare() {
     [ -e "$HERE" ] && { echo "gpu-proof: $HERE exists; remove it first" >&2; exit 1; }
     local PROOF=$HERE/kit
     mkdir -p "$PROOF/debs" "$PROOF/wheels"
-    .venv/bin/python -m lab.mirror --out "$PROOF/mirror" --docker noble --nvidia --url http://127.0.0.1:8000
+    # one noble dist with both engines (26 and today's 29), one NVIDIA repo with both toolkits (1.18, 1.20)
+    .venv/bin/python -m lab.mirror --out "$PROOF/mirror" --docker noble --today noble --nvidia \
+        --toolkit 1.18.0 --toolkit 1.20.0 --url http://127.0.0.1:8000
     # Debian 12's builds: their glibc needs are older than Ubuntu 24.04's
     for p in $DEBS; do (cd "$PROOF/debs" && APT_CONFIG=/var/tmp/gpufleet-lab/apt/apt.conf apt-get download -q "$p/bookworm"); done
     for w in $WHEELS; do
@@ -122,6 +124,20 @@ run() {
     [ "$(cat /proc/sys/fs/nr_open)" -ge 1048576 ] || sysctl -q -w fs.nr_open=1048576 || true
     install -m 0755 lab/files/relax-docker-ulimits.sh /usr/local/sbin/gpufleet-relax-docker-ulimits
     echo 'DPkg::Post-Invoke { "/usr/local/sbin/gpufleet-relax-docker-ulimits"; };' > /etc/apt/apt.conf.d/99gpufleet-proof
+    # the mirror holds both engines (as Docker's repo does); a host that stays on 26 is pinned as an admin
+    # would pin it (the tool has no engine-version key; the toolkit's version is the inventory's)
+    if [ "$stack" = 26 ]; then
+        python3 - "$PROOF/mirror/MIRROR.json" > /etc/apt/preferences.d/gpufleet-proof-pins <<'PY'
+import json, sys
+mirror = json.load(open(sys.argv[1]))
+older, today = mirror["docker"]["noble"], mirror["docker_today"]["noble"]
+for name, version in sorted(older.items()):
+    if today.get(name, version) != version:
+        print(f"Package: {name}\nPin: version {version}\nPin-Priority: 1001\n")
+PY
+    else
+        rm -f /etc/apt/preferences.d/gpufleet-proof-pins
+    fi
     listening 8000 || { setsid python3 -m http.server --bind 127.0.0.1 --directory "$PROOF/mirror" 8000 \
         >"$WORK/http.log" 2>&1 </dev/null & }
     [ "$via" = local ] || listening 2200 || start_sshd

@@ -42,7 +42,7 @@ def has_gpu() -> bool:
     return bool(smi) and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
 
 
-MIRROR = PROOF / f"mirror-{STACK}"
+MIRROR = PROOF / "mirror"  # both stacks: gpu-proof.sh pins the older engine with apt preferences for 26
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not has_gpu(), reason="no NVIDIA GPU here"),
               pytest.mark.skipif(not MIRROR.is_dir(), reason="no proof kit: bash scripts/gpu-proof.sh run")]
@@ -85,6 +85,7 @@ docker_key_fingerprint = "{mirror["docker_key_fingerprint"]}"
 docker_plugins = false            # the proof's mirror carries no plugins: one call carries 64 MiB
 nvidia_mirror = "http://127.0.0.1:8000/libnvidia-container"
 nvidia_key_fingerprint = "{mirror["nvidia_key_fingerprint"]}"
+nvidia_toolkit_version = "{TOOLKIT}"
 data_root = "/var/lib/docker-proof"
 registry_mirrors = ["http://127.0.0.1:5000"]   # none answers there: the image is made on this machine
 daemon_json = {{ iptables = false, "ip-masq" = false }}   # this VM's kernel has no NAT set up for Docker
