@@ -115,6 +115,7 @@ class ProbeRequest:
     containers: dict[str, list[str]] = field(default_factory=dict)  # name -> files inside it
     container_packages: list[str] = field(default_factory=list)
     apt_sources_dir: str = "/etc/apt/sources.list.d"  # every *.list and *.sources in it is read
+    toolkit: str = "auto"  # the host's nvidia_toolkit: which versions of the toolkit apt has are read where it counts
 
     @property
     def packages_inside(self) -> list[str]:
@@ -252,10 +253,13 @@ def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
     inside = [[Fact(f"inside:{i}", f"inside {q(name)} {q(inside_script(request, files))}",
                     lambda rc, out, name=name, files=files: parse_inside(name, files, rc, out))]
               for i, (name, files) in enumerate(request.containers.items())]
-    # apt-cache reads its whole package cache (~0.5 s of CPU where it has no pkgcache.bin): beside Docker's calls
+    # apt-cache reads its whole package cache (~0.5 s of CPU where it has no pkgcache.bin): beside Docker's
+    # calls, and only where the toolkit may be installed (nvidia.install plans with what it prints)
+    madison = {"never": "true", "always": "apt-cache madison " + " ".join(TOOLKIT_PACKAGES)}.get(
+        request.toolkit, "sh -c " + q("command -v nvidia-smi >/dev/null || [ -e /dev/nvidiactl ] || exit 0; "
+                                      "exec apt-cache madison " + " ".join(TOOLKIT_PACKAGES)))
     jobs = [[Fact("docker_enabled", "systemctl is-enabled docker", strip),
-             Fact("toolkit_madison", "apt-cache madison " + " ".join(TOOLKIT_PACKAGES),
-                  lambda rc, out: parse_madison(out))],
+             Fact("toolkit_madison", madison, lambda rc, out: parse_madison(out))],
             [Fact("docker_info", "dinfo", parse_docker_info)],
             [Fact("containers", "listed", lambda rc, out: parse_containers(out) if rc == 0 else {})],
             *inside,

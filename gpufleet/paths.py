@@ -74,4 +74,5 @@ def probe_request(ctx) -> ProbeRequest:
         accounts=[host.user, host.forward_user],
         containers={name: inner for name in host.containers},
         container_packages=["openssh-server", *host.tools],
+        toolkit=host.nvidia_toolkit,
     )

@@ -2,6 +2,8 @@
 it gives; the toolkit's CDI spec kept current; the toolkit's packages at one version; `ulimit_nofile`.
 Parsers on captured outputs and hand-written ones in the record's shapes (tests/fixtures/gpu/toolkit)."""
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -396,3 +398,26 @@ def test_apt_cache_madison_runs_beside_dockers_calls_not_before_them():
     in_order, jobs = facts.facts_table(facts.ProbeRequest())
     assert "toolkit_madison" not in [fact.name for fact in in_order]
     assert [fact.name for fact in jobs[0]] == ["docker_enabled", "toolkit_madison"]
+
+
+@pytest.mark.parametrize("setting, on_a_host_without_nvidia, on_a_gpu_host", [
+    ("never", "", ""),
+    ("auto", "", "MADISON"),       # auto: only where nvidia-smi or the driver's device is there
+    ("always", "MADISON", "MADISON"),
+])
+def test_apt_cache_madison_is_read_only_where_the_toolkit_may_be_installed(tmp_path, setting, on_a_host_without_nvidia,
+                                                                          on_a_gpu_host):
+    """Run the fact's real command with a stand-in apt-cache (and nvidia-smi) on PATH."""
+    _, jobs = facts.facts_table(facts.ProbeRequest(toolkit=setting))
+    command = next(fact.command for fact in jobs[0] if fact.name == "toolkit_madison")
+    bare, gpu_host = tmp_path / "bare", tmp_path / "gpu"
+    for folder in (bare, gpu_host):
+        folder.mkdir()
+        (folder / "apt-cache").write_text("#!/bin/sh\necho MADISON\n")
+        (folder / "apt-cache").chmod(0o755)
+    (gpu_host / "nvidia-smi").write_text("#!/bin/sh\n")
+    (gpu_host / "nvidia-smi").chmod(0o755)
+    for folder, expected in ((bare, on_a_host_without_nvidia), (gpu_host, on_a_gpu_host)):
+        env = {"PATH": f"{folder}:/usr/bin:/bin"}
+        out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=env).stdout.strip()
+        assert out == expected or (expected == "" and os.path.exists("/dev/nvidiactl")), (setting, folder.name, out)
