@@ -10,7 +10,10 @@ it marks as its own; every other byte is kept.
 from __future__ import annotations
 
 import re
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (Ubuntu 22.04's)
+    import tomli as tomllib
 from dataclasses import dataclass
 
 from gpufleet.errors import InputError

@@ -85,3 +85,16 @@ def test_the_wheel_runs_from_a_folder_with_only_a_hosts_toml(installed, tmp_path
     dry = run(installed, tmp_path, "gpufleet", "-H", "ws", "bootstrap", "--dry-run")
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-2000:]
     assert "docker.configure" in dry.stdout and "Traceback" not in dry.stderr
+
+
+def test_the_wheel_runs_on_python_3_10_as_it_says(wheel):
+    """requires-python says 3.10 (Ubuntu 22.04's python3), which has no tomllib: the wheel asks for tomli
+    there, and the inventory and containerd's config are read with it."""
+    with zipfile.ZipFile(wheel) as z:
+        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    assert "Requires-Python: >=3.10" in meta
+    assert "Requires-Dist: tomli>=2; python_version < \"3.11\"" in meta, meta
+    hidden = ("import sys, tomllib; sys.modules['tomllib'] = None; sys.modules['tomli'] = tomllib; "
+              "from gpufleet import inventory, containerd_config; print(inventory.tomllib.__name__)")
+    read = subprocess.run([sys.executable, "-c", hidden], cwd=REPO, capture_output=True, text=True)
+    assert read.returncode == 0 and read.stdout.strip() == "tomllib", read.stderr[-2000:]
