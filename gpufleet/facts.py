@@ -153,6 +153,7 @@ class HostFacts:
     mem_total_mb: int
     disk_free_mb: dict[str, int]
     homes: dict[str, str | None] = field(default_factory=dict)  # user -> home on the server; None: no such user
+    migs: list = field(default_factory=list)  # MIG instances (gpu.MigDevice), from nvidia-smi -L
 
     @property
     def docker_running(self) -> bool:
@@ -196,6 +197,7 @@ def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
         Fact("nvidia_smi", f"{smi} --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,"
              "pci.bus_id --format=csv,noheader,nounits",
              lambda rc, out: (rc, gpu.parse_query_gpu(out) if rc == 0 else None)),
+        Fact("nvidia_smi_list", f"{smi} -L", lambda rc, out: gpu.parse_mig_devices(out) if rc == 0 else []),
         Fact("nvidia_smi_table", f"sh -c '{smi} | head -n 5'", lambda rc, out: gpu.parse_smi_table_cuda(out)),
         Fact("lspci", "sh -c 'lspci -nn 2>/dev/null | grep -i \"\\[10de:\"'",
              lambda rc, out: gpu.parse_lspci_nvidia(out) if rc == 0 and out.strip() else []),
@@ -528,6 +530,7 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
         mem_total_mb=v["meminfo"],
         disk_free_mb=v["df"],
         homes={u: v[f"passwd:{i}"] for i, u in enumerate(request.accounts)},
+        migs=v["nvidia_smi_list"] if source == "nvidia-smi" else [],
     )
 
 
