@@ -27,6 +27,7 @@ from gpufleet.paths import CONTAINER_DIR, IN_CONTAINER_DIR, container_dir
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Secret, Script
 from tasks import HOST_TASK_HELP, inside
+from tasks.docker import wanted_daemon_keys
 
 SPEC_LABEL = "gpufleet.spec"
 
@@ -65,7 +66,10 @@ def gpu_assignment(c) -> dict[str, str | list[str]]:
     Indices and counts become UUIDs (gpu_assign.resolve, sticky through the server's record); a clash, a GPU
     the server has not, or a count larger than what is free is refused before anything runs."""
     f = c.facts()
-    ready = f.has_gpu and "nvidia" in ((f.docker_info or {}).get("Runtimes") or {})
+    registered = "nvidia" in ((f.docker_info or {}).get("Runtimes") or {})
+    # a dry run does not apply docker.configure, which comes first and registers the runtime daemon.json names
+    coming = c.dry_run and f.docker_running and "nvidia" in (wanted_daemon_keys(c).get("runtimes") or {})
+    ready = f.has_gpu and (registered or coming)
     asked: dict[str, object] = {}
     wanted: dict[str, str | list[str]] = {}
     for name, spec in c.host.containers.items():

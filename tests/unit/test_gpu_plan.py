@@ -121,6 +121,16 @@ def test_a_gpu_list_without_the_toolkit_is_refused_like_all():
         containers.plan_run(context(inventory_text(alice="[0]"), runtimes={"runc": {}}))
 
 
+def test_a_dry_run_counts_the_runtime_that_daemon_json_is_about_to_register():
+    text = inventory_text(alice="[0]").replace('address = "10.0.0.8"',
+                                               'address = "10.0.0.8"\ndaemon_json = { runtimes = { nvidia = { path = "runc" } } }')
+    ctx = context(text, runtimes={"runc": {}})
+    assert containers.resolved_spec(ctx, ctx.host.containers["alice"])["gpus"] == [U[0]]
+    ctx.dry_run = False  # a real run has applied docker.configure before, and reads the daemon again
+    with pytest.raises(FleetError, match="container toolkit registered"):
+        containers.resolved_spec(ctx, ctx.host.containers["alice"])
+
+
 def test_a_gpu_change_re_creates_the_container():
     ctx = context(inventory_text(alice="[0, 1]"))
     new = containers.resolved_spec(ctx, ctx.host.containers["alice"])
