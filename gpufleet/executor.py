@@ -139,7 +139,7 @@ class FleetExecutor(Executor):
             check_json_path(call.kwargs["json"])
         plain_every = plain_progress_every()
         if call.task.body.fleet_before:
-            call.task.body.fleet_before(inventory, **call.kwargs)
+            call.task.body.fleet_before(inventory, hosts=names, **call.kwargs)
         dry_run = bool(call.kwargs.get("dry_run"))
         sudo_password = self.config.get("sudo", {}).get("password")
         connector = Connector(inventory, sudo_password=sudo_password)

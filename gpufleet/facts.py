@@ -180,6 +180,7 @@ class HostFacts:
             return ""
         return self.image_store.images_path(self.docker_info.get("DockerRootDir", "/var/lib/docker"),
                                             self.containerd_root or containerd_config.CONTAINERD_DEFAULT_ROOT)
+    migs: list = field(default_factory=list)  # MIG instances (gpu.MigDevice), from nvidia-smi -L
 
     @property
     def docker_running(self) -> bool:
@@ -224,6 +225,7 @@ def facts_table(request: ProbeRequest) -> tuple[list[Fact], list[list[Fact]]]:
         Fact("nvidia_smi", f"{smi} --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,"
              "pci.bus_id --format=csv,noheader,nounits",
              lambda rc, out: (rc, gpu.parse_query_gpu(out) if rc == 0 else None)),
+        Fact("nvidia_smi_list", f"{smi} -L", lambda rc, out: gpu.parse_mig_devices(out) if rc == 0 else []),
         Fact("nvidia_smi_table", f"sh -c '{smi} | head -n 5'", lambda rc, out: gpu.parse_smi_table_cuda(out)),
         Fact("lspci", "sh -c 'lspci -nn 2>/dev/null | grep -i \"\\[10de:\"'",
              lambda rc, out: gpu.parse_lspci_nvidia(out) if rc == 0 and out.strip() else []),
@@ -615,6 +617,7 @@ def parse_probe(text: str, request: ProbeRequest) -> HostFacts:
         apt_source_files=v["apt_sources_d"],
         docker_ce_policy=v["docker_ce_policy"],
         containerd_root=v["containerd_root"],
+        migs=v["nvidia_smi_list"] if source == "nvidia-smi" else [],
     )
 
 

@@ -131,6 +131,10 @@ def parse_cuda_requirement(env, image_ref: str) -> str | None:
     m = re.search(r"cuda[-_]?([0-9]+)\.?([0-9]+)?", tag)
     if m:
         return f"{m.group(1)}.{m.group(2) or '0'}"
+    # NVIDIA's own images name the CUDA version first: nvidia/cuda:12.8.0-base-ubuntu24.04
+    m = re.match(r"([0-9]+\.[0-9]+)\.", tag)
+    if m and image_ref.rsplit(":", 1)[0].endswith("nvidia/cuda"):
+        return m.group(1)
     return None
 
 
@@ -339,3 +343,160 @@ def parse_mtimes(out: str) -> dict[str, int]:
         if seconds.isdigit() and path:
             found[path] = int(seconds)
     return found
+
+
+# --- which GPUs a server has, by UUID (MIG devices included) ---
+
+@dataclass(frozen=True)
+class MigDevice:
+    """A MIG instance as `nvidia-smi -L` lists it under its GPU: a device of its own, with its own UUID."""
+    uuid: str
+    gpu_index: int
+    profile: str
+
+    def __str__(self) -> str:
+        return f"MIG {self.profile} on GPU {self.gpu_index}"
+
+
+def parse_mig_devices(text: str) -> list[MigDevice]:
+    """Pure: the MIG devices in `nvidia-smi -L` (the indented `MIG 3g.20gb Device 0: (UUID: MIG-...)` lines,
+    each under its `GPU N:` line)."""
+    devices, parent = [], None
+    for line in text.splitlines():
+        top = re.match(r"^GPU (\d+):", line.strip())
+        if top:
+            parent = int(top.group(1))
+            continue
+        mig = re.match(r"^\s*MIG\s+(\S+)\s+Device\s+\d+:\s*\(UUID:\s*(MIG-[0-9A-Za-z/-]+)\)", line)
+        if mig and parent is not None:
+            devices.append(MigDevice(mig.group(2), parent, mig.group(1)))
+    return devices
+
+
+# --- the GPUs a CUDA build has kernels for ---
+
+# compute capability -> (architecture, the first CUDA release whose toolkit builds kernels for it), from
+# NVIDIA's CUDA release notes; an image built against an older CUDA has no kernel for that GPU
+ARCH_MIN_CUDA = {
+    "7.0": ("Volta sm_70", "9.0"),
+    "7.5": ("Turing sm_75", "10.0"),
+    "8.0": ("Ampere sm_80", "11.0"),
+    "8.6": ("Ampere sm_86", "11.1"),
+    "8.7": ("Ampere sm_87", "11.4"),
+    "8.9": ("Ada sm_89", "11.8"),
+    "9.0": ("Hopper sm_90", "11.8"),
+    "10.0": ("Blackwell sm_100", "12.8"),
+    "10.1": ("Blackwell sm_101", "12.8"),
+    "10.3": ("Blackwell sm_103", "12.9"),
+    "12.0": ("Blackwell sm_120", "12.8"),
+    "12.1": ("Blackwell sm_121", "12.9"),
+}
+
+# tags of well-known images that carry kernels for a CUDA version and up: (CUDA, tag), oldest first
+WORKING_TAGS = {
+    "pytorch/pytorch": (("11.8", "2.1.0-cuda11.8-cudnn8-runtime"), ("12.8", "2.7.0-cuda12.8-cudnn9-runtime"),
+                        ("12.9", "2.8.0-cuda12.9-cudnn9-runtime")),
+    "nvidia/cuda": (("11.8", "11.8.0-base-ubuntu22.04"), ("12.8", "12.8.0-base-ubuntu24.04"),
+                    ("12.9", "12.9.0-base-ubuntu24.04")),
+}
+
+
+def min_cuda_for(compute_cap: str) -> tuple[str, str] | None:
+    """Pure: (architecture, oldest CUDA with kernels for it) of a compute capability; None where unknown."""
+    return ARCH_MIN_CUDA.get(compute_cap.strip())
+
+
+def working_tag(image_ref: str, cuda: str) -> str:
+    """Pure: an image of the same repository that has kernels for CUDA `cuda`, or what to look for."""
+    repository = image_ref.rsplit(":", 1)[0] if ":" in image_ref.rsplit("/", 1)[-1] else image_ref
+    repository = repository.removeprefix("docker.io/").removeprefix("library/")
+    for version, tag in WORKING_TAGS.get(repository, ()):
+        if _version(version) >= _version(cuda):
+            return f"{repository}:{tag}"
+    return f"a {repository} tag built for CUDA {cuda} or newer"
+
+
+def arch_mismatch(image_ref: str, image_cuda: str | None, gpus: list[Gpu]) -> str:
+    """Pure: one line naming the image's CUDA, the GPU it has no kernels for and a tag that would work;
+    "" where every GPU is fine or the image's CUDA or the GPU's architecture is not known."""
+    if not image_cuda:
+        return ""
+    for card in gpus:
+        needs = min_cuda_for(card.compute_cap)
+        if needs and _version(image_cuda) < _version(needs[1]):
+            return (f"image {image_ref} is built for CUDA {image_cuda}, which has no kernels for GPU {card.index} "
+                    f"({card.name}, compute capability {card.compute_cap}, {needs[0]} needs CUDA >= {needs[1]}): "
+                    f"use {working_tag(image_ref, needs[1])}")
+    return ""
+
+
+NO_KERNEL_RE = re.compile(r"no kernel image is available for execution on the device", re.I)
+
+
+def explain_kernel_failure(output: str) -> str:
+    """Pure: plain words for a CUDA computation that failed, from its output."""
+    if NO_KERNEL_RE.search(output):
+        return ("the image's CUDA build has no kernel for this GPU's architecture (CUDA error: no kernel image is "
+                "available): use an image built for a newer CUDA")
+    last = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "no output")
+    return last[-200:]
+
+
+# --- the fleet's GPUs, live: ops.gpus ---
+
+STATUS_COLUMNS = ("index", "uuid", "name", "memory.used", "memory.total", "utilization.gpu", "temperature.gpu",
+                  "compute_cap")
+GPU_STATUS = ("nvidia-smi", "--query-gpu=" + ",".join(STATUS_COLUMNS), "--format=csv,noheader,nounits")
+GPU_APPS = ("nvidia-smi", "--query-compute-apps=gpu_uuid,pid,process_name,used_gpu_memory",
+            "--format=csv,noheader,nounits")
+
+
+@dataclass(frozen=True)
+class GpuStatus:
+    """One GPU as ops.gpus shows it; a number the driver does not report ([N/A]) is None."""
+    index: int
+    uuid: str
+    name: str
+    memory_used_mib: int | None
+    memory_total_mib: int | None
+    utilization: int | None
+    temperature: int | None
+    compute_cap: str = ""
+
+
+def _number(cell: str) -> int | None:
+    m = re.match(r"\s*(\d+)", cell)
+    return int(m.group(1)) if m else None
+
+
+def parse_gpu_status(text: str) -> list[GpuStatus]:
+    """Pure: `nvidia-smi --query-gpu=index,uuid,name,memory.used,memory.total,utilization.gpu,temperature.gpu,
+    compute_cap --format=csv[,noheader][,nounits]` (a header, if any, gives the column order)."""
+    columns = {name: i for i, name in enumerate(STATUS_COLUMNS)}
+    rows = []
+    for row in csv.reader(io.StringIO(text.strip())):
+        cells = [c.strip() for c in row]
+        names = [_query_column(c) for c in cells]
+        if "index" in names:
+            columns = {name: i for i, name in enumerate(names)}
+            continue
+        value = {name: cells[i] if i < len(cells) else "" for name, i in columns.items()}
+        if len(cells) < 2 or not value.get("index", "").isdigit():
+            continue
+        rows.append(GpuStatus(int(value["index"]), value.get("uuid", ""), value.get("name", ""),
+                              _number(value.get("memory.used", "")), _number(value.get("memory.total", "")),
+                              _number(value.get("utilization.gpu", "")), _number(value.get("temperature.gpu", "")),
+                              value.get("compute_cap", "")))
+    return rows
+
+
+def parse_gpu_apps(text: str) -> list[tuple[str, ComputeApp]]:
+    """Pure: `nvidia-smi --query-compute-apps=gpu_uuid,pid,process_name,used_gpu_memory --format=csv,noheader,
+    nounits` → [(GPU UUID, process)] (a name with ", " in it is kept whole)."""
+    apps = []
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.split(",")]
+        if len(cells) < 4 or not cells[1].isdigit():
+            continue
+        apps.append((cells[0], ComputeApp(int(cells[1]), ", ".join(cells[2:-1]), _number(cells[-1]))))
+    return apps

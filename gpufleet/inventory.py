@@ -127,6 +127,29 @@ def _choice(*options):
     return check
 
 
+GPU_UUID_RE = re.compile(r"^(GPU|MIG)-[0-9A-Za-z/-]+$")
+
+
+def _gpus(v):
+    """"auto", "all", "none", a count (2), or a list of GPU indices ([0, 1]) or GPU/MIG UUIDs."""
+    if isinstance(v, str):
+        return _choice("auto", "all", "none")(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        if v < 1:
+            raise ValueError(f"{v} is not a GPU count (1 or more; \"none\" for no GPU)")
+        return v
+    if isinstance(v, list) and v:
+        for item in v:
+            if isinstance(item, bool) or not isinstance(item, (int, str)) or (isinstance(item, int) and item < 0) \
+                    or (isinstance(item, str) and not GPU_UUID_RE.match(item)):
+                raise ValueError(f"{item!r} is not a GPU index (0, 1, ...) or a GPU/MIG UUID (GPU-..., MIG-...)")
+        if len(set(map(str, v))) != len(v):
+            raise ValueError(f"{v!r} names a GPU twice")
+        return list(v)
+    raise ValueError(f"expected \"auto\", \"all\", \"none\", a count or a list of GPU indices or UUIDs, "
+                     f"got {_tname(v)}")
+
+
 def _name(v):
     _str(v)
     if not NAME_RE.match(v):
@@ -255,6 +278,7 @@ HOST_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     "forward_agent": (_bool, True, "forward your ssh agent into this host's containers (root there can use it); "
                                    "by default only where github_access = 'agent'"),
     "containers": (_table, {}, "containers to run, by name"),
+    "share_gpus": (_bool, False, "let containers of this host hold the same GPU"),
     # how long one remote command may run, by its class (gpufleet.remote.TIMEOUT_SETTINGS)
     "probe_timeout": (_int_range(1, 86400), 120, "seconds the fact probe may run"),
     "command_timeout": (_int_range(1, 86400), 600, "seconds any other remote command may run"),
@@ -269,10 +293,12 @@ CONTAINER_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "ssh_port": (_int_range(1, 65535), None),
     "volumes": (_str_list, []),
     "shm_size": (_str, ""),
-    "gpus": (_choice("auto", "all", "none"), "auto"),
+    "gpus": (_gpus, "auto"),
+    "share_gpus": (_bool, False),
     "env": (_env_table, {}),
     "restart": (_choice(*RESTART_POLICIES), "unless-stopped"),
     "allow_driver_mismatch": (_bool, False),
+    "allow_arch_mismatch": (_bool, False),
     "keep_snapshots": (_int_range(0, 1000), 3),
     "users": (_name_list, []),
     "ulimit_nofile": (_nofile, DEFAULT_NOFILE),
@@ -322,10 +348,12 @@ class ContainerSpec:
     ssh_port: int
     volumes: tuple[Volume, ...] = ()
     shm_size: str = ""
-    gpus: str = "auto"
+    gpus: str | int | tuple = "auto"  # "auto", "all", "none", a count, or a tuple of indices / UUIDs
+    share_gpus: bool = False
     env: tuple[tuple[str, str], ...] = ()  # a value that is a remote.Secret is masked everywhere
     restart: str = "unless-stopped"
     allow_driver_mismatch: bool = False
+    allow_arch_mismatch: bool = False
     keep_snapshots: int = 3
     users: tuple[str, ...] = ()  # names of [people.NAME] tables
     ulimit_nofile: str = DEFAULT_NOFILE  # "SOFT:HARD"
@@ -697,10 +725,12 @@ class _Validator:
                 ssh_port=cdata["ssh_port"],
                 volumes=tuple(self.volume(ctable, v) for v in cdata.get("volumes", [])),
                 shm_size=shm,
-                gpus=cdata.get("gpus", "auto"),
+                gpus=tuple(cdata["gpus"]) if isinstance(cdata.get("gpus"), list) else cdata.get("gpus", "auto"),
+                share_gpus=cdata.get("share_gpus", False),
                 env=tuple(sorted(cdata.get("env", {}).items())),
                 restart=cdata.get("restart", "unless-stopped"),
                 allow_driver_mismatch=cdata.get("allow_driver_mismatch", False),
+                allow_arch_mismatch=cdata.get("allow_arch_mismatch", False),
                 keep_snapshots=cdata.get("keep_snapshots", 3),
                 users=tuple(cdata.get("users", [])),
                 ulimit_nofile=cdata.get("ulimit_nofile", DEFAULT_NOFILE),
@@ -775,6 +805,8 @@ def describe(host: Host) -> list[tuple[str, str, str]]:
             value = getattr(spec, key)
             if key in ("volumes", "users"):
                 value = [str(v) for v in value]
+            elif key == "gpus" and isinstance(value, tuple):
+                value = list(value)
             elif key == "env":
                 value = {k: MASK if isinstance(v, Secret) else v for k, v in value}
             rows.append((f"containers.{cname}.{key}", _show(value), host.sources.get(f"containers.{cname}.{key}", "built-in default")))

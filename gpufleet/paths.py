@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from gpufleet import pending
 from gpufleet.containerd_config import CONTAINERD_CONFIG
+from gpufleet.gpu_assign import GPU_RECORD
 from gpufleet.facts import ProbeRequest
 
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/90gpufleet-proxy"
@@ -61,7 +62,7 @@ def probe_request(ctx) -> ProbeRequest:
     files = [APT_PROXY_CONF, DOCKER_KEYRING, DOCKER_SOURCES, DAEMON_JSON, DAEMON_JSON_KEYS, PEOPLE_KEYS,
              NVIDIA_KEYRING, NVIDIA_SOURCES, authorized_keys_of(host.user, homes), f"{home_of(host.user, homes)}/.ssh",
              pending.DOCKER_RESTART, FORWARD_AUTHORIZED_KEYS, SSHD_DROP_IN, CONTAINERD_CONFIG,
-             pending.CONTAINERD_RESTART]
+             pending.CONTAINERD_RESTART, GPU_RECORD]
     for name in host.containers:
         files += [*container_host_files(name), pending.container_restart(name), pending.sshd_reload(name)]
     inner = [CONTAINER_OS_RELEASE, CONTAINER_AUTHORIZED_KEYS, "/root/.ssh", APT_PROXY_CONF, CONTAINER_GITCONFIG,

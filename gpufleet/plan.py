@@ -96,6 +96,7 @@ class HostReport:
             "steps": [{"step": s.step, "status": s.status, "message": s.message,
                        **({"diff": s.diff} if s.diff else {}), **({"warning": s.warning} if s.warning else {})}
                       for s in self.steps],
+            **({"data": self.data} if self.data else {}),  # a table's rows (ops.ps, doctor, ops.gpus)
         }
 
 

@@ -16,17 +16,18 @@ import time
 
 from invoke import Collection, task
 
-from gpufleet import gpu, pending
+from gpufleet import gpu, gpu_assign, pending
 from gpufleet.container_changes import SNAPSHOT_STARTED_LABEL, read_user_changes, tracks_tool_writes
 from gpufleet.errors import FleetError
 from gpufleet.fleet import fleet_task
-from gpufleet.facts import LINK, MANAGED_LABEL, SNAPSHOT_LABEL, parse_snapshots
+from gpufleet.facts import ABSENT, LINK, MANAGED_LABEL, SNAPSHOT_LABEL, parse_snapshots
 from gpufleet.files import FileChange, file_action, in_container, render_template
 from gpufleet.inventory import ContainerSpec
 from gpufleet.paths import CONTAINER_DIR, IN_CONTAINER_DIR, container_dir
 from gpufleet.plan import Action, Plan, Step
 from gpufleet.remote import Secret, Script
 from . import HOST_TASK_HELP, inside
+from .docker import wanted_daemon_keys
 
 SPEC_LABEL = "gpufleet.spec"
 
@@ -40,15 +41,96 @@ def default_shm_size(mem_total_mb: int) -> str:
 
 
 def use_gpus(c, spec: ContainerSpec) -> tuple[bool, str]:
-    """(pass --gpus all with the nvidia runtime?, why) from the spec and what the host has."""
+    """(run it with the nvidia runtime and GPUs?, which GPUs, in words) from the spec and what the host has."""
+    gpus = gpu_assignment(c)[spec.name]
+    if gpus == "none":
+        return False, "gpus = none" if spec.gpus == "none" else "no GPUs: host has no NVIDIA GPU/runtime"
+    if gpus == "all":
+        return True, f"all {len(c.facts().gpus)} GPU(s)"
+    return True, "on " + gpu_assign.describe(gpus, gpu_devices(c.facts()))
+
+
+def gpu_devices(f) -> list[gpu_assign.Device]:
+    """The GPUs and MIG instances a container of this host can be given (those nvidia-smi lists)."""
+    return gpu_assign.devices(f.gpus if f.gpu_source == "nvidia-smi" else [], f.migs)
+
+
+def gpu_record(f) -> dict[str, dict]:
+    """The server's record of which GPUs each container holds (gpu_assign.GPU_RECORD)."""
+    return gpu_assign.parse_record(f.files.get(gpu_assign.GPU_RECORD, ABSENT).text)
+
+
+def gpu_assignment(c) -> dict[str, str | list[str]]:
+    """{container: "none", "all" or its sorted GPU/MIG UUIDs} for every container of the host.
+
+    Indices and counts become UUIDs (gpu_assign.resolve, sticky through the server's record); a clash, a GPU
+    the server has not, or a count larger than what is free is refused before anything runs."""
     f = c.facts()
-    ready = f.has_gpu and "nvidia" in ((f.docker_info or {}).get("Runtimes") or {})
-    if spec.gpus == "none":
-        return False, "gpus = none"
-    if spec.gpus == "all" and not ready:
-        raise FleetError(f"container {spec.name}: gpus = 'all' but this host has no NVIDIA GPU with the "
-                         "container toolkit registered (run nvidia.install, or set gpus = 'auto')")
-    return (True, f"all {len(f.gpus)} GPU(s)") if ready else (False, "no GPUs: host has no NVIDIA GPU/runtime")
+    registered = "nvidia" in ((f.docker_info or {}).get("Runtimes") or {})
+    # a dry run does not apply docker.configure, which comes first and registers the runtime daemon.json names
+    coming = c.dry_run and f.docker_running and "nvidia" in (wanted_daemon_keys(c).get("runtimes") or {})
+    ready = f.has_gpu and (registered or coming)
+    asked: dict[str, object] = {}
+    wanted: dict[str, str | list[str]] = {}
+    for name, spec in c.host.containers.items():
+        if spec.gpus == "none" or (spec.gpus == "auto" and not ready):
+            wanted[name] = "none"
+        else:
+            asked[name] = "all" if spec.gpus == "auto" else list(spec.gpus) if isinstance(spec.gpus, tuple) else spec.gpus
+    if not asked:
+        return wanted
+    record = gpu_record(f)
+    # a container on the server that the inventory no longer names still holds its GPUs
+    elsewhere = {name: held["uuids"] for name, held in record.items()
+                 if name not in c.host.containers and name in f.containers and held.get("asked") != "all"}
+    uuids = gpu_assign.resolve(asked, gpu_devices(f), record,
+                               shared={n for n, s in c.host.containers.items() if s.share_gpus},
+                               host_shared=c.host.share_gpus, held_elsewhere=elsewhere)
+    for name, value in asked.items():
+        if not ready and (spec := c.host.containers[name]).gpus != "auto":
+            shown = "'all'" if value == "all" else jsonlib.dumps(value)
+            raise FleetError(f"container {spec.name}: gpus = {shown} but this host has no NVIDIA GPU with the "
+                             "container toolkit registered (run nvidia.install, or set gpus = 'auto')")
+        wanted[name] = "all" if value == "all" else uuids[name]
+    return wanted
+
+
+def gpu_record_action(c) -> Action | None:
+    """Write the server's record of which GPUs each container holds, where it changed."""
+    f = c.facts()
+    wanted = gpu_assignment(c)
+    everything = [d.uuid for d in gpu_devices(f) if not d.mig]
+    assigned = {name: everything if value == "all" else value for name, value in wanted.items() if value != "none"}
+    asked = {name: list(s.gpus) if isinstance(s.gpus, tuple) else "all" if s.gpus == "auto" else s.gpus
+             for name, s in c.host.containers.items()}
+    old = gpu_record(f)
+    record = gpu_assign.new_record(old, assigned, asked, int(time.time()),
+                                   keep={n for n in old if n not in c.host.containers and n in f.containers})
+    if record == old:
+        return None
+    change = FileChange(gpu_assign.GPU_RECORD, f.files.get(gpu_assign.GPU_RECORD, ABSENT),
+                        gpu_assign.render_record(record), mode="0644", backup=False)
+    action = file_action(change)
+    action.summary = f"record which GPUs each container holds in {gpu_assign.GPU_RECORD}"
+    return action
+
+
+def arch_check(c, spec: ContainerSpec) -> str:
+    """Refuse an image whose CUDA has no kernels for the GPUs the container gets (before a multi-GB pull)."""
+    f = c.facts()
+    wanted = gpu_assignment(c)[spec.name]
+    if wanted == "none":
+        return ""
+    held = {d.index for d in gpu_devices(f) if wanted == "all" or d.uuid in wanted}
+    image = f.images.get(spec.image)
+    env = ((image or {}).get("Config") or {}).get("Env") or []
+    message = gpu.arch_mismatch(spec.image, gpu.parse_cuda_requirement(env, spec.image),
+                                [g for g in f.gpus if g.index in held])
+    if not message:
+        return ""
+    if spec.allow_arch_mismatch:
+        return message + " (allowed by allow_arch_mismatch)"
+    raise FleetError(f"container {spec.name}: {message}, or set allow_arch_mismatch = true")
 
 
 def gpu_path(c) -> tuple[str, str]:
@@ -62,15 +144,15 @@ def gpu_path(c) -> tuple[str, str]:
 
 def resolved_spec(c, spec: ContainerSpec) -> dict:
     """The spec as it will be run on this host; stored in the container's label."""
-    gpus, _ = use_gpus(c, spec)
+    gpus = gpu_assignment(c)[spec.name]
     # Docker's own --gpus hook needs libnvidia-container's CLI; the nvidia runtime and CDI work without it
-    path = {"gpu_path": gpu_path(c)[0]} if gpus else {}
+    path = {"gpu_path": gpu_path(c)[0]} if gpus != "none" else {}
     return {
         "image": spec.image,
         "ssh_port": spec.ssh_port,
         "volumes": [str(v) for v in spec.volumes],
         "shm_size": spec.shm_size or default_shm_size(c.facts().mem_total_mb),
-        "gpus": "all" if gpus else "none",
+        "gpus": gpus,  # "none", "all", or the sorted UUIDs of its GPUs
         # a secret is stored as its hash: the label is readable by everyone in the docker group
         "env": {key: secret_digest(value) if isinstance(value, Secret) else value for key, value in spec.env},
         "restart": spec.restart,
@@ -179,7 +261,7 @@ def plan_run(c) -> Plan:
             c.containers_to_come.add(name)
             actions.append(Action(f"pull {spec.image} and run container {name} once Docker runs", lambda c: None))
             continue
-        warning = cuda_check(c, spec)
+        warning = "; ".join(w for w in (cuda_check(c, spec), arch_check(c, spec)) if w)
         if spec.image not in f.images:
             actions.append(Action(f"pull {spec.image}", lambda c, i=spec.image: c.run(["docker", "pull", "--", i], sudo=True, kind="install"),
                                   warning=warning))
@@ -195,7 +277,7 @@ def plan_run(c) -> Plan:
         differences = spec_differences(old_doc, doc) + writable_tool_folder(current)
         if differences:
             c.containers_to_come.add(name)
-            actions.append(Action(f"re-create container {name} ({'; '.join(differences)}), keeping its volumes "
+            actions.append(Action(f"re-create container {name} ({'; '.join(differences)}{gpus_note(c, doc)}), keeping its volumes "
                                   "(snapshot first if you changed its files)",
                                   then_clear(lambda c, n=name, d=doc: recreate(c, n, d)),
                                   diff="".join(f"~ {d}\n" for d in differences)))
@@ -210,10 +292,21 @@ def plan_run(c) -> Plan:
                                   then_clear(lambda c, n=name: c.run(["docker", "restart", n], sudo=True)),
                                   warning=f"processes in {name} are restarted"))
         else:
-            fine.append(name)
+            fine.append(name + gpus_note(c, doc, " "))
+    if c.host.containers and f.docker_running:
+        record = gpu_record_action(c)
+        if record:
+            actions.append(record)
     if not actions:
         return Plan.ok(f"container(s) {', '.join(fine)} running as specified")
     return Plan.change(*actions)
+
+
+def gpus_note(c, doc: dict, sep: str = "; ") -> str:
+    """Which physical GPUs a container of a GPU list or count gets (index, model, UUID), for the plan."""
+    if not isinstance(doc["gpus"], list):
+        return ""
+    return f"{sep}on {gpu_assign.describe(doc['gpus'], gpu_devices(c.facts()))}"
 
 
 def snapshot_repository(name: str) -> str:

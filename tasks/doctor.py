@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import json as jsonlib
 import re
 from dataclasses import dataclass
 
@@ -22,13 +23,17 @@ from gpufleet.paths import DAEMON_JSON, container_dir, probe_request
 from gpufleet.plan import HostContext, HostReport, Plan, Step
 from gpufleet.remote import LocalSession
 from . import HOST_TASK_HELP
-from .containers import default_shm_size, gpu_path
+from .containers import SPEC_LABEL, default_shm_size, gpu_path
 from .docker import wanted_daemon_keys
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skipped"
 STYLE = {PASS: "green", WARN: "yellow", FAIL: "bold red", SKIP: "cyan"}
 TORCH_CHECK = ("import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available(), "
                "torch.cuda.device_count())")
+# a real kernel on the GPU: is_available() is true even where the image has no kernel for the GPU's architecture
+KERNEL_CHECK = ("import torch; x = torch.arange(1024.0, device='cuda'); y = float((x * 2).sum()); "
+                "torch.cuda.synchronize(); print(torch.cuda.get_device_name(0), y)")
+KERNEL_SUM = "1047552.0"
 MIN_FREE_MB = 20 * 1024
 
 
@@ -180,6 +185,9 @@ def container_checks(c, name: str) -> list[Check]:
         checks.append(Check(label + "gpu", SKIP, "no NVIDIA GPU on the host"))
         checks.append(Check(label + "torch.cuda", SKIP, "no NVIDIA GPU on the host"))
         return checks
+    if jsonlib.loads((info["Config"].get("Labels") or {}).get(SPEC_LABEL) or "{}").get("gpus") == "none":
+        checks.append(Check(label + "gpu", SKIP, "gpus = none: no GPU given to it"))
+        return checks
     if needed and f.gpu_cuda:
         fine = gpu.driver_supports_cuda(f.gpu_cuda, needed)
         checks.append(Check(label + "cuda", PASS if fine else FAIL, f"image needs CUDA {needed}, driver supports {f.gpu_cuda}",
@@ -189,7 +197,27 @@ def container_checks(c, name: str) -> list[Check]:
     checks.append(Check(label + "gpu", PASS if count else FAIL, f"{count} GPU(s) visible inside",
                         "" if count else "re-create the container with gpus = 'all' after nvidia.install"))
     checks.append(torch_check(c, in_container(name, ["python3", "-c", TORCH_CHECK]), label))
+    checks.append(kernel_check(c, name, label))
     return checks
+
+
+def kernel_check(c, name: str, label: str = "") -> Check:
+    """A small real CUDA computation in the container: torch where the image has it, else nvidia-smi."""
+    result = c.run(in_container(name, ["python3", "-c", KERNEL_CHECK]), sudo=False, check=False)
+    output = result.stdout + result.stderr
+    if result.exit_code == 0 and output.split()[-1:] == [KERNEL_SUM]:
+        return Check(label + "cuda kernel", PASS, f"a torch kernel ran on {' '.join(result.stdout.split()[:-1])}")
+    if "No module named" in output or ("python3" in output and "not found" in output.lower()):
+        smi = c.run(in_container(name, ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]), sudo=False,
+                    check=False)
+        names = ", ".join(line.strip() for line in smi.stdout.splitlines() if line.strip())
+        if smi.exit_code == 0 and names:
+            return Check(label + "cuda kernel", PASS, f"no torch in the image; nvidia-smi answers: {names}")
+        return Check(label + "cuda kernel", FAIL, "no torch in the image, and nvidia-smi fails: "
+                     + gpu.explain_kernel_failure(smi.stdout + smi.stderr), "re-create the container after nvidia.install")
+    return Check(label + "cuda kernel", FAIL, gpu.explain_kernel_failure(output),
+                 "use an image built for a CUDA new enough for this GPU (containers.up names one)"
+                 if gpu.NO_KERNEL_RE.search(output) else "")
 
 
 def torch_check(c, argv: list[str], label: str = "") -> Check:

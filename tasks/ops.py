@@ -1,19 +1,28 @@
 """Day-2 operations on the managed containers: ps, exec, shell, start/stop/restart,
-snapshot, rm (never loses work) and restore."""
+snapshot, rm (never loses work) and restore; gpus, the fleet's GPUs in one table."""
 from __future__ import annotations
 
 import json as jsonlib
 import os
 import shlex
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from invoke import Collection, task
+from invoke.exceptions import Exit
 from gpufleet.output import make_console
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from gpufleet import gpu
+from gpufleet import gpu, gpu_view
+from gpufleet.connect import Connector
+from gpufleet.executor import close_within, open_session
+from gpufleet.facts import ProbeOutputError, parse_file
+from gpufleet.files import FileChange, apply_file
+from gpufleet.plan import HostReport
 from gpufleet.container_changes import CHANGED_FORMAT, changed_since, parse_snapshot_moments, mount_points, \
     read_user_changes
 from gpufleet.errors import FleetError, InputError
@@ -245,6 +254,91 @@ def restore_step(container: str, snapshot_tag: str | None) -> Step:
     return Step("ops.restore", plan)
 
 
+# --- gpus ---
+
+def users_of(host) -> dict[str, list[str]] | None:
+    """{container: its people} where the inventory names people per container (a `users` key), else None."""
+    if not any(hasattr(spec, "users") for spec in host.containers.values()):
+        return None
+    return {name: list(getattr(spec, "users", None) or []) for name, spec in host.containers.items()}
+
+
+def read_gpus(session, host, dry_run: bool, idle_flag_seconds: int) -> tuple[list[dict], str]:
+    """(a row per GPU of the server, why there are none): one command on the server; the idle record is
+    rewritten (not in a dry run) only when a GPU went idle or busy since the last look."""
+    names = list(host.containers)
+    result = session.run(gpu_view.gpus_script(names), sudo=True, check=False, kind="probe")
+    try:
+        sections = gpu_view.read_sections(result.stdout)
+    except ProbeOutputError as e:
+        raise FleetError(f"ops.gpus: {e}") from None
+    if "now" not in sections:
+        raise FleetError(f"ops.gpus: the server gave no answer ({result.stderr.strip()[-200:]})")
+    rows, idle, why = gpu_view.gpu_rows(host.name, sections, names, users_of(host), idle_flag_seconds)
+    current = parse_file(sections.get("idle", (1, "absent"))[1])
+    if rows and not dry_run and idle != gpu_view.parse_idle(current.text):
+        apply_file(session, FileChange(gpu_view.IDLE_RECORD, current,
+                                       (jsonlib.dumps(idle, sort_keys=True) + "\n").encode(), backup=False))
+    return rows, why
+
+
+def gpus_step(idle_minutes: int) -> Step:
+    def plan(c) -> Plan:
+        rows, why = read_gpus(c.session, c.host, c.dry_run, idle_minutes * 60)
+        c.report.data = rows
+        flagged = sum(1 for row in rows if row["flags"])
+        return Plan.ok(why or f"{len(rows)} GPU(s)" + (f", {flagged} flagged" if flagged else ""))
+    return Step("ops.gpus", plan)
+
+
+def gpus_table(reports) -> Table:
+    table = Table(title="GPUs", title_justify="left")
+    for column in gpu_view.COLUMNS:
+        table.add_column(column)
+    for report in reports:
+        if report.failed and not report.data:
+            table.add_row(Text(report.host), *[Text("-")] * (len(gpu_view.COLUMNS) - 2), Text(report.error))
+        for row in report.data or []:
+            *rest, flags = gpu_view.cells(row)
+            table.add_row(*(Text(cell) for cell in rest), Text(flags, style="bold red" if flags else ""))
+    return table
+
+
+def print_gpus(reports) -> int | None:
+    make_console().print(gpus_table(reports), soft_wrap=False)
+    return None
+
+
+def watch_gpus(inventory, hosts=(), watch=False, idle_minutes=60, interval=2.0, dry_run=False, **_) -> None:
+    """`--watch`: the table redrawn live every `interval` seconds until Ctrl-C, one connection per server
+    kept open and one command per server each time."""
+    if not watch:
+        return
+    connector = Connector(inventory)
+    log_dir = inventory.run.log_dir / datetime.now().strftime("%Y%m%d-%H%M%S-%f-gpus-watch")
+    log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sessions = {name: open_session(connector, name, log_dir / f"{name}.log", None) for name in hosts}
+
+    def look(name):
+        try:
+            sessions[name].open()
+            rows, why = read_gpus(sessions[name], inventory.hosts[name], dry_run, int(idle_minutes) * 60)
+            return HostReport(name, data=rows, error="" if rows else why)
+        except FleetError as e:
+            return HostReport(name, error=str(e))
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(len(hosts), inventory.run.parallel))) as pool, \
+                Live(console=make_console(), auto_refresh=False) as live:
+            while True:
+                live.update(gpus_table(list(pool.map(look, hosts))), refresh=True)
+                time.sleep(float(interval))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        close_within([s.close for s in sessions.values()] + [connector.close], seconds=2)
+    raise Exit(code=0)
+
+
 # --- tasks ---
 
 @task(help=HOST_TASK_HELP)
@@ -322,4 +416,13 @@ def restore(c, container, snapshot=None, dry_run=False, json=None):
     c.run_steps([restore_step(container, snapshot)])
 
 
-ns = Collection("ops", ps, exec_, shell, start, stop, restart, snapshot_, rm, restore)
+@task(help={**HOST_TASK_HELP, "watch": "redraw the table live until Ctrl-C",
+            "idle-minutes": "flag a GPU a container holds that has been idle this long (default 60)",
+            "interval": "seconds between redraws with --watch (default 2)"})
+@fleet_task(default_hosts="all", before=watch_gpus, after=print_gpus)
+def gpus(c, watch=False, idle_minutes=60, interval=2.0, dry_run=False, json=None):
+    """Every GPU of every server: use, the container holding it and its users, processes, idle time, flags."""
+    c.run_steps([gpus_step(int(idle_minutes))])
+
+
+ns = Collection("ops", ps, exec_, shell, start, stop, restart, snapshot_, rm, restore, gpus)
