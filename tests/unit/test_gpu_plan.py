@@ -71,7 +71,7 @@ def test_the_plan_names_each_containers_physical_gpus_and_records_them():
     assert runs[2] == "run container carol (gpus = none, shm 31g, ssh port 2224)"
     assert plan[-1] == f"record which GPUs each container holds in {gpu_assign.GPU_RECORD}"
     doc = containers.resolved_spec(ctx, ctx.host.containers["alice"])
-    assert doc["gpus"] == U[:2] and doc["runtime"] == "nvidia"
+    assert doc["gpus"] == U[:2] and doc["gpu_path"] == "runtime"
     assert containers.resolved_spec(ctx, ctx.host.containers["carol"])["gpus"] == "none"
 
 
