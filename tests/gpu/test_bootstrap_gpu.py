@@ -47,11 +47,14 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not has_gpu(), reason="no NVIDIA GPU here"),
               pytest.mark.skipif(not MIRROR.is_dir(), reason="no proof kit: bash scripts/gpu-proof.sh run")]
 
-RECORD: list[str] = []
+RECORD = Path(os.environ.get("OUT", str(WORK))) / f"gpu-proof-{STACK}-{VIA}.md"
 
 
 def note(text: str) -> None:
-    RECORD.append(text)
+    """Print and keep: every module of tests/gpu writes into this run's record as it goes."""
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    with RECORD.open("a") as record:
+        record.write(text + "\n")
     print(text, flush=True)
 
 
@@ -182,10 +185,7 @@ def proof():
     runs["second"] = fab("-H", "h200", "bootstrap")
     runs["newer_cuda"] = fab("-H", "h200", "containers.up", inv=inventory(
         f'\n[hosts.h200.containers.newer]\nimage = "{NEWER_CUDA_IMAGE}"\nssh_port = 2223\ngpus = "all"\n'))
-    yield runs
-    out = Path(os.environ.get("OUT", str(WORK)))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"gpu-proof-{STACK}-{VIA}.md").write_text("\n".join(RECORD) + "\n")
+    return runs
 
 
 def test_docker_ce_and_the_toolkit_come_from_the_pinned_mirror(proof):

@@ -16,11 +16,11 @@ import pytest
 
 from gpufleet import gpu
 from gpufleet.gpu_assign import GPU_RECORD
-from tests.gpu.test_bootstrap_gpu import IMAGE, PROOF, WORK, fab, has_gpu, inventory, make_image, note, sh
+from tests.gpu.test_bootstrap_gpu import GPU_PATH, IMAGE, MIRROR, WORK, fab, has_gpu, inventory, make_image, note, sh
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not has_gpu(), reason="no NVIDIA GPU here"),
-              pytest.mark.skipif(not (PROOF / "mirror").is_dir(), reason="no proof kit: bash scripts/gpu-proof.sh run")]
+              pytest.mark.skipif(not MIRROR.is_dir(), reason="no proof kit: bash scripts/gpu-proof.sh run")]
 
 CARDS = gpu.parse_query_gpu(sh("nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,"
                                "pci.bus_id --format=csv,noheader,nounits", check=False)) if has_gpu() else []
@@ -65,7 +65,10 @@ def test_gpu_0_by_uuid_and_a_container_without_gpus(runs):
     first = runs["first"]
     assert first.returncode == 0, first.stdout[-4000:]
     dev = json.loads(sh("docker inspect dev --format '{{json .HostConfig}}'"))
-    assert dev["Runtime"] == "nvidia" and dev["DeviceRequests"][0]["DeviceIDs"] == [CARDS[0].uuid], dev["DeviceRequests"]
+    if GPU_PATH == "runtime":
+        assert dev["Runtime"] == "nvidia" and dev["DeviceRequests"][0]["DeviceIDs"] == [CARDS[0].uuid], dev["DeviceRequests"]
+    else:  # one CDI device per UUID
+        assert [(r["Driver"], r["DeviceIDs"]) for r in dev["DeviceRequests"]] == [("cdi", [f"nvidia.com/gpu={CARDS[0].uuid}"])]
     listed = sh("docker exec dev nvidia-smi -L")
     assert CARDS[0].uuid in listed and len(gpu.parse_smi_list(listed)) == 1, listed
     cpu = json.loads(sh("docker inspect cpu --format '{{json .HostConfig}}'"))
