@@ -18,7 +18,7 @@ from gpufleet.plan import HostContext
 
 def server_gpus(inventory, name: str) -> list[tuple[str, str]]:
     """[(container, the physical GPUs it gets)] read from the server: its facts and GPU record (one probe)."""
-    from tasks.containers import gpu_assignment, gpu_devices
+    from .containers import gpu_assignment, gpu_devices
     connector = Connector(inventory)
     log_dir = inventory.run.log_dir / datetime.now().strftime("%Y%m%d-%H%M%S-%f-show-host")
     log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

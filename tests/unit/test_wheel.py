@@ -98,3 +98,16 @@ def test_the_wheel_runs_on_python_3_10_as_it_says(wheel):
               "from gpufleet import inventory, containerd_config; print(inventory.tomllib.__name__)")
     read = subprocess.run([sys.executable, "-c", hidden], cwd=REPO, capture_output=True, text=True)
     assert read.returncode == 0 and read.stdout.strip() == "tomllib", read.stderr[-2000:]
+
+
+def test_the_stages_import_each_other_relatively():
+    """Installed, tasks/ is gpufleet.tasks: an absolute `tasks.` import anywhere in it (a late import inside
+    a function included) would fail only when that code runs."""
+    import ast
+    absolute = []
+    for path in sorted((REPO / "tasks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            absolute += [f"{path.name}:{node.lineno}" for name in names if name.split(".")[0] == "tasks"]
+    assert absolute == []
