@@ -261,20 +261,24 @@ def plan_run(c) -> Plan:
             c.containers_to_come.add(name)
             actions.append(Action(f"pull {spec.image} and run container {name} once Docker runs", lambda c: None))
             continue
-        warning = "; ".join(w for w in (cuda_check(c, spec), arch_check(c, spec)) if w)
+        doc = resolved_spec(c, spec)
+        current = f.containers.get(name)
+        old_doc = jsonlib.loads(((current.get("Config") or {}).get("Labels") or {}).get(SPEC_LABEL) or "{}") \
+            if current is not None else {}
+        differences = spec_differences(old_doc, doc) + writable_tool_folder(current) if current is not None else []
+        # CUDA against the driver and the GPUs: before a container is made (or its image pulled), never for
+        # one that runs as specified (refusing it would stop this host's other containers for nothing)
+        made = current is None or bool(differences) or spec.image not in f.images
+        warning = "; ".join(w for w in (cuda_check(c, spec), arch_check(c, spec)) if w) if made else ""
         if spec.image not in f.images:
             actions.append(Action(f"pull {spec.image}", lambda c, i=spec.image: c.run(["docker", "pull", "--", i], sudo=True, kind="install"),
                                   warning=warning))
-        doc = resolved_spec(c, spec)
-        current = f.containers.get(name)
         if current is None:
             c.containers_to_come.add(name)
             _, why = use_gpus(c, spec)
             actions.append(Action(f"run container {name} ({why}, shm {doc['shm_size']}, ssh port {spec.ssh_port})",
                                   then_clear(lambda c, n=name, d=doc: docker_run(c, n, d))))
             continue
-        old_doc = jsonlib.loads(((current.get("Config") or {}).get("Labels") or {}).get(SPEC_LABEL) or "{}")
-        differences = spec_differences(old_doc, doc) + writable_tool_folder(current)
         if differences:
             c.containers_to_come.add(name)
             actions.append(Action(f"re-create container {name} ({'; '.join(differences)}{gpus_note(c, doc)}), keeping its volumes "

@@ -37,7 +37,8 @@ def inventory_text(**gpus_by_container) -> str:
     return text
 
 
-def context(inv_text: str, record: dict | None = None, runtimes=INFO["Runtimes"], gpus=EIGHT) -> HostContext:
+def context(inv_text: str, record: dict | None = None, runtimes=INFO["Runtimes"], gpus=EIGHT,
+            more=lambda request: "") -> HostContext:
     inv = inventory.loads(inv_text)
     ctx = HostContext(inv.host("gpu8"), inv, LocalSession(), dry_run=True)
     request = probe_request(ctx)
@@ -52,7 +53,7 @@ def context(inv_text: str, record: dict | None = None, runtimes=INFO["Runtimes"]
         body = gpu_assign.render_record(record)
         text += section(f"file:{request.files.index(gpu_assign.GPU_RECORD)}",
                         "644 root root\n" + base64.b64encode(body).decode())
-    ctx._facts = facts.parse_probe(text, request)
+    ctx._facts = facts.parse_probe(text + more(request), request)
     return ctx
 
 
@@ -168,3 +169,20 @@ def test_an_image_too_old_for_hopper_is_refused_before_the_pull_with_a_tag_that_
 def test_a_container_without_gpus_is_not_arch_checked():
     text = inventory_text(alice='"none"').replace("2.7.0-cuda12.8-cudnn9-runtime", "1.13.1-cuda11.6-cudnn8-runtime")
     assert summaries(context(text))[1] == "pull pytorch/pytorch:1.13.1-cuda11.6-cudnn8-runtime"
+
+
+def test_a_running_container_as_specified_is_not_refused_for_its_image_and_its_host_goes_on():
+    """An old image already running on GPU 0 (made while allow_arch_mismatch was on, say) does not stop the
+    plan of the server's other containers: CUDA is checked before a pull or a run, not of what runs."""
+    old_image = "pytorch/pytorch:1.13.1-cuda11.6-cudnn8-runtime"
+    text = inventory_text(old="[0]", new="[1]").replace("pytorch/pytorch:2.7.0-cuda12.8-cudnn9-runtime", old_image, 1)
+    bare = context(text)
+    doc = containers.resolved_spec(bare, bare.host.containers["old"])
+    listing = json.dumps({"Name": "/old", "State": {"Running": True},
+                          "Config": {"Labels": {facts.MANAGED_LABEL: "old", containers.SPEC_LABEL: json.dumps(doc)}},
+                          "Mounts": [{"Destination": containers.IN_CONTAINER_DIR, "RW": False}]})
+    ctx = context(text, more=lambda request: section("containers", listing) + section(
+        f"image:{request.images.index(old_image)}", json.dumps({"Id": "sha256:1", "Config": {"Env": []}})))
+    planned = summaries(ctx)
+    assert any(s.startswith("run container new") for s in planned), planned
+    assert not any(" old" in s and ("re-create" in s or "pull" in s) for s in planned), planned
