@@ -254,11 +254,24 @@ def cdi_devices(docker_info: dict | None) -> list[str]:
     return [d.get("ID", "") for d in (docker_info or {}).get("DiscoveredDevices") or [] if d.get("Source") == "cdi"]
 
 
-def choose_gpu_path(setting: str, docker_info: dict | None, toolkit_version: str) -> tuple[str, str]:
+def refresh_units(systemd: bool, units: dict[str, dict[str, str]]) -> tuple[bool, bool]:
+    """Pure: (the host has the toolkit's nvidia-cdi-refresh units, they need enabling) from `systemctl show`:
+    both enabled, and the path unit active (watching the driver's modules and nvidia-ctk)."""
+    mine = {name: units.get(name, {}) for name in CDI_REFRESH_UNITS}
+    if not systemd or not all(u.get("LoadState") == "loaded" for u in mine.values()):
+        return False, False
+    off = any(u.get("UnitFileState") not in ("enabled", "enabled-runtime") for u in mine.values())
+    return True, off or mine["nvidia-cdi-refresh.path"].get("ActiveState") != "active"
+
+
+def choose_gpu_path(setting: str, docker_info: dict | None, toolkit_version: str,
+                    kept_at_boot: bool = True) -> tuple[str, str]:
     """Pure: ("runtime" | "cdi", why) for `gpu_path` = auto | runtime | cdi on a host whose engine says
     `docker_info` and whose `nvidia-ctk --version` is `toolkit_version`.  auto takes CDI devices where the
-    engine has CDI on by default (28.2+, its CDISpecDirs listed) and the toolkit keeps a CDI spec (1.18+),
-    else the nvidia runtime.  ValueError where `cdi` is asked of a host that cannot do it."""
+    engine has CDI on by default (28.2+, its CDISpecDirs listed), the toolkit keeps a CDI spec (1.18+) and
+    something makes that spec again after a reboot (`kept_at_boot`: systemd with the toolkit's refresh units;
+    CDI_SPEC is on a tmpfs), else the nvidia runtime, which makes its CDI spec as each container starts.
+    ValueError where `cdi` is asked of a host that cannot do it."""
     info = docker_info or {}
     engine, toolkit = info.get("ServerVersion", ""), toolkit_version
     missing = []
@@ -278,6 +291,9 @@ def choose_gpu_path(setting: str, docker_info: dict | None, toolkit_version: str
         raise ValueError(f"gpu_path {setting!r} is not one of auto, runtime, cdi")
     if missing:
         return "runtime", "nvidia runtime: " + ", ".join(missing)
+    if not kept_at_boot:
+        return "runtime", ("nvidia runtime: nothing makes a CDI spec again after a reboot here (no systemd with "
+                           "nvidia-cdi-refresh); the runtime makes its own as each container starts")
     return "cdi", f"CDI devices: Docker {engine}, toolkit {toolkit}"
 
 

@@ -137,7 +137,8 @@ def gpu_path(c) -> tuple[str, str]:
     """("runtime" | "cdi", why): how this host's containers get their GPUs (gpu_path, from its facts)."""
     f = c.facts()
     try:
-        return gpu.choose_gpu_path(c.host.gpu_path, f.docker_info, f.toolkit_version)
+        return gpu.choose_gpu_path(c.host.gpu_path, f.docker_info, f.toolkit_version,
+                                   kept_at_boot=gpu.refresh_units(f.systemd, f.cdi_units)[0])
     except ValueError as e:
         raise FleetError(f"host {c.name}: {e}") from None
 

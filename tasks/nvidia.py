@@ -69,16 +69,6 @@ ENABLE_UNITS = (["systemctl", "enable", "--now", "nvidia-cdi-refresh.path"],
                 ["systemctl", "enable", "nvidia-cdi-refresh.service"])
 
 
-def refresh_units(systemd: bool, units: dict[str, dict[str, str]]) -> tuple[bool, bool]:
-    """Pure: (the host has the toolkit's nvidia-cdi-refresh units, they need enabling) from `systemctl show`:
-    both enabled, and the path unit active (watching the driver's modules and nvidia-ctk)."""
-    mine = {name: units.get(name, {}) for name in gpu.CDI_REFRESH_UNITS}
-    if not systemd or not all(u.get("LoadState") == "loaded" for u in mine.values()):
-        return False, False
-    off = any(u.get("UnitFileState") not in ("enabled", "enabled-runtime") for u in mine.values())
-    return True, off or mine["nvidia-cdi-refresh.path"].get("ActiveState") != "active"
-
-
 def enable_units(c) -> None:
     for argv in ENABLE_UNITS:
         c.run(argv, sudo=True)
@@ -97,7 +87,7 @@ def plan_cdi(c) -> Plan:
         return Plan.skipped(f"containers use the nvidia runtime ({why})")
     problem = gpu.cdi_spec_problem(f.cdi_spec, f.cdi_mtimes.get(gpu.CDI_SPEC), f.cdi_mtimes.get(CTK),
                                    f.gpu_driver, [g.uuid for g in f.gpus])
-    has_units, enable = refresh_units(f.systemd, f.cdi_units)
+    has_units, enable = gpu.refresh_units(f.systemd, f.cdi_units)
     actions = []
     if enable:
         actions.append(Action(f"enable {' and '.join(gpu.CDI_REFRESH_UNITS)} (they regenerate {gpu.CDI_SPEC} "

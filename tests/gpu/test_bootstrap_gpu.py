@@ -89,6 +89,7 @@ docker_plugins = false            # the proof's mirror carries no plugins: one c
 nvidia_mirror = "http://127.0.0.1:8000/libnvidia-container"
 nvidia_key_fingerprint = "{mirror["nvidia_key_fingerprint"]}"
 nvidia_toolkit_version = "{TOOLKIT}"
+gpu_path = "{GPU_PATH}"               # no systemd here: auto would take the runtime (nothing makes a CDI spec at boot)
 data_root = "/var/lib/docker-proof"
 registry_mirrors = ["http://127.0.0.1:5000"]   # none answers there: the image is made on this machine
 daemon_json = {{ iptables = false, "ip-masq" = false }}   # this VM's kernel has no NAT set up for Docker

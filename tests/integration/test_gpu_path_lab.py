@@ -83,19 +83,19 @@ def test_the_containers_open_files_limit_is_set_then_changed_and_kept(lab, on_gp
 def test_the_cdi_refresh_units_as_systemd_reports_them_before_and_after_enabling(lab, on_gpu3):
     code, none = sh(lab, HOST, SHOW)
     assert code == 0, none
-    assert nvidia.refresh_units(True, gpu.parse_unit_states(none)) == (False, False), none  # the lab's 1.18: none
+    assert gpu.refresh_units(True, gpu.parse_unit_states(none)) == (False, False), none  # the lab's 1.18: none
     # as nvidia-container-toolkit-base 1.18+ installs them
     units = {f"usr/lib/systemd/system/{name}": ((UNITS / name).read_bytes(), 0o644, 0) for name in gpu.CDI_REFRESH_UNITS}
     assert lab.client.containers.get(lab.container_name(HOST)).put_archive("/", tar_bytes(units))
     code, out = sh(lab, HOST, "systemctl daemon-reload")
     assert code == 0, out
     code, before = sh(lab, HOST, SHOW)
-    assert nvidia.refresh_units(True, gpu.parse_unit_states(before)) == (True, True), before
+    assert gpu.refresh_units(True, gpu.parse_unit_states(before)) == (True, True), before
     for argv in nvidia.ENABLE_UNITS:
         code, out = sh(lab, HOST, shlex.join(argv))
         assert code == 0, out
     code, after = sh(lab, HOST, SHOW)
-    assert nvidia.refresh_units(True, gpu.parse_unit_states(after)) == (True, False), after
+    assert gpu.refresh_units(True, gpu.parse_unit_states(after)) == (True, False), after
     assert sh(lab, HOST, "systemctl is-enabled nvidia-cdi-refresh.path nvidia-cdi-refresh.service; "
                          "systemctl is-active nvidia-cdi-refresh.path")[1].split() == ["enabled", "enabled", "active"]
     print("systemctl show, without the units:\n" + none + "\nbefore:\n" + before + "\nafter:\n" + after)

@@ -111,26 +111,37 @@ def test_cdi_devices_from_docker_info():
 
 # --- the resolved spec keeps the path; run_argv uses it ---
 
-def gpu_host(setting="auto", info=None, ctk="1.20.0", gpus_key="auto"):
-    """The dry-run context of test_nvidia_toolkit (a GPU host) with another engine and toolkit."""
+REFRESH_UNITS_ENABLED = (FIXTURES / "systemctl-show-refresh-units-enabled.txt").read_text()
+
+
+def gpu_host(setting="auto", info=None, ctk="1.20.0", gpus_key="auto", refresh_units=True):
+    """The dry-run context of test_nvidia_toolkit (a GPU host) with another engine and toolkit; systemd with
+    the toolkit's refresh units enabled, or (refresh_units=False) no systemd."""
     ctx = host_context("auto", "smi", runtimes=("runc", "nvidia"), gpus_key=gpus_key)
     ctx.host.settings["gpu_path"] = setting
     ctx._facts.docker_info = dict(info or INFO_29)
     ctx._facts.toolkit_version = ctk
+    ctx._facts.systemd = refresh_units
+    ctx._facts.cdi_units = gpu.parse_unit_states(REFRESH_UNITS_ENABLED if refresh_units else "")
     return ctx
 
 
 SPECS = [
-    # (id, gpu_path, docker info, toolkit, expected gpu_path in the spec, expected GPU args)
-    ("Docker 29 + 1.20, auto", "auto", INFO_29, "1.20.0", "cdi", ["--device", "nvidia.com/gpu=all"]),
-    ("Docker 29 + 1.20, runtime", "runtime", INFO_29, "1.20.0", "runtime", ["--runtime", "nvidia", "--gpus", "all"]),
-    ("Docker 26 + 1.18, auto", "auto", INFO_26, "1.18.0", "runtime", ["--runtime", "nvidia", "--gpus", "all"]),
+    # (id, gpu_path, docker info, toolkit, refresh units, expected gpu_path in the spec, expected GPU args)
+    ("Docker 29 + 1.20, auto", "auto", INFO_29, "1.20.0", True, "cdi", ["--device", "nvidia.com/gpu=all"]),
+    # /var/run/cdi is a tmpfs: where nothing makes the spec again at boot, the runtime (its own spec per start)
+    ("Docker 29 + 1.20, auto, no systemd", "auto", INFO_29, "1.20.0", False, "runtime",
+     ["--runtime", "nvidia", "--gpus", "all"]),
+    ("Docker 29 + 1.20, cdi, no systemd", "cdi", INFO_29, "1.20.0", False, "cdi", ["--device", "nvidia.com/gpu=all"]),
+    ("Docker 29 + 1.20, runtime", "runtime", INFO_29, "1.20.0", True, "runtime",
+     ["--runtime", "nvidia", "--gpus", "all"]),
+    ("Docker 26 + 1.18, auto", "auto", INFO_26, "1.18.0", True, "runtime", ["--runtime", "nvidia", "--gpus", "all"]),
 ]
 
 
-@pytest.mark.parametrize("setting,info,ctk,path,args", [s[1:] for s in SPECS], ids=[s[0] for s in SPECS])
-def test_resolved_spec_keeps_the_gpu_path_and_run_argv_uses_it(setting, info, ctk, path, args):
-    ctx = gpu_host(setting, info, ctk)
+@pytest.mark.parametrize("setting,info,ctk,units,path,args", [s[1:] for s in SPECS], ids=[s[0] for s in SPECS])
+def test_resolved_spec_keeps_the_gpu_path_and_run_argv_uses_it(setting, info, ctk, units, path, args):
+    ctx = gpu_host(setting, info, ctk, refresh_units=units)
     doc = containers.resolved_spec(ctx, ctx.host.containers["dev"])
     assert doc["gpu_path"] == path and "runtime" not in doc
     argv = containers.run_argv("dev", doc)
@@ -209,10 +220,13 @@ ENABLE = ("enable nvidia-cdi-refresh.path and nvidia-cdi-refresh.service (they r
           "on driver and toolkit changes)")
 CDI_PLANS = [
     # (id, systemd, units (systemctl show), spec, setting, docker info, expected: summaries, or "ok:"/"skip:" text)
-    ("no systemd (WSL2, the GPU host), no spec", False, "", None, "auto", INFO_29, [GENERATE]),
-    ("no systemd, spec current", False, "", SPEC, "auto", INFO_29,
+    ("no systemd (WSL2, the GPU host), cdi asked, no spec", False, "", None, "cdi", INFO_29, [GENERATE]),
+    ("no systemd, auto: the runtime", False, "", None, "auto", INFO_29, "skip:containers use the nvidia runtime "
+     "(nvidia runtime: nothing makes a CDI spec again after a reboot here (no systemd with nvidia-cdi-refresh); "
+     "the runtime makes its own as each container starts)"),
+    ("no systemd, spec current", False, "", SPEC, "cdi", INFO_29,
      "ok:/var/run/cdi/nvidia.yaml is current (driver 580.159.04, 1 GPU(s)); no systemd: the tool regenerates it"),
-    ("systemd without the units (toolkit < 1.18, the lab's build)", True, SHOW_NOT_FOUND, None, "auto", INFO_29,
+    ("systemd without the units (toolkit < 1.18, the lab's build)", True, SHOW_NOT_FOUND, None, "cdi", INFO_29,
      [GENERATE]),
     ("systemd with the units, disabled, no spec", True, SHOW_LOADED, None, "auto", INFO_29,
      [ENABLE, GENERATE]),
@@ -370,10 +384,10 @@ def test_bad_host_settings(line, message):
 
 DOCTOR = [
     # (id, gpu_path, docker info, expected status, words in the detail)
-    ("CDI devices listed", "auto", INFO_29, "pass", f"docker info lists nvidia.com/gpu=0, nvidia.com/gpu={H200}"),
-    ("CDI, the GPU not discovered", "auto", dict(INFO_29, DiscoveredDevices=INFO_29["DiscoveredDevices"][:1]), "fail",
+    ("CDI devices listed", "cdi", INFO_29, "pass", f"docker info lists nvidia.com/gpu=0, nvidia.com/gpu={H200}"),
+    ("CDI, the GPU not discovered", "cdi", dict(INFO_29, DiscoveredDevices=INFO_29["DiscoveredDevices"][:1]), "fail",
      f"not nvidia.com/gpu=all, {H200}"),
-    ("CDI, no devices at all", "auto", dict(INFO_29, DiscoveredDevices=[]), "fail", "no nvidia.com/gpu device"),
+    ("CDI, no devices at all", "cdi", dict(INFO_29, DiscoveredDevices=[]), "fail", "no nvidia.com/gpu device"),
     ("the runtime registered", "auto", INFO_26, "pass", "docker info lists runtimes nvidia, runc"),
     ("the runtime not registered", "runtime", dict(INFO_26, Runtimes={"runc": {}}), "fail", "lists runtimes runc"),
     ("cdi asked of Docker 26", "cdi", INFO_26, "fail", "gpu_path = 'cdi' but this host has Docker 26"),
