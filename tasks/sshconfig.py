@@ -165,7 +165,7 @@ def update_vscode(inventory: Inventory, path: Path, aliases: list[str], dry_run:
         write_atomically(path, new.encode(), backup=path.exists())
         print(f"{path}: remote.SSH.remotePlatform has {len(owned)} aliases of gpufleet's"
               + (f" (backup: {path}{BACKUP_SUFFIX})" if current else ""))
-    if record.get(str(path), []) != owned:
+    if record.get(str(path), []) != owned and not dry_run:
         write_atomically(record_path, (json.dumps({**record, str(path): owned}, indent=2) + "\n").encode())
 
 

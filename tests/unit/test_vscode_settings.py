@@ -11,6 +11,7 @@ import pytest
 
 from gpufleet import vscode_settings as vs
 from gpufleet.errors import InputError
+from tasks import sshconfig
 from tests.conftest import REPO
 
 JSONC = Path(__file__).resolve().parents[1] / "jsonc"
@@ -196,3 +197,18 @@ COMMENTS_STAY = {
 def test_comments_stay_with_their_lines(name):
     text, added = CASES[name]
     assert COMMENTS_STAY[name] in vs.set_remote_platforms(text, OURS, added)[0]
+
+
+def test_a_dry_run_writes_no_record_either(tmp_path, isolated_home):
+    """An alias the user took over (another platform) leaves settings.json as it is and shrinks gpufleet's
+    record of its own aliases: not in a dry run."""
+    settings = tmp_path / "settings.json"
+    settings.write_bytes(SETTINGS.encode())
+    text = INVENTORY.format(d=tmp_path, vscode=f'vscode_settings = "{settings}"')
+    assert gen_ssh_config(tmp_path, isolated_home, text).returncode == 0
+    record = next(tmp_path.rglob(sshconfig.VSCODE_RECORD))
+    before = record.read_bytes()
+    settings.write_bytes(settings.read_bytes().replace(b'"gpu1-dev": "linux"', b'"gpu1-dev": "windows"'))
+    dry = gen_ssh_config(tmp_path, isolated_home, text, "--dry-run")
+    assert dry.returncode == 0 and record.read_bytes() == before, dry.stdout
+    assert gen_ssh_config(tmp_path, isolated_home, text).returncode == 0 and record.read_bytes() != before
