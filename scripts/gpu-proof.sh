@@ -48,10 +48,13 @@ prepare() {
     pack
 }
 
-# the kit's files, largest first, into parts of at most PART_MIB each (hard links: no second copy here)
+# the kit's files into parts of at most PART_MIB each (hard links: no second copy here): what the Docker 29
+# run needs first, largest first, so that the first parts carry it and the older engine's packages come last
 pack() {
     rm -rf "$HERE"/part-*
-    (cd "$HERE/kit" && find . -type f -printf '%s %p\n' | sort -rn) | awk -v limit=$((PART_MIB << 20)) '
+    (cd "$HERE/kit" && find . -type f -printf '%s %p\n' |
+        awk '{ print ($2 ~ /_(5%3a)?26\.|_1\.7\.|_1\.18\./ ? 1 : 0), $0 }' | sort -k1,1n -k2,2rn | cut -d' ' -f2-) |
+    awk -v limit=$((PART_MIB << 20)) '
         { for (i = 1; i <= n && used[i] + $1 > limit; i++); if (i > n) n = i; used[i] += $1; print i, $2 }' |
     while read -r part file; do
         mkdir -p "$(dirname "$HERE/part-$part/$file")" && ln "$HERE/kit/$file" "$HERE/part-$part/$file"
