@@ -238,6 +238,9 @@ def render_inventory(data: InventoryData) -> str:
             lines.append('docker_source = "distro"')
         if wants_toolkit(entry, repos):
             lines.append('nvidia_toolkit = "always"')
+            if not entry.today:  # the older server keeps the older toolkit (the mirror holds 1.20 beside it)
+                from lab.mirror import TOOLKIT_VERSION
+                lines.append(f'nvidia_toolkit_version = "{TOOLKIT_VERSION}"')
         if entry.today and repos.today_from == "sid":
             # Debian's docker.io 28.5 stores images as Docker 29 does once this is on (29's default)
             lines.append('daemon_json = { features = { containerd-snapshotter = true } }')
