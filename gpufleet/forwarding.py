@@ -10,6 +10,8 @@ already has an AllowUsers list (never creating one: that would lock out everyone
 """
 from __future__ import annotations
 
+import shlex
+
 from gpufleet.authorized_keys import PublicKey
 
 NOLOGIN = "/usr/sbin/nologin"
@@ -84,3 +86,28 @@ def forwarding_problems(dump: dict[str, list[str]], account: str) -> list[str]:
         if dump.get(keyword):
             problems.append(f"{keyword} is set ({' '.join(dump[keyword])}): check that it lets {account} in")
     return problems
+
+
+def sshd_listener(dump: dict[str, list[str]]) -> tuple[str, int]:
+    """Pure: an address and port where sshd listens (`sshd -T`'s listenaddress, else port), to see that it
+    answers again after a reload: IPv4 first, any-address as the loopback."""
+    addresses = dump.get("listenaddress", [])
+    port = int((dump.get("port") or ["22"])[0])
+    for value in sorted(addresses, key=lambda a: a.startswith("[")):
+        host, _, listen_port = value.rpartition(":")
+        host = host.strip("[]")
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        return host, int(listen_port or port)
+    return "127.0.0.1", port
+
+
+def sshd_answers_script(host: str, port: int, seconds: int = 10) -> str:
+    """Shell: wait (at most `seconds`) until sshd at host:port sends its banner again: after SIGHUP it
+    closes its listening sockets and executes itself anew, and a connection in between is refused."""
+    probe = shlex.quote(f'exec 3<>"/dev/tcp/{host}/{port}" && head -c 4 <&3')
+    return (f"sleep 0.3; i=0; while [ $i -lt {seconds * 5} ]; do "
+            f"[ \"$(timeout 2 bash -c {probe} 2>/dev/null)\" = SSH- ] && exit 0; i=$((i + 1)); sleep 0.2; done; "
+            f"echo 'sshd does not answer on {host}:{port} after its reload' >&2; exit 1")

@@ -205,7 +205,10 @@ def check_and_reload_sshd(c, drop_in: FileChange, account: str) -> None:
         c.run(undo, sudo=True)
         raise ValidationFailed(drop_in.path, f"{SSHD} -t", test.stderr or test.stdout)
     c.run(["sh", "-c", 'kill -HUP "$(cat /run/sshd.pid)"'], sudo=True)
-    problems = forwarding.forwarding_problems(sshd_dump(c, account), account)
+    dump = sshd_dump(c, account)
+    # the next connection (this run's next host step, the next run) must not meet sshd between its sockets
+    c.run(["bash", "-c", forwarding.sshd_answers_script(*forwarding.sshd_listener(dump))], sudo=True)
+    problems = forwarding.forwarding_problems(dump, account)
     if problems:
         raise FleetError(f"sshd will not let {account} forward: {'; '.join(problems)}")
 

@@ -189,7 +189,9 @@ class Server:
 # (the drop-in there before?, what `sshd -t` says) -> the commands run after it
 RELOADS = [
     (False, (0, ""), [["/usr/sbin/sshd", "-t"], ["sh", "-c", 'kill -HUP "$(cat /run/sshd.pid)"'],
-                      ["/usr/sbin/sshd", "-T", "-C", "user=gpufleet-fwd,host=localhost,addr=127.0.0.1"]]),
+                      ["/usr/sbin/sshd", "-T", "-C", "user=gpufleet-fwd,host=localhost,addr=127.0.0.1"],
+                      # then it waits until sshd answers again (the dump names no listenaddress: port 22)
+                      ["bash", "-c", forwarding.sshd_answers_script("127.0.0.1", 22)]]),
     (False, (255, "/etc/ssh/sshd_config.d/40-gpufleet-forward.conf line 3: Directive 'AllowUsers' is not allowed "
                   "within a Match block"),
      [["/usr/sbin/sshd", "-t"], ["rm", "-f", "--", "/etc/ssh/sshd_config.d/40-gpufleet-forward.conf"]]),
