@@ -40,14 +40,14 @@ def default_shm_size(mem_total_mb: int) -> str:
     return f"{gb}g"
 
 
-def use_gpus(c, spec: ContainerSpec) -> tuple[bool, str]:
-    """(run it with the nvidia runtime and GPUs?, which GPUs, in words) from the spec and what the host has."""
+def gpus_in_words(c, spec: ContainerSpec) -> str:
+    """Which GPUs the container gets, for the plan: none (and why), all, or index, model and UUID."""
     gpus = gpu_assignment(c)[spec.name]
     if gpus == "none":
-        return False, "gpus = none" if spec.gpus == "none" else "no GPUs: host has no NVIDIA GPU/runtime"
+        return "gpus = none" if spec.gpus == "none" else "no GPUs: host has no NVIDIA GPU/runtime"
     if gpus == "all":
-        return True, f"all {len(c.facts().gpus)} GPU(s)"
-    return True, "on " + gpu_assign.describe(gpus, gpu_devices(c.facts()))
+        return f"all {len(c.facts().gpus)} GPU(s)"
+    return "on " + gpu_assign.describe(gpus, gpu_devices(c.facts()))
 
 
 def gpu_devices(f) -> list[gpu_assign.Device]:
@@ -276,7 +276,7 @@ def plan_run(c) -> Plan:
                                   warning=warning))
         if current is None:
             c.containers_to_come.add(name)
-            _, why = use_gpus(c, spec)
+            why = gpus_in_words(c, spec)
             actions.append(Action(f"run container {name} ({why}, shm {doc['shm_size']}, ssh port {spec.ssh_port})",
                                   then_clear(lambda c, n=name, d=doc: docker_run(c, n, d))))
             continue

@@ -256,11 +256,9 @@ def restore_step(container: str, snapshot_tag: str | None) -> Step:
 
 # --- gpus ---
 
-def users_of(host) -> dict[str, list[str]] | None:
-    """{container: its people} where the inventory names people per container (a `users` key), else None."""
-    if not any(hasattr(spec, "users") for spec in host.containers.values()):
-        return None
-    return {name: list(getattr(spec, "users", None) or []) for name, spec in host.containers.items()}
+def users_of(host) -> dict[str, list[str]]:
+    """{container: its people} (a container's `users`)."""
+    return {name: list(spec.users) for name, spec in host.containers.items()}
 
 
 def read_gpus(session, host, dry_run: bool, idle_flag_seconds: int) -> tuple[list[dict], str]:
