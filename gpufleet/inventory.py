@@ -285,6 +285,8 @@ HOST_SETTINGS: dict[str, tuple[Callable[[Any], Any], Any, str]] = {
     "install_timeout": (_int_range(1, 86400), 1800,
                         "seconds a package install, image pull, snapshot or ops.exec command may run"),
     "copy_timeout": (_int_range(1, 7 * 86400), 43200, "seconds the copy of a data-root move may run"),
+    "ulimit_nofile": (_nofile, DEFAULT_NOFILE, "open files of this host's containers: N or \"SOFT:HARD\" "
+                                               "(a container's own ulimit_nofile wins)"),
 }
 HOST_ONLY = {"address": _str, "groups": _str_list}
 
@@ -733,7 +735,7 @@ class _Validator:
                 allow_arch_mismatch=cdata.get("allow_arch_mismatch", False),
                 keep_snapshots=cdata.get("keep_snapshots", 3),
                 users=tuple(cdata.get("users", [])),
-                ulimit_nofile=cdata.get("ulimit_nofile", DEFAULT_NOFILE),
+                ulimit_nofile=cdata.get("ulimit_nofile", settings["ulimit_nofile"]),
             )
         if settings["github_access"] == "agent" and not settings["forward_agent"]:
             where = sources["forward_agent"] if sources["forward_agent"] != "built-in default" else sources["github_access"]

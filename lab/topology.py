@@ -211,6 +211,8 @@ def render_inventory(data: InventoryData) -> str:
         lines.append("# no NVIDIA repo: ../shared/gpu-stack was not there when the mirror was built")
     lines += [
         f"registry_mirrors = [{_toml_str(data.registry_mirror)}]",
+        "# every container's open files: the lab's nested engines cannot go past 20000 (the default is 1048576)",
+        'ulimit_nofile = "20000:20000"',
         'data_root = "/data/docker"',
         f"docker_users = [{_toml_str(DEV_USER)}]",
         "",
@@ -222,8 +224,6 @@ def render_inventory(data: InventoryData) -> str:
         "ssh_port = 2222",
         'shm_size = "1g"',
         'volumes = ["/data/workspace:/workspace"]',
-        "# this machine's open-files limit is 20000 and the lab cannot raise it (the default is 1048576)",
-        'ulimit_nofile = "20000:20000"',
         "",
         "[hosts.bastion]",
         'address = "127.0.0.1"',

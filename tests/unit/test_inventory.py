@@ -240,3 +240,15 @@ def test_user_names_of_logins_from_a_directory_service(name, valid):
     else:
         with pytest.raises(InventoryError, match=r"defaults\.user: .* is not a valid user name"):
             inv.loads(text)
+
+
+def test_ulimit_nofile_of_a_host_is_the_default_of_its_containers_and_a_container_s_own_wins():
+    loaded = inv.loads('[defaults]\nulimit_nofile = 20000\n[hosts.a]\naddress = "10.0.0.1"\n'
+                          '[hosts.a.containers.x]\nimage = "i"\nssh_port = 2222\n'
+                          '[hosts.a.containers.y]\nimage = "i"\nssh_port = 2223\nulimit_nofile = "4096:8192"\n'
+                          '[hosts.b]\naddress = "10.0.0.2"\nulimit_nofile = "65536:1048576"\n'
+                          '[hosts.b.containers.x]\nimage = "i"\nssh_port = 2222\n')
+    assert {n: c.ulimit_nofile for n, c in loaded.host("a").containers.items()} == {"x": "20000:20000", "y": "4096:8192"}
+    assert loaded.host("b").containers["x"].ulimit_nofile == "65536:1048576"
+    assert inv.loads('[hosts.c]\naddress = "10.0.0.3"\n[hosts.c.containers.x]\nimage = "i"\nssh_port = 2222\n'
+                           ).host("c").containers["x"].ulimit_nofile == "1048576:1048576"
