@@ -34,9 +34,10 @@ HOLD = ("import torch, time; x = torch.ones(1 << 26, device='cuda'); torch.cuda.
 
 def shared_inventory(extra: str = ""):
     """The proof's inventory with dev on GPU 0 by UUID, and a container with no GPU."""
-    return inventory(
-        f'\n[hosts.h200.containers.cpu]\nimage = "{NEW_TAG}"\nssh_port = 2224\ngpus = "none"\n{extra}').replace(
-        'gpus = "all"', f'gpus = ["{CARDS[0].uuid}"]', 1).replace(f'image = "{IMAGE}"', f'image = "{NEW_TAG}"', 1)
+    path = inventory(f'\n[hosts.h200.containers.cpu]\nimage = "{NEW_TAG}"\nssh_port = 2224\ngpus = "none"\n{extra}')
+    path.write_text(path.read_text().replace('gpus = "all"', f'gpus = ["{CARDS[0].uuid}"]', 1).replace(
+        f'image = "{IMAGE}"', f'image = "{NEW_TAG}"', 1))
+    return path
 
 
 @pytest.fixture(scope="module")
