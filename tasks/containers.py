@@ -448,7 +448,7 @@ def plan_sshd(c) -> Plan:
 def sshd_validator(name: str):
     """`sshd -t` of a new sshd_config by the container's own sshd (the file is on the host, mounted in it)."""
     def argv(temp: str) -> list[str]:
-        return ["docker", "exec", "--", name, "sh", "-c", 'mkdir -p /run/sshd && exec /usr/sbin/sshd -t -f "$0"',
+        return ["docker", "exec", "--", name, "sh", "-c", 'mkdir -p -m 0755 /run/sshd && exec /usr/sbin/sshd -t -f "$0"',
                 temp.replace(container_dir(name), IN_CONTAINER_DIR)]
     return argv
 
@@ -456,7 +456,7 @@ def sshd_validator(name: str):
 def start_sshd(c, name: str) -> None:
     """Start sshd (or make it re-read its config) in a running container."""
     d = IN_CONTAINER_DIR
-    script = (f"mkdir -p /run/sshd; if [ -s /run/sshd.pid ] && kill -0 $(cat /run/sshd.pid) 2>/dev/null; "
+    script = (f"mkdir -p -m 0755 /run/sshd; if [ -s /run/sshd.pid ] && kill -0 $(cat /run/sshd.pid) 2>/dev/null; "
               f"then kill -HUP $(cat /run/sshd.pid); else /usr/sbin/sshd -f {d}/sshd_config; fi")
     c.run(in_container(name, Script(script)), sudo=True)
 
