@@ -48,4 +48,3 @@ def test_the_wait_ends_once_sshd_answers_again_and_fails_where_it_never_does():
     never = subprocess.run(["bash", "-c", forwarding.sshd_answers_script("127.0.0.1", free_port(), seconds=1)],
                            capture_output=True, text=True)
     assert never.returncode == 1 and "sshd does not answer on 127.0.0.1:" in never.stderr
-
