@@ -74,7 +74,8 @@ def test_gpus_by_index_and_count_reach_docker_by_uuid_are_recorded_and_stay(gpu_
     assert run.returncode == 0, [s for s in run.hosts["gpu1"]["steps"] if s["status"] != "ok"] or run.stdout[-3000:]
     done = " ".join(s["message"] for s in run.hosts["gpu1"]["steps"])
     # a GPU change re-creates the container like any spec change, with the snapshot rules
-    assert f"re-create container dev (gpus: 'none' -> {U[:2]!r}" in done and "so no snapshot" in done, done
+    # (the GPU path comes into its spec with its first GPU: gpu_path: None -> 'runtime' is named beside)
+    assert "re-create container dev (" in done and f"gpus: 'none' -> {U[:2]!r}" in done and "so no snapshot" in done, done
     for name, uuids in (("dev", U[:2]), ("train", U[2:4])):
         # what Docker made of the argv: the device request and the UUIDs the container is given
         code, requests = sh(lab, "gpu1", f"docker inspect -f '{{{{json .HostConfig.DeviceRequests}}}}' {name}")
@@ -102,8 +103,10 @@ def test_gpus_by_index_and_count_reach_docker_by_uuid_are_recorded_and_stay(gpu_
 
 
 @pytest.mark.parametrize("train,refusal", [
-    ("[2, 3]\n#arch", "container dev: image {image} is built for CUDA 11.6, which has no kernels for GPU 0 (NVIDIA H200, "
-                      "compute capability 9.0, Hopper sm_90 needs CUDA >= 11.8): use "
+    # checked for the container the plan would make anew (train onto GPUs 4 and 5), not for dev, which runs
+    # as specified
+    ("[4, 5]\n#arch", "container train: image {image} is built for CUDA 11.6, which has no kernels for GPU 4 (NVIDIA "
+                      "H200, compute capability 9.0, Hopper sm_90 needs CUDA >= 11.8): use "
                       "pytorch/pytorch:2.1.0-cuda11.8-cudnn8-runtime, or set allow_arch_mismatch = true"),
     ("[1]", f"containers dev and train would both hold GPU 1 NVIDIA H200 {U[1]}: give them different GPUs, or set "
             "share_gpus = true on one of them or on the host"),
