@@ -57,7 +57,7 @@ nvidia_toolkit = "never"
 image = {json.dumps(dev["image"])}
 ssh_port = 2222
 shm_size = "1g"
-ulimit_nofile = {json.dumps(dev["ulimit_nofile"])}
+ulimit_nofile = {json.dumps(defaults["ulimit_nofile"])}
 """
     code, out = sh(lab, SERVER, f"mkdir -p {WORK} && chown dev:dev {WORK}")
     assert code == 0, out
