@@ -247,7 +247,7 @@ def plan_run(c) -> Plan:
     actions, fine = [], []
     for name, spec in c.host.containers.items():
         entry = FileChange(f"{container_dir(name)}/entrypoint.sh", f.file(f"{container_dir(name)}/entrypoint.sh"),
-                           render_template("entrypoint.sh.j2", name=name, config_dir=IN_CONTAINER_DIR).encode(),
+                           render_template("entrypoint.sh.j2", name=name, config_dir=IN_CONTAINER_DIR, sshd_dir=SSHD_DIR).encode(),
                            mode="0755")
         restart_record = pending.container_restart(name)
         restart_pending = pending.is_pending(f, restart_record)
@@ -445,10 +445,16 @@ def plan_sshd(c) -> Plan:
     return Plan.change(*actions)
 
 
+# sshd refuses a privilege-separation folder that is not root's and 0755 ("must be owned by root and not group
+# or world-writable"): `docker exec` hands down whatever umask the engine's runtime has, and an earlier run or
+# the image may have left the folder with another mode
+SSHD_DIR = "mkdir -p /run/sshd && chown 0:0 /run/sshd && chmod 0755 /run/sshd"
+
+
 def sshd_validator(name: str):
     """`sshd -t` of a new sshd_config by the container's own sshd (the file is on the host, mounted in it)."""
     def argv(temp: str) -> list[str]:
-        return ["docker", "exec", "--", name, "sh", "-c", 'mkdir -p -m 0755 /run/sshd && exec /usr/sbin/sshd -t -f "$0"',
+        return ["docker", "exec", "--", name, "sh", "-c", f'{SSHD_DIR} && exec /usr/sbin/sshd -t -f "$0"',
                 temp.replace(container_dir(name), IN_CONTAINER_DIR)]
     return argv
 
@@ -456,7 +462,7 @@ def sshd_validator(name: str):
 def start_sshd(c, name: str) -> None:
     """Start sshd (or make it re-read its config) in a running container."""
     d = IN_CONTAINER_DIR
-    script = (f"mkdir -p -m 0755 /run/sshd; if [ -s /run/sshd.pid ] && kill -0 $(cat /run/sshd.pid) 2>/dev/null; "
+    script = (f"{SSHD_DIR} && if [ -s /run/sshd.pid ] && kill -0 $(cat /run/sshd.pid) 2>/dev/null; "
               f"then kill -HUP $(cat /run/sshd.pid); else /usr/sbin/sshd -f {d}/sshd_config; fi")
     c.run(in_container(name, Script(script)), sudo=True)
 

@@ -181,6 +181,10 @@ def proof():
     make_image()
     note(f"\nimage {IMAGE} made from this machine's root in {time.monotonic() - started:.0f} s")
     runs["first"] = fab("-H", "h200", "bootstrap")
+    # what sshd's folder check depends on (a Docker 29 run found /run/sshd group- or world-writable)
+    inside = "umask; stat -c '%a %U %n' /run /run/sshd"
+    note(f"\n```\n$ umask; docker exec dev sh -c {shlex.quote(inside)}\n{sh('umask', check=False)}\n"
+         f"{sh('docker exec dev sh -c ' + shlex.quote(inside), check=False)}\n```")
     runs["ssh_config"] = fab("gen-ssh-config")
     runs["doctor"] = fab("-H", "h200", "doctor")
     runs["second"] = fab("-H", "h200", "bootstrap")
