@@ -102,7 +102,8 @@ start_sshd() {
 }
 
 run() {
-    local stack=${1:?usage: run 26|29 local|ssh} via=${2:?usage: run 26|29 local|ssh}
+    local stack=${1:?usage: run 26|29 local|ssh [TEST ...]} via=${2:?usage: run 26|29 local|ssh [TEST ...]}
+    shift 2
     mkdir -p "$WORK"
     python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" "$PROOF"/wheels/*.whl
     mkdir -p "$WORK/ssh"
@@ -146,7 +147,8 @@ PY
     [ "$via" = local ] || listening 2200 || start_sshd
     export PYTHONPATH="$WORK/site:$PWD" GPUFLEET_PROOF_DIR="$PROOF" PYTHONUNBUFFERED=1
     export GPUFLEET_PROOF_STACK="$stack" GPUFLEET_PROOF_VIA="$via"
-    python3 -m pytest -p no:cacheprovider -m gpu tests/gpu -v -s
+    # the tests named after STACK VIA (all of tests/gpu by default): one device call may not hold them all
+    python3 -m pytest -p no:cacheprovider -m gpu -v -s "${@:-tests/gpu}"
 }
 
 case "${1:-}" in
@@ -155,5 +157,5 @@ case "${1:-}" in
     gather) gather ;;
     reset) reset ;;
     run) shift; run "$@" ;;
-    *) echo "usage: bash scripts/gpu-proof.sh prepare|pack|gather|reset|run 26|29 local|ssh" >&2; exit 2 ;;
+    *) echo "usage: bash scripts/gpu-proof.sh prepare|pack|gather|reset|run 26|29 local|ssh [TEST ...]" >&2; exit 2 ;;
 esac
