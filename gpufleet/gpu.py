@@ -33,21 +33,30 @@ def _query_column(header: str) -> str:
     return header.split("[", 1)[0].strip().lower()
 
 
-def parse_query_gpu(text: str) -> list[Gpu]:
-    """Pure: `nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,pci.bus_id
-    --format=csv[,noheader][,nounits]`.  Without a header the fields are taken in that order; with one
-    (`--format=csv`) they are found by name, so a query with other or more fields still parses."""
-    columns = {name: i for i, name in enumerate(QUERY_COLUMNS)}
-    gpus = []
+def _query_rows(text: str, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of an `nvidia-smi --query-gpu=... --format=csv[,noheader][,nounits]` answer as field → cell.
+    Without a header the fields are `columns`, in that order; a header gives them by name, so a query with
+    other or more fields still reads. Error lines, and a header without an index column, are skipped."""
+    order = {name: i for i, name in enumerate(columns)}
+    rows = []
     for row in csv.reader(io.StringIO(text.strip())):
         cells = [c.strip() for c in row]
         names = [_query_column(c) for c in cells]
         if "index" in names:
-            columns = {name: i for i, name in enumerate(names)}
+            order = {name: i for i, name in enumerate(names)}
             continue
-        values = {name: cells[i] if i < len(cells) else "" for name, i in columns.items()}
-        if len(cells) < 2 or not values.get("index", "").isdigit():
-            continue  # an error line, or a header without an index column
+        value = {name: cells[i] if i < len(cells) else "" for name, i in order.items()}
+        if len(cells) >= 2 and value.get("index", "").isdigit():
+            rows.append(value)
+    return rows
+
+
+def parse_query_gpu(text: str) -> list[Gpu]:
+    """Pure: `nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total,compute_cap,pci.bus_id
+    --format=csv[,noheader][,nounits]`.  Without a header the fields are taken in that order; with one
+    (`--format=csv`) they are found by name, so a query with other or more fields still parses."""
+    gpus = []
+    for values in _query_rows(text, QUERY_COLUMNS):
         memory = re.match(r"(\d+)", values.get("memory.total", ""))
         gpus.append(Gpu(int(values["index"]), values.get("name", ""), values.get("uuid", ""),
                         values.get("driver_version", ""), int(memory.group(1)) if memory else 0,
@@ -488,22 +497,10 @@ def _number(cell: str) -> int | None:
 def parse_gpu_status(text: str) -> list[GpuStatus]:
     """Pure: `nvidia-smi --query-gpu=index,uuid,name,memory.used,memory.total,utilization.gpu,temperature.gpu,
     compute_cap --format=csv[,noheader][,nounits]` (a header, if any, gives the column order)."""
-    columns = {name: i for i, name in enumerate(STATUS_COLUMNS)}
-    rows = []
-    for row in csv.reader(io.StringIO(text.strip())):
-        cells = [c.strip() for c in row]
-        names = [_query_column(c) for c in cells]
-        if "index" in names:
-            columns = {name: i for i, name in enumerate(names)}
-            continue
-        value = {name: cells[i] if i < len(cells) else "" for name, i in columns.items()}
-        if len(cells) < 2 or not value.get("index", "").isdigit():
-            continue
-        rows.append(GpuStatus(int(value["index"]), value.get("uuid", ""), value.get("name", ""),
-                              _number(value.get("memory.used", "")), _number(value.get("memory.total", "")),
-                              _number(value.get("utilization.gpu", "")), _number(value.get("temperature.gpu", "")),
-                              value.get("compute_cap", "")))
-    return rows
+    return [GpuStatus(int(value["index"]), value.get("uuid", ""), value.get("name", ""),
+                      _number(value.get("memory.used", "")), _number(value.get("memory.total", "")),
+                      _number(value.get("utilization.gpu", "")), _number(value.get("temperature.gpu", "")),
+                      value.get("compute_cap", "")) for value in _query_rows(text, STATUS_COLUMNS)]
 
 
 def parse_gpu_apps(text: str) -> list[tuple[str, ComputeApp]]:
