@@ -9,6 +9,7 @@ import struct
 from dataclasses import dataclass, field
 
 from gpufleet.errors import InputError
+from gpufleet.records import record_member
 
 KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-")
 KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ssh-dss", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
@@ -173,13 +174,7 @@ def render_people_record(containers: dict[str, list[PublicKey]]) -> str:
 def parse_people_record(text: str, path: str) -> dict[str, list[PublicKey]]:
     """What render_people_record wrote; anything else is refused in one line (nothing is removed then)."""
     left = "; left untouched (remove it to start over: the keys it listed are then kept like keys added by hand)"
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: line {e.lineno} column {e.colno}: {e.msg}{left}") from None
-    containers = value.get("containers") if isinstance(value, dict) else None
-    if not isinstance(containers, dict):
-        raise InputError(f"{path}: not a record gpufleet wrote (no \"containers\" table){left}")
+    containers = record_member(text, path, "containers", dict, left)
     out = {}
     for name, lines in containers.items():
         if not isinstance(lines, list):

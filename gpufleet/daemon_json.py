@@ -10,6 +10,7 @@ import json
 from urllib.parse import urlsplit
 
 from gpufleet.errors import InputError
+from gpufleet.records import record_member
 
 
 class DaemonJsonError(InputError):
@@ -182,15 +183,8 @@ def parse_owned(text: str, path: str) -> list[KeyPath]:
     """The key paths in a record file; anything but what render_owned writes is refused in one line."""
     left = ("; it was left untouched, and so was daemon.json (remove it to start over: the keys it "
             "listed are then treated as set by hand)")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: line {e.lineno} column {e.colno}: {e.msg}{left}") from None
-    keys = value.get("keys") if isinstance(value, dict) else None
-    if not isinstance(keys, list):
-        raise InputError(f"{path}: not a record gpufleet wrote (no \"keys\" list){left}")
     paths = []
-    for entry in keys:
+    for entry in record_member(text, path, "keys", list, left):
         if not (isinstance(entry, list) and all(isinstance(k, str) and k for k in entry)
                 and (len(entry) == 1 or (len(entry) == 2 and entry[0] in NESTED))):
             raise InputError(f"{path}: key {json.dumps(entry)} is not a daemon.json key path{left}")

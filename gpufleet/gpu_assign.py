@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from gpufleet.errors import FleetError
+from gpufleet.errors import FleetError, InputError
+from gpufleet.records import record_member
 from gpufleet.gpu import Gpu, MigDevice
 
 GPU_RECORD = "/var/lib/gpufleet/gpus.json"
@@ -47,13 +48,11 @@ def parse_record(text: str) -> dict[str, dict]:
     missing record is {}."""
     if not text.strip():
         return {}
-    try:
-        data = json.loads(text)
-        containers = data["containers"]
-        if not isinstance(containers, dict) or not all(isinstance(v.get("uuids"), list) for v in containers.values()):
-            raise ValueError("not the record's shape")
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise FleetError(f"{GPU_RECORD} is not a GPU record ({e}); move it aside and run again") from None
+    left = "; move it aside and run again"
+    containers = record_member(text, GPU_RECORD, "containers", dict, left)
+    for name, held in containers.items():
+        if not (isinstance(held, dict) and isinstance(held.get("uuids"), list)):
+            raise InputError(f"{GPU_RECORD}: containers.{name} has no list of GPU UUIDs{left}")
     return containers
 
 

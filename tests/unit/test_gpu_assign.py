@@ -148,7 +148,7 @@ def test_the_record_keeps_a_container_the_server_still_has_and_drops_the_others(
 
 @pytest.mark.parametrize("text", ["not json", '{"containers": []}', '{"containers": {"a": {"uuids": 3}}}', "[]"])
 def test_a_damaged_record_is_refused_not_overwritten(text):
-    with pytest.raises(FleetError, match=r"/var/lib/gpufleet/gpus.json is not a GPU record .*move it aside"):
+    with pytest.raises(FleetError, match=r"^/var/lib/gpufleet/gpus.json: .*; move it aside and run again$"):
         gpu_assign.parse_record(text)
 
 
