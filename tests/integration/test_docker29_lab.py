@@ -7,8 +7,8 @@ containerd.service and dockerd is started with --containerd=/run/containerd/cont
 container runs from the image pulled through the lab's registry mirror. Checked on the server itself.
 
 Without ../shared/stack the lab's docker-ce there is Debian unstable's docker.io (28.5) with the
-containerd image store switched on in the inventory; the checks that name 29.7.2 and runc 1.3.6 then
-check that engine instead.
+containerd image store switched on in the inventory (so the store is checked after bootstrap has
+written daemon.json); the checks that name 29.7.2 and runc 1.3.6 then check that engine instead.
 
 Where the pulled image's bytes land (data_root on /data, containerd's root on its own volume) is
 printed, not asserted: the tool does not yet move the containerd image store's root (issue 19).
@@ -75,7 +75,10 @@ def test_the_tool_installs_todays_docker_ce_and_a_second_run_changes_nothing(lab
         assert engine["docker-ce"] == f"5:{TODAY_DOCKER}-1~debian.13~trixie"
 
 
-def test_docker_29_runs_with_its_fresh_install_defaults_on_containerd_2(lab, gpu4, installed):
+def test_docker_29_runs_with_its_fresh_install_defaults_on_containerd_2(lab, gpu4, installed, request):
+    if not built_from_stack(lab):
+        # docker.io 28.5 starts on the classic store; the inventory's daemon_json switches it on
+        request.getfixturevalue("bootstrapped4")
     code, out = sh(lab, gpu4, "docker info --format '{{json .}}'")
     assert code == 0, out
     info = json.loads(out)
