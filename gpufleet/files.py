@@ -165,9 +165,17 @@ def apply_file(session: Session, change: FileChange, container: str | None = Non
         raise CommandFailed(f"write {change.path}", result.exit_code, result.stderr or result.stdout, session.name)
 
 
+# the umask `docker exec` hands down is the engine's: 0000 under Docker 29 on the GPU proof's host (sshd then
+# refused the /run/sshd it made), so what the tool runs in a container sets its own
+IN_CONTAINER_UMASK = "umask 022"
+
+
 def in_container(name: str, command) -> list[str]:
-    """argv that runs an argv list or a Script inside a running container, as root."""
-    argv = ["sh", "-c", str(command)] if isinstance(command, Script) else list(command)
+    """argv that runs an argv list or a Script inside a running container, as root, with umask 022."""
+    if isinstance(command, Script):
+        argv = ["sh", "-c", f"{IN_CONTAINER_UMASK}\n{command}"]
+    else:
+        argv = ["sh", "-c", f'{IN_CONTAINER_UMASK} && exec "$@"', "sh", *command]
     return ["docker", "exec", "-i", "-u", "root", "--", name, *argv]
 
 
