@@ -73,13 +73,18 @@ reset() {
     for c in $(docker ps -aq 2>/dev/null); do docker rm -f "$c" >/dev/null; done
     service docker stop >/dev/null 2>&1 || true
     pkill -x dockerd || true; pkill -x containerd || true; sleep 2
-    DEBIAN_FRONTEND=noninteractive apt-get purge -y -q docker-ce docker-ce-cli containerd.io docker-ce-rootless-extras \
-        'nvidia-container-toolkit*' 'libnvidia-container*' >/dev/null 2>&1 || true
+    # only the installed ones: apt refuses the whole purge for a name it does not know (a 2026-12-07 reset left
+    # Docker 29 in place that way, and the Docker 26 run then met a downgrade)
+    local installed
+    installed=$(dpkg-query -W -f '${Package} ${db:Status-Status}\n' docker-ce docker-ce-cli containerd.io \
+        docker-ce-rootless-extras nvidia-container-toolkit nvidia-container-toolkit-base libnvidia-container-tools \
+        libnvidia-container1 2>/dev/null | awk '$2 != "not-installed" { print $1 }' || true)
+    [ -z "$installed" ] || DEBIAN_FRONTEND=noninteractive apt-get purge -y -q $installed >/dev/null
     rm -rf /etc/docker /var/lib/docker /var/lib/docker-proof /var/lib/containerd /etc/containerd \
         /etc/nvidia-container-runtime /var/run/cdi /etc/cdi /var/lib/gpufleet /etc/gpufleet \
         /etc/apt/sources.list.d/docker.* /etc/apt/sources.list.d/nvidia-container-toolkit.* \
         /etc/apt/keyrings/docker.asc /etc/apt/keyrings/nvidia-container-toolkit.asc "$WORK/logs" "$WORK/ssh_config"
-    echo "reset: $(dpkg -l | grep -c -E 'docker|nvidia-container' || true) engine/toolkit packages left"
+    echo "reset: $(dpkg -l | grep -c -E '^ii .*(docker|nvidia-container)' || true) engine/toolkit packages left"
 }
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

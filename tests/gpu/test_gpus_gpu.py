@@ -16,7 +16,7 @@ import pytest
 
 from gpufleet import gpu
 from gpufleet.gpu_assign import GPU_RECORD
-from tests.gpu.test_bootstrap_gpu import GPU_PATH, IMAGE, MIRROR, WORK, fab, has_gpu, inventory, make_image, note, sh
+from tests.gpu.test_bootstrap_gpu import GPU_PATH, IMAGE, MIRROR, NOFILE, WORK, fab, has_gpu, inventory, make_image, note, sh
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not has_gpu(), reason="no NVIDIA GPU here"),
@@ -34,7 +34,7 @@ HOLD = ("import torch, time; x = torch.ones(1 << 26, device='cuda'); torch.cuda.
 
 def shared_inventory(extra: str = ""):
     """The proof's inventory with dev on GPU 0 by UUID, and a container with no GPU."""
-    path = inventory(f'\n[hosts.h200.containers.cpu]\nimage = "{NEW_TAG}"\nssh_port = 2224\ngpus = "none"\n{extra}')
+    path = inventory(f'\n[hosts.h200.containers.cpu]\nimage = "{NEW_TAG}"\nssh_port = 2224\ngpus = "none"\nulimit_nofile = {NOFILE}\n{extra}')
     path.write_text(path.read_text().replace('gpus = "all"', f'gpus = ["{CARDS[0].uuid}"]', 1).replace(
         f'image = "{IMAGE}"', f'image = "{NEW_TAG}"', 1))
     return path
