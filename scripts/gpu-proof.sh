@@ -125,6 +125,7 @@ run() {
     [ ${#missing[@]} -eq 0 ] || dpkg -i "${missing[@]}" >/dev/null
     mkdir -p "$WORK/apt-sources-set-aside"
     for f in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list; do
+        case "$f" in */docker.sources|*/nvidia-container-toolkit.sources) continue ;; esac  # the tool's, from a run before
         [ -e "$f" ] && mv "$f" "$WORK/apt-sources-set-aside/"
     done
     [ -s /etc/apt/sources.list ] && mv /etc/apt/sources.list "$WORK/apt-sources-set-aside/"

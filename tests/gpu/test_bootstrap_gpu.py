@@ -172,7 +172,8 @@ def proof():
     if not (WORK / "id_ed25519").exists():
         subprocess.run([str(WORK / "ssh/usr/bin/ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f",
                         str(WORK / "id_ed25519")], check=True, env=dict(os.environ, LD_LIBRARY_PATH=SSH_LIBS))
-    note(f"# GPU proof record: Docker {DOCKER} + the toolkit {TOOLKIT}, the host reached {VIA}ly\n\n{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; commit "
+    reached = "over SSH" if VIA == "ssh" else 'as address = "local"'
+    note(f"# GPU proof record: Docker {DOCKER} + the toolkit {TOOLKIT}, the host reached {reached}\n\n{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; commit "
          f"{sh('git -C ' + str(REPO) + ' rev-parse --short HEAD', check=False) or '(no git here)'}\n\n```\n"
          f"{sh('nvidia-smi -L')}\n{sh('nvidia-smi --query-gpu=driver_version,memory.total --format=csv,noheader')}\n"
          f"{sh('. /etc/os-release; echo $PRETTY_NAME; uname -r')}\n```")
