@@ -120,3 +120,17 @@ def test_bootstrap_runs_the_dev_container_from_a_pull_through_the_mirror(lab, gp
     _, detail = sh(lab, gpu4, "du -smx /data/docker/* /var/lib/containerd/* 2>&1 | sort -rn | head -8")
     print(f"\ngpu4 before bootstrap (MB):\n{first.du_before}\nafter the pull of {LAB_IMAGE} and "
           f"the container's start (MB):\n{out}\nlargest:\n{detail}")
+
+
+def test_what_the_tool_made_in_the_container_is_not_world_writable_whatever_umask_docker_exec_has(
+        lab, gpu4, bootstrapped4):
+    """docker exec under Docker 29 handed down umask 0000 on the GPU proof's host (docs/gpu-proof.md): sshd
+    then refused the /run/sshd the tool made. The tool sets umask 022 in what it runs in a container and the
+    folder's owner and mode; here nothing in dev outside /tmp-like sticky folders is world-writable."""
+    _, umask = sh(lab, gpu4, "docker exec dev sh -c umask")
+    print(f"\ndocker exec's umask on gpu4: {umask.strip()}")
+    code, out = sh(lab, gpu4, "docker exec dev stat -c '%a %U' /run/sshd")
+    assert (code, out.strip()) == (0, "755 root"), out
+    code, out = sh(lab, gpu4, "docker exec dev find / -xdev \\( -path /proc -o -path /sys -o -path /dev \\) -prune "
+                              "-o -perm -0002 ! -type l ! -perm -1000 -print")
+    assert code == 0 and out.strip() == "", out[-2000:]
