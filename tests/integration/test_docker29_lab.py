@@ -126,7 +126,9 @@ def test_what_the_tool_made_in_the_container_is_not_world_writable_whatever_umas
         lab, gpu4, bootstrapped4):
     """docker exec under Docker 29 handed down umask 0000 on the GPU proof's host (docs/gpu-proof.md): sshd
     then refused the /run/sshd the tool made. The tool sets umask 022 in what it runs in a container and the
-    folder's owner and mode; here nothing in dev outside /tmp-like sticky folders is world-writable."""
+    folder's owner and mode; here nothing in dev outside /tmp-like sticky folders is world-writable. On the
+    lab's gpu4 (containerd.service under systemd) docker exec's umask is 0022, so this guards the outcome;
+    tests/unit/test_in_container_umask.py is what fails without the tool's umask."""
     _, umask = sh(lab, gpu4, "docker exec dev sh -c umask")
     print(f"\ndocker exec's umask on gpu4: {umask.strip()}")
     code, out = sh(lab, gpu4, "docker exec dev stat -c '%a %U' /run/sshd")
