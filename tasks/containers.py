@@ -452,10 +452,11 @@ SSHD_DIR = "mkdir -p /run/sshd && chown 0:0 /run/sshd && chmod 0755 /run/sshd"
 
 
 def sshd_validator(name: str):
-    """`sshd -t` of a new sshd_config by the container's own sshd (the file is on the host, mounted in it)."""
+    """`sshd -t` of a new sshd_config by the container's own sshd (the file is on the host, mounted in it),
+    run as every command the tool runs in a container: as root, umask 022."""
     def argv(temp: str) -> list[str]:
-        return ["docker", "exec", "--", name, "sh", "-c", f'{SSHD_DIR} && exec /usr/sbin/sshd -t -f "$0"',
-                temp.replace(container_dir(name), IN_CONTAINER_DIR)]
+        return in_container(name, ["sh", "-c", f'{SSHD_DIR} && exec /usr/sbin/sshd -t -f "$0"',
+                                   temp.replace(container_dir(name), IN_CONTAINER_DIR)])
     return argv
 
 

@@ -10,7 +10,8 @@ from gpufleet.files import render_template
 from tasks import containers
 
 COMMANDS = {
-    "sshd -t of a new sshd_config": lambda: containers.sshd_validator("dev")("/var/lib/gpufleet/containers/dev/x")[6],
+    "sshd -t of a new sshd_config": lambda: next(word for word in containers.sshd_validator("dev")(
+        "/var/lib/gpufleet/containers/dev/x") if "/run/sshd" in word),
     "the entrypoint": lambda: next(line for line in render_template(
         "entrypoint.sh.j2", name="dev", config_dir="/c", sshd_dir=containers.SSHD_DIR).splitlines()
         if "/run/sshd" in line and "mkdir" in line),
